@@ -1,0 +1,166 @@
+"""Helpers the bundle configs call: where the bundle is, checkpoints, devices.
+
+``bundle_root()`` lets ``python -m monai.bundle run --config_file <path>/configs/train.json`` work from any
+directory: the configs set ``"bundle_root": "$common.bundle.bundle_root()"``, which finds the folder of the
+config files being run (any key, ``bundle_root`` included, can still be overridden on the command line;
+MONAI Label sets it itself).
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import hashlib
+import inspect
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+__all__ = ["bundle_root", "latest_checkpoint", "make_resumable", "require_checkpoint", "default_device", "file_sha256"]
+
+
+def _root_from_config_path(path: str | os.PathLike) -> str:
+    """``<bundle>/configs/x.json`` -> ``<bundle>``; a config outside a ``configs`` folder -> its folder."""
+    folder = Path(path).expanduser().resolve().parent
+    return str(folder.parent if folder.name == "configs" else folder)
+
+
+def _config_files_from_argv(argv: list[str]) -> list[str]:
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("--config_file", "--config-file") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(("--config_file=", "--config-file=")):
+            value = arg.split("=", 1)[1]
+        if value is None:
+            continue
+        value = value.strip()
+        if value.startswith("["):
+            try:
+                return [str(v) for v in ast.literal_eval(value)]
+            except (ValueError, SyntaxError):
+                return [v.strip(" '\"") for v in value.strip("[]").split(",") if v.strip(" '\"")]
+        return [v for v in value.split(",") if v]
+    return []
+
+
+def bundle_root() -> str:
+    """The root folder of the bundle whose configs are being run.
+
+    Looked up, in order: a ``ConfigWorkflow`` on the call stack (``monai.bundle run``, or Python code
+    using ``ConfigWorkflow``) gives its config folder; otherwise ``--config_file`` on the command line
+    (``monai.bundle`` sub-commands such as ``verify_net_in_out`` or ``ckpt_export``); otherwise a
+    ``config_file`` argument on the call stack; otherwise the current directory (the model zoo's ``"."``).
+    """
+    try:
+        from monai.bundle import ConfigWorkflow
+    except ImportError:  # pragma: no cover - monai is a dependency
+        ConfigWorkflow = ()  # type: ignore[assignment]
+    frame = inspect.currentframe()
+    config_arg = None
+    try:
+        f = frame.f_back if frame is not None else None
+        while f is not None:
+            obj = f.f_locals.get("self")
+            if ConfigWorkflow and isinstance(obj, ConfigWorkflow) and getattr(obj, "config_root_path", None):
+                return _root_from_config_path(Path(obj.config_root_path) / "x.json")
+            if config_arg is None:
+                cf = f.f_locals.get("config_file")
+                if isinstance(cf, (str, os.PathLike)) and str(cf).endswith((".json", ".yaml", ".yml")):
+                    config_arg = str(cf)
+                elif isinstance(cf, (list, tuple)) and cf and isinstance(cf[0], (str, os.PathLike)):
+                    config_arg = str(cf[0])
+            f = f.f_back
+    finally:
+        del frame
+    files = _config_files_from_argv(sys.argv)
+    if files:
+        return _root_from_config_path(files[0])
+    if config_arg is not None and os.path.exists(config_arg):
+        return _root_from_config_path(config_arg)
+    return os.getcwd()
+
+
+_EPOCH_RX = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
+    """Path of the newest ``checkpoint_epoch=N.pt`` (the resumable training state) in ``ckpt_dir``, or ``""``."""
+    best, best_epoch = "", -1
+    for p in glob.glob(os.path.join(glob.escape(str(ckpt_dir)), "checkpoint_epoch=*.pt")):
+        m = _EPOCH_RX.search(p)
+        if m and int(m.group(1)) > best_epoch:
+            best, best_epoch = p, int(m.group(1))
+    return best
+
+
+def require_checkpoint(path: str | os.PathLike, bundle: str | os.PathLike = "") -> str:
+    """Return ``path`` if the trained weights exist, else stop with a clear message on how to get them."""
+    path = str(path)
+    if os.path.isfile(path):
+        return path
+    root = str(bundle) or os.path.dirname(os.path.dirname(path))
+    raise InputError(
+        f"{path}: no trained model found",
+        hint=(
+            "train one first:\n"
+            f"    python -m monai.bundle run --config_file {os.path.join(root, 'configs', 'train.json')}\n"
+            "or point at existing weights with --ckpt_path /path/to/model.pt "
+            "(or run untrained with --load_pretrain false)"
+        ),
+    )
+
+
+def default_device() -> torch.device:
+    """The first CUDA device if there is one, else the CPU."""
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file (checkpoint hashes in result files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: bool = True) -> str:
+    """Save the whole training state every epoch and, if ``resume``, continue from the newest one.
+
+    Attaches to ``trainer`` (an ignite engine) a MONAI ``CheckpointSaver`` writing
+    ``ckpt_dir/checkpoint_epoch=N.pt`` (the previous one is removed; ignite writes atomically) with
+    ``objects`` (e.g. model, optimizer, lr_scheduler) plus the trainer's own state, and, when a previous
+    checkpoint exists and ``resume`` is true, a ``CheckpointLoader`` restoring all of it before the first
+    iteration, so an interrupted run continues at the next epoch. Only rank 0 saves under DDP.
+    Kept out of ``train#handlers`` because those handlers are built before the trainer exists.
+    Returns the checkpoint resumed from (``""`` if none).
+    """
+    from monai.handlers import CheckpointLoader, CheckpointSaver
+
+    state = dict(objects)
+    state["trainer"] = trainer
+    rank0 = not torch.distributed.is_available() or not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    if rank0:
+        CheckpointSaver(str(ckpt_dir), save_dict=state, save_interval=1, n_saved=1, epoch_level=True).attach(trainer)
+        from ignite.engine import Events
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def _drop_older_states(engine):  # a resumed run's saver does not know the files of the run before
+            newest = latest_checkpoint(ckpt_dir)
+            for p in glob.glob(os.path.join(glob.escape(str(ckpt_dir)), "checkpoint_epoch=*.pt")):
+                if p != newest:
+                    os.remove(p)
+    latest = latest_checkpoint(ckpt_dir) if resume else ""
+    if latest:
+        CheckpointLoader(load_path=latest, load_dict=state, map_location=getattr(trainer.state, "device", None) or "cpu").attach(trainer)
+        print(f"resuming training from {latest}", flush=True)
+    return latest

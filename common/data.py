@@ -1,0 +1,354 @@
+"""Datalists: BTCV splits, checking every file before training, the embedded demo data, finding images.
+
+A datalist is MONAI's decathlon-style JSON: ``{"training": [{"image": ..., "label": ...}, ...],
+"validation": [...]}``. Paths may be relative to the datalist's folder. Every bundle obtains its data
+through :func:`get_datalist`, which
+
+* with no ``dataset_dir`` generates (once, cached) the synthetic phantom demo data;
+* with a BTCV download (``RawData/Training/img`` + ``label``) builds the named split in memory;
+* with a datalist JSON loads it;
+
+and checks every file before anything trains: it exists, is readable, is a single-channel 3D image,
+image and label grids agree, label values lie inside the label map. All problems are reported at once
+in one :class:`~common.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .io import NIFTI_SUFFIXES, image_info, is_image_path, load_array
+from .labels import BTCV_NUM_CLASSES
+
+__all__ = [
+    "BTCV_CASES",
+    "SPLITS",
+    "split_cases",
+    "find_btcv_raw",
+    "btcv_datalist",
+    "check_items",
+    "load_datalist_file",
+    "get_datalist",
+    "demo_data_dir",
+    "ensure_demo_data",
+    "find_images",
+    "inference_inputs",
+]
+
+# The 30 labelled BTCV training cases (ANCHORS.md section 1).
+BTCV_CASES: tuple[str, ...] = tuple(f"{i:04d}" for i in (*range(1, 11), *range(21, 41)))
+
+_SYNAPSE_TRAIN = ("0005", "0006", "0007", "0009", "0010", "0021", "0023", "0024", "0026", "0027", "0028",
+                  "0030", "0031", "0033", "0034", "0037", "0039", "0040")  # fmt: skip
+_SYNAPSE_TEST = ("0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "0032", "0035", "0036", "0038")
+
+SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
+    # MONAI research-contributions dataset_0.json (UNETR, SwinUNETR): 24 training / 6 validation
+    "dataset_0": {
+        "training": tuple(c for c in BTCV_CASES if int(c) <= 34),
+        "validation": tuple(c for c in BTCV_CASES if int(c) >= 35),
+    },
+    # the 2D papers (TransUNet, Swin-Unet, MT-UNet): 18 training / 12 test
+    "synapse": {"training": _SYNAPSE_TRAIN, "validation": _SYNAPSE_TEST},
+    # the model zoo's swin_unetr_btcv_segmentation bundle: first 21 of the sorted cases / last 9
+    "model_zoo": {"training": BTCV_CASES[:21], "validation": BTCV_CASES[21:]},
+}
+
+
+def split_cases(split: str) -> dict[str, tuple[str, ...]]:
+    """Case ids of a named split (``dataset_0``, ``synapse``, ``model_zoo``)."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}", hint=f"choose one of: {', '.join(SPLITS)}")
+    return SPLITS[split]
+
+
+def find_btcv_raw(root: str | os.PathLike) -> tuple[Path, Path] | None:
+    """Locate ``img``/``label`` folders of a BTCV download under ``root`` (the download folder, ``RawData``,
+    ``RawData/Training`` or the ``Training`` folder itself); ``None`` when not found."""
+    root = Path(root)
+    for base in (root / "RawData" / "Training", root / "Training", root):
+        if (base / "img").is_dir() and (base / "label").is_dir():
+            return base / "img", base / "label"
+    return None
+
+
+def _btcv_file(folder: Path, prefix: str, case: str) -> Path:
+    for suffix in NIFTI_SUFFIXES[::-1]:
+        p = folder / f"{prefix}{case}{suffix}"
+        if p.exists():
+            return p
+    return folder / f"{prefix}{case}.nii.gz"  # reported as missing by check_items
+
+
+def btcv_datalist(raw_root: str | os.PathLike, split: str = "dataset_0", relative_to: str | os.PathLike | None = None) -> dict:
+    """Datalist of a named split over a BTCV download (``imgXXXX.nii.gz`` / ``labelXXXX.nii.gz``).
+
+    Paths are absolute unless ``relative_to`` is given. Files are not checked here (see :func:`check_items`).
+    """
+    cases = split_cases(split)
+    found = find_btcv_raw(raw_root)
+    if found is None:
+        raise InputError(
+            f"{raw_root}: no BTCV download found (looked for RawData/Training/img and .../label)",
+            hint="point at the folder that holds RawData/ (or at RawData/Training itself)",
+        )
+    img_dir, lab_dir = found
+    out: dict = {"description": f"BTCV, split {split!r}", "split": split}
+    for key, ids in cases.items():
+        items = []
+        for c in ids:
+            item = {"image": _btcv_file(img_dir, "img", c), "label": _btcv_file(lab_dir, "label", c)}
+            if relative_to is not None:
+                item = {k: os.path.relpath(v, relative_to) for k, v in item.items()}
+            items.append({k: str(v) for k, v in item.items()})
+        out[key] = items
+    return out
+
+
+def _check_label_values(path: str, num_classes: int) -> str | None:
+    arr, _ = load_array(path)
+    if not np.all(np.isfinite(arr)):
+        return f"{path}: label holds non-finite values"
+    values = np.unique(arr)
+    bad = values[(values < 0) | (values >= num_classes) | (values != np.round(values))]
+    if bad.size:
+        shown = ", ".join(f"{v:g}" for v in bad[:8]) + (" ..." if bad.size > 8 else "")
+        return f"{path}: label values outside the label map 0..{num_classes - 1}: {shown}"
+    return None
+
+
+def check_items(
+    items: Sequence[dict],
+    name: str = "datalist",
+    require_label: bool = True,
+    num_classes: int = BTCV_NUM_CLASSES,
+    check_label_values: bool = True,
+) -> None:
+    """Check every item's files; raise one :class:`InputError` listing all problems.
+
+    Checks: files exist and are readable; the image is 3D with one channel; the label (if required) is a
+    single-channel 3D image on the same grid (shape and affine) as its image; label values are integers in
+    ``0..num_classes-1``.
+    """
+    problems: list[str] = []
+    if len(items) == 0:
+        raise InputError(f"{name}: the list of cases is empty", hint="give at least one case")
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or "image" not in item:
+            problems.append(f"{name}[{n}]: each entry needs an 'image' path, got {item!r}")
+            continue
+        if require_label and "label" not in item:
+            problems.append(f"{name}[{n}] ({item['image']}): no 'label' path")
+            continue
+        try:
+            img = image_info(item["image"])
+        except InputError as e:
+            problems.extend(e.problems)
+            img = None
+        if img is not None and img.channels != 1:
+            problems.append(
+                f"{img.path}: image has {img.channels} channels (shape {img.spatial_shape} x {img.channels}); "
+                "the bundle takes single-channel 3D CT: give one volume per file"
+            )
+        if not require_label or "label" not in item:
+            continue
+        try:
+            lab = image_info(item["label"])
+        except InputError as e:
+            problems.extend(e.problems)
+            continue
+        if lab.channels != 1:
+            problems.append(f"{lab.path}: label has {lab.channels} channels; expected one integer label volume")
+            continue
+        if img is not None:
+            if img.spatial_shape != lab.spatial_shape:
+                problems.append(
+                    f"{lab.path}: label grid {lab.spatial_shape} does not match its image {img.path} "
+                    f"{img.spatial_shape}"
+                )
+                continue
+            if not np.allclose(img.affine, lab.affine, rtol=0, atol=1e-3):
+                problems.append(
+                    f"{lab.path}: label affine differs from its image {img.path} (max difference "
+                    f"{np.abs(img.affine - lab.affine).max():.4g} mm): image and label must share one grid"
+                )
+                continue
+        if check_label_values:
+            try:
+                msg = _check_label_values(str(item["label"]), num_classes)
+            except InputError as e:
+                problems.extend(e.problems)
+                continue
+            if msg:
+                problems.append(msg)
+    if problems:
+        raise InputError(problems, hint="fix or remove these cases, then run again")
+
+
+def _absolute(items: Iterable[dict], base: Path) -> list[dict]:
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            out.append(item)
+            continue
+        new = dict(item)
+        for k in ("image", "label"):
+            if k in new and isinstance(new[k], str):
+                p = Path(os.path.expanduser(new[k]))
+                new[k] = os.path.normpath(p if p.is_absolute() else base / p)
+        out.append(new)
+    return out
+
+
+def load_datalist_file(path: str | os.PathLike) -> dict:
+    """Read a datalist JSON and make its paths absolute (relative paths are relative to its folder)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path}: datalist file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not a readable JSON datalist ({e})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a datalist is a JSON object with 'training'/'validation' lists")
+    base = path.parent.resolve()
+    for key in ("training", "validation", "test", "testing"):
+        if key in data:
+            if not isinstance(data[key], list):
+                raise InputError(f"{path}: '{key}' must be a list of cases")
+            data[key] = _absolute(data[key], base)
+    data["_source"] = str(path)
+    return data
+
+
+def demo_data_dir() -> Path:
+    """Where the demo phantoms live: ``$BTCV_DEMO_DIR`` or ``$XDG_CACHE_HOME/btcv-bundles/demo``."""
+    env = os.environ.get("BTCV_DEMO_DIR")
+    if env:
+        return Path(env).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "btcv-bundles" / "demo"
+
+
+def ensure_demo_data(out_dir: str | os.PathLike | None = None) -> Path:
+    """Generate the demo phantoms if they are not there yet; return the datalist path."""
+    from .phantom import write_phantom_dataset
+
+    return write_phantom_dataset(out_dir or demo_data_dir(), progress=True)
+
+
+_CHECKED: dict[tuple, None] = {}
+
+
+def _stat_key(items: Sequence[dict]) -> tuple:
+    key = []
+    for it in items:
+        for k in ("image", "label"):
+            p = it.get(k) if isinstance(it, dict) else None
+            try:
+                st = os.stat(p) if p else None
+                key.append((p, st.st_size, st.st_mtime_ns) if st else (p,))
+            except OSError:
+                key.append((p, None))
+    return tuple(key)
+
+
+def get_datalist(
+    dataset_dir: str | os.PathLike | None = "",
+    split: str = "dataset_0",
+    datalist_file: str | os.PathLike | None = "",
+    keys: Sequence[str] = ("training", "validation"),
+    check: bool = True,
+    require_label: bool = True,
+) -> dict:
+    """The datalist a bundle trains and evaluates on, with absolute paths, checked (see module doc).
+
+    Args:
+        dataset_dir: ``""``/``None`` for the embedded demo data; a BTCV download; or a folder holding
+            the datalist file.
+        split: the BTCV split to build from a BTCV download (``dataset_0``, ``synapse``, ``model_zoo``).
+        datalist_file: an explicit datalist JSON (relative to ``dataset_dir`` if not absolute).
+        keys: the lists that must be present and non-empty.
+        check: check every file (see :func:`check_items`); results are remembered per process while the
+            files are unchanged.
+    """
+    dataset_dir = str(dataset_dir or "")
+    datalist_file = str(datalist_file or "")
+    if datalist_file:
+        p = Path(datalist_file).expanduser()
+        if not p.is_absolute() and dataset_dir:
+            p = Path(dataset_dir).expanduser() / p
+        data = load_datalist_file(p)
+    elif not dataset_dir:
+        data = load_datalist_file(ensure_demo_data())
+    else:
+        root = Path(dataset_dir).expanduser()
+        if not root.exists():
+            raise InputError(f"{root}: dataset_dir not found", hint="give the folder of your BTCV download or of a datalist JSON")
+        if find_btcv_raw(root) is not None:
+            data = btcv_datalist(root, split)
+        else:
+            candidates = [root / f"datalist_{split}.json", root / f"{split}.json", root / "dataset.json"]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise InputError(
+                    f"{root}: neither a BTCV download (RawData/Training/img, label) nor a datalist "
+                    f"({', '.join(c.name for c in candidates)})",
+                    hint="run `python -m common.prepare` to write a datalist, or set datalist_file",
+                )
+            data = load_datalist_file(found)
+    source = data.get("_source", dataset_dir or "the BTCV download")
+    for key in keys:
+        if key not in data or not data[key]:
+            raise InputError(f"{source}: the datalist has no '{key}' cases", hint=f"add a non-empty '{key}' list")
+    if check:
+        for key in keys:
+            sk = (key, require_label, _stat_key(data[key]))
+            if sk not in _CHECKED:
+                check_items(data[key], name=f"{source} [{key}]", require_label=require_label)
+                _CHECKED[sk] = None
+    return data
+
+
+def find_images(folder: str | os.PathLike, pattern: str | None = None) -> list[dict]:
+    """Inference inputs under ``folder``: NIfTI/ITK image files and DICOM series folders, sorted.
+
+    A single image file may be given instead of a folder. ``pattern`` is an optional regular expression
+    the file name must match (e.g. ``img.*`` to skip label files).
+    """
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise InputError(f"{folder}: input not found", hint="set dataset_dir to a CT file or a folder of CT files")
+    if folder.is_file() or is_image_path(folder):  # one image file, or a folder that is one DICOM series
+        return [{"image": str(folder)}]
+    rx = re.compile(pattern) if pattern else None
+    found = []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if rx is not None and not rx.search(child.name):
+            continue
+        if is_image_path(child):
+            found.append({"image": str(child)})
+    if not found:
+        raise InputError(
+            f"{folder}: no images found (NIfTI .nii/.nii.gz, .mha, .mhd, .nrrd, or DICOM series folders)",
+            hint="set dataset_dir to a CT file or a folder of CT files",
+        )
+    return found
+
+
+def inference_inputs(dataset_dir: str | os.PathLike | None = "", pattern: str | None = None) -> list[dict]:
+    """Images to run inference on: ``dataset_dir`` (a CT file or a folder, see :func:`find_images`), or, when
+    it is empty, the images of the demo data's validation list."""
+    if dataset_dir:
+        return find_images(dataset_dir, pattern)
+    demo = load_datalist_file(ensure_demo_data())
+    return [{"image": item["image"]} for item in demo["validation"]]

@@ -1,0 +1,253 @@
+"""Reading and writing images: NIfTI through nibabel, DICOM series and other ITK formats through SimpleITK.
+
+* :class:`SimpleITKReader` is a MONAI ``ImageReader`` so ``LoadImage(d)`` reads ``.mha``/``.mhd``/``.nrrd``
+  files and DICOM series folders with the same RAS affine convention as MONAI's NIfTI reader (MONAI's
+  own ``ITKReader`` needs the ``itk`` package, which this project does not depend on).
+* :func:`image_info` reads only the header of an image (shape, channels, affine) and turns every failure
+  into an :class:`~common.errors.InputError` naming the file.
+* :class:`AtomicNibabelWriter` writes NIfTI to a temporary file in the target folder and renames it into
+  place, so a crash or a concurrent reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from monai.data import ImageReader, NibabelWriter
+from monai.data.image_reader import _copy_compatible_dict, _stack_images
+from monai.data.utils import orientation_ras_lps
+from monai.transforms import LoadImage
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from .errors import InputError
+
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "ITK_SUFFIXES",
+    "SimpleITKReader",
+    "AtomicNibabelWriter",
+    "ImageInfo",
+    "image_info",
+    "is_image_path",
+    "load_array",
+    "atomic_write_text",
+    "atomic_write_bytes",
+]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
+
+
+def _lower_name(path: str | os.PathLike) -> str:
+    return os.path.basename(str(path)).lower()
+
+
+def _is_dicom_dir(path: str | os.PathLike) -> bool:
+    return os.path.isdir(path) and len(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))) > 0
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True for a file with a supported image suffix or a folder holding a DICOM series."""
+    name = _lower_name(path)
+    if name.endswith(NIFTI_SUFFIXES + ITK_SUFFIXES):
+        return True
+    return _is_dicom_dir(path)
+
+
+def _read_sitk(path: str) -> sitk.Image:
+    if os.path.isdir(path):
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
+        if not series:
+            raise InputError(f"{path}: folder holds no DICOM series")
+        if len(series) > 1:
+            raise InputError(
+                f"{path}: folder holds {len(series)} DICOM series ({', '.join(series)}); "
+                "put each series in its own folder"
+            )
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, series[0]))
+        return reader.Execute()
+    return sitk.ReadImage(path)
+
+
+def _sitk_affine(img: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
+    """RAS affine of a SimpleITK image or header (ITK geometry is LPS), as MONAI's ITKReader builds it."""
+    spacing = np.asarray(img.GetSpacing(), dtype=np.float64)
+    dim = len(spacing)
+    sr = min(dim, 3)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)[:sr, :sr]
+    spacing = spacing[:sr]
+    origin = np.asarray(img.GetOrigin(), dtype=np.float64)[:sr]
+    affine = np.eye(sr + 1)
+    affine[:sr, :sr] = direction @ np.diag(spacing)
+    affine[:sr, -1] = origin
+    return orientation_ras_lps(affine)
+
+
+class SimpleITKReader(ImageReader):
+    """MONAI image reader for DICOM series folders and ITK formats (``.mha``, ``.mhd``, ``.nrrd``, ``.dcm``).
+
+    The returned array is indexed (x, y, z[, channel]) like NIfTI data and the affine is RAS, so the rest of
+    the pipeline (``Orientationd``, ``Spacingd``, ``Invertd``) treats it exactly like a NIfTI image.
+    """
+
+    def __init__(self, channel_dim: str | int | None = None, **kwargs):
+        super().__init__()
+        self.channel_dim = float("nan") if channel_dim == "no_channel" else channel_dim
+        self.kwargs = kwargs
+
+    def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
+        names = ensure_tuple(filename)
+        return all(_lower_name(f).endswith(ITK_SUFFIXES) or _is_dicom_dir(f) for f in names)
+
+    def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs):
+        imgs = [_read_sitk(str(Path(f).expanduser())) for f in ensure_tuple(data)]
+        return imgs if len(imgs) > 1 else imgs[0]
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        arrays, meta = [], {}
+        for i in img if isinstance(img, (list, tuple)) else [img]:  # sitk.Image is itself iterable
+            dim = i.GetDimension()
+            arr = sitk.GetArrayFromImage(i)  # (z, y, x[, c])
+            ncomp = i.GetNumberOfComponentsPerPixel()
+            spatial_axes = list(range(dim))[::-1]
+            arr = np.transpose(arr, spatial_axes + ([dim] if ncomp > 1 else []))
+            header = {
+                MetaKeys.ORIGINAL_AFFINE: _sitk_affine(i),
+                MetaKeys.SPACE: SpaceKeys.RAS,
+                MetaKeys.SPATIAL_SHAPE: np.asarray(i.GetSize()),
+                "spacing": np.asarray(i.GetSpacing()),
+            }
+            header[MetaKeys.AFFINE] = header[MetaKeys.ORIGINAL_AFFINE].copy()
+            if self.channel_dim is None:
+                header[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan") if ncomp == 1 else -1
+            else:
+                header[MetaKeys.ORIGINAL_CHANNEL_DIM] = self.channel_dim
+            arrays.append(arr)
+            _copy_compatible_dict(header, meta)
+        return _stack_images(arrays, meta), meta
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header of an image says: spatial shape, number of channels, RAS affine."""
+
+    path: str
+    spatial_shape: tuple[int, ...]
+    channels: int
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+
+def image_info(path: str | os.PathLike) -> ImageInfo:
+    """Read an image header (no voxel data) and describe it; raise :class:`InputError` naming the file."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: file not found")
+    name = _lower_name(path)
+    try:
+        if name.endswith(NIFTI_SUFFIXES):
+            img = nib.load(path)
+            shape = tuple(int(s) for s in img.shape)
+            spatial = shape[:3]
+            channels = int(np.prod(shape[3:])) if len(shape) > 3 else 1
+            return ImageInfo(path, spatial, channels, np.asarray(img.affine, dtype=np.float64))
+        if name.endswith(ITK_SUFFIXES):
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(path)
+            reader.ReadImageInformation()
+            size = tuple(int(s) for s in reader.GetSize())
+            channels = int(reader.GetNumberOfComponents()) * (int(np.prod(size[3:])) if len(size) > 3 else 1)
+            return ImageInfo(path, size[:3], channels, _sitk_affine(reader))
+        if os.path.isdir(path):
+            img = _read_sitk(path)
+            return ImageInfo(path, tuple(img.GetSize()), img.GetNumberOfComponentsPerPixel(), _sitk_affine(img))
+    except InputError:
+        raise
+    except Exception as e:  # nibabel / SimpleITK raise many different types for corrupt files
+        raise InputError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+    raise InputError(
+        f"{path}: unsupported file type; expected NIfTI ({', '.join(NIFTI_SUFFIXES)}), "
+        f"an ITK format ({', '.join(ITK_SUFFIXES)}) or a folder holding one DICOM series"
+    )
+
+
+_LOADER: LoadImage | None = None
+
+
+def load_array(path: str | os.PathLike, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Load an image's voxels (x, y, z[, c]) and RAS affine with the project's readers.
+
+    Raises :class:`InputError` naming the file when it is missing or cannot be read.
+    """
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = LoadImage(image_only=True)  # suffix-based choice: nibabel for NIfTI ...
+        _LOADER.register(SimpleITKReader())  # ... SimpleITK for ITK formats and DICOM folders
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: file not found")
+    try:
+        img = _LOADER(path)
+    except Exception as e:
+        raise InputError(f"{path}: cannot read the image ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    arr = np.asarray(img.array if hasattr(img, "array") else img)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    return arr, np.asarray(img.affine, dtype=np.float64)
+
+
+def _temp_sibling(path: Path, suffix: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _full_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in (".nii.gz", ".tar.gz"):
+        if name.endswith(s):
+            return path.name[-len(s) :]
+    return path.suffix
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(path, _full_suffix(path))
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text (UTF-8) atomically, see :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI ``NibabelWriter`` that writes to a temporary sibling file and renames it into place."""
+
+    def write(self, filename, verbose: bool = False, **obj_kwargs):
+        target = Path(filename)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_sibling(target, _full_suffix(target))
+        try:
+            super().write(str(tmp), verbose=verbose, **obj_kwargs)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,211 @@
+"""Per-case, per-organ segmentation metrics under a named protocol.
+
+``btcv13`` (this project's 3D protocol)
+    The 13 BTCV organs. Dice, and HD95 in millimetres using the voxel spacing (MONAI's
+    ``compute_hausdorff_distance``: the larger of the two directed 95th-percentile surface distances).
+    Absent-organ rule:
+
+    ============================  ===========================  ===========================
+    ground truth / prediction     Dice                         HD95
+    ============================  ===========================  ===========================
+    present / present             overlap                      surface distance (mm)
+    present / empty (missed)      0                            image diagonal (mm), worst case
+    empty / present (false pos.)  0                            image diagonal (mm), worst case
+    empty / empty (absent)        not scored (NaN)             not scored (NaN)
+    ============================  ===========================  ===========================
+
+    Means skip NaN, so an organ absent from a case (and correctly not predicted) neither rewards nor
+    penalises it. (MONAI's research scripts instead score any organ absent from the ground truth as Dice 0,
+    which punishes a correct empty prediction; we state the difference rather than copy it.)
+
+``synapse8`` (the 2D papers' protocol, exactly as their ``calculate_metric_percase``)
+    The 8 Synapse organs in the papers' column order; medpy ``dc`` and ``hd95`` on the 3D masks **without
+    voxel spacing (HD95 in voxels)**: both present -> (dice, hd95); prediction non-empty and ground truth
+    empty -> (1, 0); prediction empty -> (0, 0). Mean over cases, then over organs.
+
+Label arrays are compared in the BTCV id space: use :func:`to_btcv_ids` first for 9-class Synapse labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.metrics import compute_hausdorff_distance
+from scipy import ndimage
+
+from .labels import protocol_organs, synapse_to_btcv_lut
+
+__all__ = [
+    "PROTOCOLS",
+    "to_btcv_ids",
+    "dice",
+    "hd95_mm",
+    "medpy_dc",
+    "medpy_hd95",
+    "score_case",
+    "summarize",
+]
+
+PROTOCOLS = ("btcv13", "synapse8")
+
+
+def to_btcv_ids(label: np.ndarray, id_space: str = "btcv13") -> np.ndarray:
+    """Map an integer label array to BTCV ids. ``id_space``: ``btcv13`` (unchanged) or ``synapse8``."""
+    if id_space == "btcv13":
+        return label
+    if id_space == "synapse8":
+        lut = synapse_to_btcv_lut()
+        arr = np.asarray(label).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() >= len(lut)):
+            raise ValueError(f"9-class Synapse labels must lie in 0..8, got {arr.min()}..{arr.max()}")
+        return lut[arr]
+    raise ValueError(f"unknown label id space {id_space!r}: expected 'btcv13' or 'synapse8'")
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two boolean masks; NaN when both are empty."""
+    p, g = int(pred.sum()), int(gt.sum())
+    if p + g == 0:
+        return float("nan")
+    return 2.0 * int(np.logical_and(pred, gt).sum()) / (p + g)
+
+
+def _crop_to_union(a: np.ndarray, b: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Crop two masks to the bounding box of their union plus a margin (distances are unchanged)."""
+    idx = np.nonzero(a | b)
+    sl = tuple(slice(max(int(i.min()) - margin, 0), int(i.max()) + margin + 1) for i in idx)
+    return a[sl], b[sl]
+
+
+def hd95_mm(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th-percentile Hausdorff distance in mm between two non-empty masks (MONAI, symmetric max)."""
+    p, g = _crop_to_union(pred, gt)
+    hd = compute_hausdorff_distance(
+        torch.from_numpy(p[None, None]), torch.from_numpy(g[None, None]),
+        include_background=True, percentile=95, spacing=[float(s) for s in spacing],
+    )  # fmt: skip
+    return float(hd[0, 0])
+
+
+def medpy_dc(result: np.ndarray, reference: np.ndarray) -> float:
+    """medpy ``dc``: 2|A and B| / (|A| + |B|), 0 when both are empty."""
+    result, reference = result.astype(bool), reference.astype(bool)
+    inter = int(np.count_nonzero(result & reference))
+    size = int(np.count_nonzero(result)) + int(np.count_nonzero(reference))
+    try:
+        return 2.0 * inter / float(size)
+    except ZeroDivisionError:
+        return 0.0
+
+
+def _surface_distances(result: np.ndarray, reference: np.ndarray, spacing=None) -> np.ndarray:
+    """Distances from the border voxels of ``result`` to the nearest border voxel of ``reference``.
+
+    Borders as medpy defines them: the mask minus its erosion with the face-connected (connectivity 1)
+    structuring element (voxels on the array edge count as border).
+    """
+    footprint = ndimage.generate_binary_structure(result.ndim, 1)
+    result_border = result ^ ndimage.binary_erosion(result, structure=footprint, iterations=1)
+    reference_border = reference ^ ndimage.binary_erosion(reference, structure=footprint, iterations=1)
+    dt = ndimage.distance_transform_edt(~reference_border, sampling=spacing)
+    return dt[result_border]
+
+
+def medpy_hd95(result: np.ndarray, reference: np.ndarray, spacing=None) -> float:
+    """medpy ``hd95``: 95th percentile of the union of both directed surface-distance sets.
+
+    With ``spacing=None`` (the papers' usage) distances are in voxels. Both masks must be non-empty.
+    """
+    result, reference = result.astype(bool), reference.astype(bool)
+    if not result.any() or not reference.any():
+        raise RuntimeError("medpy_hd95 needs two non-empty masks")
+    # exact: a crop edge is either the array edge or at least two voxels away from both masks
+    r, g = _crop_to_union(result, reference)
+    d1 = _surface_distances(r, g, spacing)
+    d2 = _surface_distances(g, r, spacing)
+    return float(np.percentile(np.hstack((d1, d2)), 95))
+
+
+def _diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
+
+
+def score_case(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    protocol: str = "btcv13",
+) -> dict[str, dict[str, float]]:
+    """Score one case: ``{organ_key: {"dice": .., "hd95": .., "status": ..}}`` for the protocol's organs.
+
+    ``pred`` and ``gt`` are integer label arrays of the same shape in BTCV ids (see :func:`to_btcv_ids`).
+    ``spacing`` (mm) is used by ``btcv13`` only; ``synapse8`` measures HD95 in voxels like the papers.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
+    out: dict[str, dict[str, float]] = {}
+    worst = _diagonal_mm(gt.shape, spacing)
+    for key, _name, oid in protocol_organs(protocol):
+        p, g = pred == oid, gt == oid
+        has_p, has_g = bool(p.any()), bool(g.any())
+        if protocol == "synapse8":
+            if has_p and has_g:
+                out[key] = {"dice": medpy_dc(p, g), "hd95": medpy_hd95(p, g), "status": "scored"}
+            elif has_p:
+                out[key] = {"dice": 1.0, "hd95": 0.0, "status": "false_positive"}
+            else:
+                out[key] = {"dice": 0.0, "hd95": 0.0, "status": "missed" if has_g else "absent"}
+            continue
+        if has_p and has_g:
+            out[key] = {"dice": dice(p, g), "hd95": hd95_mm(p, g, spacing), "status": "scored"}
+        elif has_g:
+            out[key] = {"dice": 0.0, "hd95": worst, "status": "missed"}
+        elif has_p:
+            out[key] = {"dice": 0.0, "hd95": worst, "status": "false_positive"}
+        else:
+            out[key] = {"dice": float("nan"), "hd95": float("nan"), "status": "absent"}
+    return out
+
+
+def _nanstats(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def summarize(cases: dict[str, dict[str, dict[str, float]]], protocol: str = "btcv13") -> dict:
+    """Summary over cases: per organ mean/std/n of Dice and HD95, and the overall mean.
+
+    The overall mean is the mean over organs of the per-organ means (the papers' "mean over cases, then over
+    organs"); the overall std is the std over cases of each case's organ-averaged Dice.
+    """
+    organs = protocol_organs(protocol)
+    per_organ = {}
+    for key, name, _ in organs:
+        per_organ[key] = {
+            "name": name,
+            "dice": _nanstats([c[key]["dice"] for c in cases.values() if key in c]),
+            "hd95": _nanstats([c[key]["hd95"] for c in cases.values() if key in c]),
+        }
+    case_means = {
+        cid: _nanstats([c[k]["dice"] for k, _, _ in organs if k in c])["mean"] for cid, c in cases.items()
+    }
+    organ_means_d = [per_organ[k]["dice"]["mean"] for k, _, _ in organs]
+    organ_means_h = [per_organ[k]["hd95"]["mean"] for k, _, _ in organs]
+    return {
+        "protocol": protocol,
+        "num_cases": len(cases),
+        "organs": per_organ,
+        "case_mean_dice": case_means,
+        "mean": {
+            "dice": _nanstats(organ_means_d)["mean"],
+            "dice_std_over_cases": _nanstats(list(case_means.values()))["std"],
+            "hd95": _nanstats(organ_means_h)["mean"],
+        },
+    }

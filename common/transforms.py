@@ -1,0 +1,248 @@
+"""Transform factories shared by every bundle, so a change lands once.
+
+* :func:`load_transforms`: read NIfTI (nibabel) or DICOM series / ``.mha`` / ``.nrrd`` (SimpleITK),
+  channel first, and :class:`CheckInputd` (clear errors for bad input).
+* :func:`btcv_preprocessing`: the BTCV 3D preprocessing of UNETR/SwinUNETR: orientation RAS, spacing
+  1.5 x 1.5 x 2.0 mm, HU window [-175, 250] -> [0, 1] clipped, crop foreground (all invertible).
+* :func:`btcv_train_augmentation`: RandCropByPosNegLabel 96^3 (pos 1, neg 1, 4 samples), random flips on
+  the three axes, random rot90, random intensity shift (the MONAI BTCV recipe).
+* :func:`btcv_train_transforms`: preprocessing + augmentation, for training datasets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapLabelValued,
+    MapTransform,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotate90d,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
+from monai.utils import ensure_tuple
+
+from .errors import InputError
+from .io import SimpleITKReader
+from .labels import BTCV_NUM_CLASSES, btcv_to_synapse_lut
+
+__all__ = [
+    "CheckInputd",
+    "LoadCheckedImaged",
+    "load_transforms",
+    "label_map_transform",
+    "btcv_preprocessing",
+    "btcv_train_augmentation",
+    "btcv_train_transforms",
+]
+
+
+def _source(d: dict, key: str) -> str:
+    v = d.get(key)
+    meta = getattr(v, "meta", None) or d.get(f"{key}_meta_dict") or {}
+    return str(meta.get("filename_or_obj", f"<{key}>"))
+
+
+class CheckInputd(MapTransform):
+    """Stop with an :class:`InputError` naming the file when the loaded data cannot be right.
+
+    Checks (after ``EnsureChannelFirstd``): the image is 3D with ``image_channels`` channels; if a label is
+    present, it is one 3D volume on the image's grid (same shape, same affine) with integer values in
+    ``0..num_classes-1``.
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str | None = "label",
+        image_channels: int = 1,
+        num_classes: int = BTCV_NUM_CLASSES,
+    ):
+        keys = [image_key] + ([label_key] if label_key else [])
+        super().__init__(keys, allow_missing_keys=True)
+        self.image_key, self.label_key = image_key, label_key
+        self.image_channels, self.num_classes = image_channels, num_classes
+
+    def __call__(self, data):
+        d = dict(data)
+        img = d.get(self.image_key)
+        if img is not None:
+            src = _source(d, self.image_key)
+            if img.ndim != 4:
+                raise InputError(
+                    f"{src}: expected a 3D volume, got an image with {img.ndim - 1} spatial dimensions "
+                    f"(shape {tuple(img.shape[1:])})"
+                )
+            if img.shape[0] != self.image_channels:
+                raise InputError(
+                    f"{src}: image has {img.shape[0]} channels (shape {tuple(img.shape[1:])} x {img.shape[0]}); "
+                    f"this bundle takes {self.image_channels}-channel 3D CT: give one volume per file"
+                )
+        lab = d.get(self.label_key) if self.label_key else None
+        if lab is not None and not isinstance(lab, str):
+            lsrc = _source(d, self.label_key)
+            if lab.ndim != 4 or lab.shape[0] != 1:
+                raise InputError(f"{lsrc}: label must be one 3D volume, got shape {tuple(lab.shape)}")
+            if img is not None:
+                if tuple(lab.shape[1:]) != tuple(img.shape[1:]):
+                    raise InputError(
+                        f"{lsrc}: label grid {tuple(lab.shape[1:])} does not match its image "
+                        f"{_source(d, self.image_key)} {tuple(img.shape[1:])}"
+                    )
+                ia, la = getattr(img, "affine", None), getattr(lab, "affine", None)
+                if ia is not None and la is not None and not torch.allclose(
+                    torch.as_tensor(ia, dtype=torch.float64), torch.as_tensor(la, dtype=torch.float64), atol=1e-3
+                ):
+                    raise InputError(
+                        f"{lsrc}: label affine differs from its image {_source(d, self.image_key)}: "
+                        "image and label must share one grid"
+                    )
+            t = torch.as_tensor(lab)
+            lo, hi = float(t.min()), float(t.max())
+            if lo < 0 or hi > self.num_classes - 1 or not torch.equal(t, torch.round(t)):
+                raise InputError(
+                    f"{lsrc}: label values {lo:g}..{hi:g} outside the label map 0..{self.num_classes - 1} "
+                    "(or not integers)"
+                )
+        return d
+
+
+class LoadCheckedImaged(LoadImaged):
+    """``LoadImaged`` that turns a missing or unreadable file into an :class:`InputError` naming it."""
+
+    def __call__(self, data, reader=None):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            if isinstance(path, (str, os.PathLike)) and not os.path.exists(path):
+                raise InputError(f"{path}: file not found", hint=f"check the '{key}' path of this case")
+            try:  # one key at a time, so an error names the file that caused it
+                d.update(super().__call__({key: path}, reader))
+            except InputError:
+                raise
+            except Exception as e:
+                raise InputError(f"{path}: cannot read the image ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        return d
+
+
+def load_transforms(
+    keys: KeysCollection = ("image", "label"), image_channels: int = 1, num_classes: int = BTCV_NUM_CLASSES
+) -> list:
+    """Load (nibabel for NIfTI, SimpleITK for DICOM folders / .mha / .nrrd), channel first, check."""
+    keys = ensure_tuple(keys)
+    loader = LoadCheckedImaged(keys, image_only=True, allow_missing_keys=True)
+    loader.register(SimpleITKReader())  # chosen by suffix; NIfTI stays with MONAI's nibabel reader
+    label_key = "label" if "label" in keys else None
+    return [
+        loader,
+        EnsureChannelFirstd(keys, allow_missing_keys=True),
+        CheckInputd(image_key=keys[0], label_key=label_key, image_channels=image_channels, num_classes=num_classes),
+    ]
+
+
+def label_map_transform(label_map: str = "btcv13", label_key: str = "label") -> list:
+    """Transforms mapping BTCV label ids to a training protocol's ids.
+
+    ``btcv13``: no change (14 classes). ``synapse8``: the 8 Synapse organs get ids 1..8 in the papers'
+    column order (aorta, gallbladder, left kidney, right kidney, liver, pancreas, spleen, stomach); the other
+    five organs become background (9 classes).
+    """
+    if label_map in ("btcv13", "", None):
+        return []
+    if label_map == "synapse8":
+        lut = btcv_to_synapse_lut()
+        orig = list(range(len(lut)))
+        return [MapLabelValued(label_key, orig_labels=orig, target_labels=[int(v) for v in lut], allow_missing_keys=True)]
+    raise InputError(f"unknown label_map {label_map!r}", hint="use 'btcv13' (14 classes) or 'synapse8' (9 classes)")
+
+
+def btcv_preprocessing(
+    keys: KeysCollection = ("image", "label"),
+    spacing: Sequence[float] = (1.5, 1.5, 2.0),
+    hu_window: Sequence[float] = (-175.0, 250.0),
+    crop_foreground: bool = True,
+    label_map: str = "btcv13",
+    image_channels: int = 1,
+    device: str | torch.device | None = None,
+) -> Compose:
+    """The BTCV 3D preprocessing (invertible, so predictions can be mapped back to the input grid).
+
+    Load -> check -> orientation RAS -> ``Spacingd`` (bilinear image, nearest label) -> HU window to [0, 1],
+    clipped -> crop to the foreground (voxels above the window's lower bound) -> label map.
+    ``device``: optionally move the data to this device after loading (GPU preprocessing).
+    """
+    keys = ensure_tuple(keys)
+    modes = ["bilinear" if k == keys[0] else "nearest" for k in keys]
+    xs = load_transforms(keys, image_channels=image_channels)
+    if device is not None:
+        xs.append(EnsureTyped(keys, device=device, track_meta=True, allow_missing_keys=True))
+    xs += [
+        Orientationd(keys, axcodes="RAS", labels=None, allow_missing_keys=True),
+        Spacingd(keys, pixdim=tuple(float(s) for s in spacing), mode=modes, allow_missing_keys=True),
+        ScaleIntensityRanged(keys[0], a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0, b_max=1.0, clip=True),
+    ]
+    if crop_foreground:
+        xs.append(CropForegroundd(keys, source_key=keys[0], allow_smaller=True, allow_missing_keys=True))
+    xs += label_map_transform(label_map)
+    return Compose(xs)
+
+
+def btcv_train_augmentation(
+    keys: KeysCollection = ("image", "label"),
+    roi_size: Sequence[int] = (96, 96, 96),
+    num_samples: int = 4,
+    pos: float = 1.0,
+    neg: float = 1.0,
+    flip_prob: float = 0.1,
+    rot90_prob: float = 0.1,
+    shift_offset: float = 0.1,
+    shift_prob: float = 0.5,
+) -> list:
+    """The MONAI BTCV augmentation: pad to the ROI where needed, RandCropByPosNegLabel, flips, rot90, shift.
+
+    The rot90 turns in the axial plane, so non-cubic ROIs keep their shape when ``roi_size[0] == roi_size[1]``.
+    """
+    keys = ensure_tuple(keys)
+    roi = tuple(int(r) for r in roi_size)
+    return [
+        SpatialPadd(keys, spatial_size=roi),
+        RandCropByPosNegLabeld(
+            keys, label_key=keys[1], spatial_size=roi, pos=pos, neg=neg, num_samples=num_samples,
+            image_key=keys[0], image_threshold=0,
+        ),
+        RandFlipd(keys, prob=flip_prob, spatial_axis=0),
+        RandFlipd(keys, prob=flip_prob, spatial_axis=1),
+        RandFlipd(keys, prob=flip_prob, spatial_axis=2),
+        RandRotate90d(keys, prob=rot90_prob, max_k=3, spatial_axes=(0, 1)),
+        RandShiftIntensityd(keys[0], offsets=shift_offset, prob=shift_prob),
+    ]  # fmt: skip
+
+
+def btcv_train_transforms(
+    keys: KeysCollection = ("image", "label"),
+    spacing: Sequence[float] = (1.5, 1.5, 2.0),
+    hu_window: Sequence[float] = (-175.0, 250.0),
+    roi_size: Sequence[int] = (96, 96, 96),
+    num_samples: int = 4,
+    label_map: str = "btcv13",
+    device: str | torch.device | None = None,
+    **augmentation,
+) -> Compose:
+    """Preprocessing followed by augmentation; a ``CacheDataset`` caches up to the first random transform."""
+    pre = btcv_preprocessing(keys, spacing, hu_window, True, label_map, device=device)
+    aug = btcv_train_augmentation(keys, roi_size, num_samples, **augmentation)
+    return Compose(list(pre.transforms) + aug)
+

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny generated data, tiny network overrides, the real sample CT (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+SHARED = Path(os.environ.get("BTCV_SHARED", REPO.parent / "shared"))
+SAMPLE_DIR = SHARED / "data" / "abdomen_ct_sample"
+SCHEMA = SHARED / "monai" / "meta_schema_20240725.json"
+
+# tiny phantoms: 4 cases (3 train / 1 validation) on a coarse grid, generated once per test session
+TINY_SHAPE = (64, 64, 28)
+TINY_SPACING = (6.0, 6.0, 10.0)
+
+# a UNETR small enough for CI: same class and wiring as the research configuration, fewer features
+TINY_UNETR = {
+    "network_def#feature_size": 4,
+    "network_def#hidden_size": 32,
+    "network_def#mlp_dim": 64,
+    "network_def#num_heads": 2,
+}
+TINY_3D_SETTINGS = {
+    "spacing": [6.0, 6.0, 10.0],
+    "roi_size": [32, 32, 16],
+    "sw_batch_size": 2,
+    "num_workers": 0,
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep generated demo data out of the user's cache during tests."""
+    old = os.environ.get("BTCV_DEMO_DIR")
+    os.environ["BTCV_DEMO_DIR"] = str(tmp_path_factory.mktemp("demo-cache"))
+    yield
+    if old is None:
+        os.environ.pop("BTCV_DEMO_DIR", None)
+    else:
+        os.environ["BTCV_DEMO_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Folder with 4 tiny phantoms and ``dataset.json`` (3 training, 1 validation)."""
+    from common.phantom import write_phantom_dataset
+
+    out = tmp_path_factory.mktemp("tiny-phantoms")
+    write_phantom_dataset(out, num_cases=4, num_validation=1, seed=7, shape=TINY_SHAPE, spacing=TINY_SPACING)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_ct() -> Path:
+    """The real abdominal CT sample of ../shared/data (skips with the reason when it is absent)."""
+    if not (SAMPLE_DIR / "image.nii.gz").is_file():
+        pytest.skip(f"real CT sample not found at {SAMPLE_DIR} (set BTCV_SHARED to the shared folder)")
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def schema_file() -> Path:
+    if not SCHEMA.is_file():
+        pytest.skip(f"metadata schema not found at {SCHEMA} (set BTCV_SHARED to the shared folder)")
+    return SCHEMA
+
+
+def pytest_configure(config):
+    sys.path.insert(0, str(REPO))

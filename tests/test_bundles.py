@@ -1,0 +1,173 @@
+"""Every bundle end to end on tiny data: train (and resume), infer, evaluate, metadata, net in/out.
+
+This is what the model zoo's CI runs for a bundle, with tiny network overrides so it takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from bundle_cases import BUNDLE_TINY
+from conftest import BUNDLES
+from monai.bundle import ConfigWorkflow
+
+BUNDLE_NAMES = sorted(BUNDLE_TINY)
+
+
+def configs(bundle: str, *names: str) -> list[str]:
+    return [str(BUNDLES / bundle / "configs" / n) for n in names]
+
+
+def run_workflow(bundle: str, names: tuple[str, ...], workflow_type: str, **overrides) -> ConfigWorkflow:
+    files = configs(bundle, *names)
+    wf = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=workflow_type, **overrides)
+    wf.initialize()
+    assert wf.check_properties() == [], f"{bundle}: missing bundle properties"
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def test_every_bundle_is_covered():
+    present = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir())
+    assert present == BUNDLE_NAMES
+
+
+@pytest.fixture(scope="module", params=BUNDLE_NAMES)
+def trained(request, tiny_data, tmp_path_factory):
+    """Train each bundle for one tiny epoch (validation included); returns (bundle, workdir, overrides)."""
+    bundle = request.param
+    work = tmp_path_factory.mktemp(f"{bundle}-work")
+    tiny = dict(BUNDLE_TINY[bundle])
+    wf = run_workflow(
+        bundle, ("train.json",), "train",
+        dataset_dir=str(tiny_data), ckpt_dir=str(work / "models"), output_dir=str(work / "runs"),
+        max_epochs=1, val_interval=1, **tiny,
+    )  # fmt: skip
+    assert wf.parser.get_parsed_content("train#trainer").state.epoch == 1
+    return bundle, work, tiny
+
+
+def test_train_saves_best_and_resumable_state(trained):
+    bundle, work, _ = trained
+    assert (work / "models" / "model.pt").is_file(), "best checkpoint by validation Dice not written"
+    assert (work / "models" / "checkpoint_epoch=1.pt").is_file(), "resumable training state not written"
+    assert any((work / "runs").iterdir()), "no TensorBoard log"
+
+
+def test_training_resumes_after_interruption(trained, tiny_data, capsys):
+    bundle, work, tiny = trained
+    wf = run_workflow(
+        bundle, ("train.json",), "train",
+        dataset_dir=str(tiny_data), ckpt_dir=str(work / "models"), output_dir=str(work / "runs"),
+        max_epochs=2, val_interval=1, **tiny,
+    )  # fmt: skip
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2
+    assert "resuming training from" in capsys.readouterr().out
+    assert (work / "models" / "checkpoint_epoch=2.pt").is_file()
+    assert not (work / "models" / "checkpoint_epoch=1.pt").exists()
+
+
+def test_inference_writes_labels_on_the_input_grid(trained, tiny_data, tmp_path):
+    bundle, work, tiny = trained
+    image = tiny_data / "imagesTr" / "phantom0003.nii.gz"
+    out = tmp_path / "pred"
+    run_workflow(
+        bundle, ("inference.json",), "infer",
+        dataset_dir=str(image), output_dir=str(out), ckpt_path=str(work / "models" / "model.pt"), **tiny,
+    )  # fmt: skip
+    written = out / "phantom0003_seg.nii.gz"
+    assert written.is_file()
+    src, pred = nib.load(str(image)), nib.load(str(written))
+    assert pred.shape == src.shape
+    np.testing.assert_allclose(pred.affine, src.affine, atol=1e-4)
+    values = np.unique(np.asarray(pred.dataobj))
+    assert values.min() >= 0 and values.max() < 14
+    assert not list(out.glob(".*partial*")), "temporary files left behind"
+
+
+def test_evaluate_writes_per_organ_report(trained, tiny_data, tmp_path, capsys):
+    bundle, work, tiny = trained
+    out = tmp_path / "eval"
+    run_workflow(
+        bundle, ("inference.json", "evaluate.json"), "infer",
+        dataset_dir=str(tiny_data), output_dir=str(out), ckpt_path=str(work / "models" / "model.pt"), **tiny,
+    )  # fmt: skip
+    for name in ("metrics_per_case.csv", "summary.csv", "summary.md", "results.json"):
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["protocol"] == "btcv13"
+    assert res["meta"]["split"] == "dataset_0"
+    assert len(res["cases"]) == 1
+    assert set(res["summary"]["organs"]) >= {"liver", "spleen", "aorta"}
+    printed = capsys.readouterr().out
+    assert "MEAN" in printed and "liver" in printed and str(out) in printed
+
+
+def test_missing_checkpoint_is_a_clear_error(tiny_data, tmp_path):
+    bundle = BUNDLE_NAMES[0]
+    from common.errors import InputError, find_input_error
+
+    with pytest.raises(Exception) as exc:
+        run_workflow(
+            bundle, ("inference.json",), "infer",
+            dataset_dir=str(tiny_data / "imagesTr"), output_dir=str(tmp_path), ckpt_path=str(tmp_path / "none.pt"),
+            **BUNDLE_TINY[bundle],
+        )  # fmt: skip
+    err = find_input_error(exc.value)
+    assert isinstance(err, InputError)
+    assert "no trained model" in str(err) and "train.json" in str(err)
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_metadata_verifies(bundle, schema_file):
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(BUNDLES / bundle / "configs" / "metadata.json"), filepath=str(schema_file))
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_metadata_channel_def_comes_from_labels(bundle):
+    from common.labels import channel_def
+
+    meta = json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    protocol = "synapse8" if pred["num_channels"] == 9 else "btcv13"
+    assert pred["channel_def"] == channel_def(protocol)
+    assert meta["version"] in meta["changelog"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_verify_net_in_out(bundle):
+    """MONAI's own check: the network takes ``inputs#image`` and returns ``outputs#pred`` as declared."""
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(BUNDLES / bundle / "configs" / "metadata.json"),
+        config_file=str(BUNDLES / bundle / "configs" / "inference.json"),
+        device="cpu",
+    )
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_multi_gpu_config_parses(bundle):
+    """multi_gpu_train.json merges with train.json and references only ids that exist."""
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config(configs(bundle, "train.json", "multi_gpu_train.json"))
+    assert p["train"]["dataloader"]["sampler"] == "@train#sampler"
+    assert "common.distributed.init()" in " ".join(p["initialize"])
+    assert p["train"]["trainer"]["train_handlers"].startswith("$common.distributed.rank0_handlers")
+
+
+def test_configs_are_valid_json():
+    for f in BUNDLES.glob("*/configs/*.json"):
+        json.loads(f.read_text())
+    assert os.path.isdir(BUNDLES)

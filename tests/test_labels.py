@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from common.labels import (
+    BTCV_NUM_CLASSES,
+    BTCV_ORGANS,
+    SYNAPSE_ORGAN_ORDER,
+    btcv_to_synapse_lut,
+    channel_def,
+    organ,
+    protocol_organs,
+    remap_labels,
+    synapse_to_btcv_lut,
+)
+
+
+def test_btcv_map_is_the_challenge_order():
+    names = [o.name for o in BTCV_ORGANS]
+    assert names == [
+        "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
+        "inferior vena cava", "portal and splenic vein", "pancreas", "right adrenal gland", "left adrenal gland",
+    ]  # fmt: skip
+    assert [o.id for o in BTCV_ORGANS] == list(range(1, 14))
+    assert BTCV_NUM_CLASSES == 14
+    assert len({o.colour for o in BTCV_ORGANS}) == 13
+    assert channel_def()["0"] == "background" and channel_def()["13"] == "left adrenal gland"
+
+
+def test_synapse_subset_in_paper_column_order():
+    assert SYNAPSE_ORGAN_ORDER == ("aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach")
+    assert [k for k, _, _ in protocol_organs("synapse8")] == list(SYNAPSE_ORGAN_ORDER)
+    assert channel_def("synapse8") == {
+        "0": "background", "1": "aorta", "2": "gallbladder", "3": "left kidney", "4": "right kidney",
+        "5": "liver", "6": "pancreas", "7": "spleen", "8": "stomach",
+    }  # fmt: skip
+
+
+def test_synapse_mapping_round_trip_and_dropped_organs():
+    to_s, to_b = btcv_to_synapse_lut(), synapse_to_btcv_lut()
+    btcv = np.arange(14)
+    syn = to_s[btcv]
+    for key in ("esophagus", "ivc", "portal_splenic_vein", "adrenal_right", "adrenal_left"):
+        assert syn[organ(key).id] == 0
+    kept = [organ(k).id for k in SYNAPSE_ORGAN_ORDER]
+    assert list(to_b[to_s[kept]]) == kept
+    assert syn[organ("aorta").id] == 1 and syn[organ("stomach").id] == 8
+
+
+def test_remap_labels_numpy_and_torch_and_bounds():
+    lut = btcv_to_synapse_lut()
+    a = np.array([[0, 6, 8], [13, 1, 7]], dtype=np.uint8)
+    np.testing.assert_array_equal(remap_labels(a, lut), [[0, 5, 1], [0, 7, 8]])
+    t = remap_labels(torch.tensor(a), lut)
+    assert isinstance(t, torch.Tensor) and t.tolist() == [[0, 5, 1], [0, 7, 8]]
+    with pytest.raises(ValueError, match="0..13"):
+        remap_labels(np.array([14]), lut)

@@ -1,0 +1,77 @@
+"""The shared BTCV 3D transforms and the input checks they run."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from common.errors import InputError, find_input_error
+from common.transforms import btcv_preprocessing, btcv_train_transforms
+
+
+def _save(path, arr, affine):
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    aff = np.diag([-1.0, -1.0, 2.5, 1.0])
+    img = np.full((40, 36, 12), -1000, np.int16)
+    img[5:35, 5:30, 2:10] = 40  # body
+    lab = np.zeros((40, 36, 12), np.uint8)
+    lab[10:20, 10:20, 4:8] = 6
+    return _save(tmp_path / "img.nii.gz", img, aff), _save(tmp_path / "lab.nii.gz", lab, aff), aff
+
+
+def test_preprocessing_orientation_spacing_window_crop(pair):
+    img, lab, _ = pair
+    out = btcv_preprocessing(spacing=(1.5, 1.5, 2.0))({"image": img, "label": lab})
+    x, y = out["image"], out["label"]
+    assert x.shape[0] == 1 and x.shape == y.shape
+    aff = x.affine.numpy()
+    assert np.allclose(np.diag(aff)[:3], [1.5, 1.5, 2.0])  # RAS, resampled
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0  # HU window -> [0, 1], clipped
+    assert x.shape[1] <= int(np.ceil(30 / 1.5)) + 1  # cropped to the body (foreground), not the air
+    assert set(torch.unique(y).tolist()) == {0.0, 6.0}
+
+
+def test_train_transforms_sample_rois(pair):
+    img, lab, _ = pair
+    t = btcv_train_transforms(spacing=(1.5, 1.5, 2.0), roi_size=(16, 16, 8), num_samples=3)
+    out = t({"image": img, "label": lab})
+    assert len(out) == 3
+    assert all(o["image"].shape == (1, 16, 16, 8) and o["label"].shape == (1, 16, 16, 8) for o in out)
+
+
+def test_synapse8_label_map(pair):
+    img, lab, _ = pair
+    out = btcv_preprocessing(spacing=(1.5, 1.5, 2.0), label_map="synapse8")({"image": img, "label": lab})
+    assert set(torch.unique(out["label"]).tolist()) == {0.0, 5.0}  # liver is id 5 of the Synapse order
+
+
+def _error(transform, data) -> InputError:
+    with pytest.raises(Exception) as exc:
+        transform(data)
+    err = find_input_error(exc.value)
+    assert err is not None, f"not an InputError: {exc.value!r}"
+    return err
+
+
+def test_bad_inputs_stop_with_the_file_named(pair, tmp_path):
+    img, lab, aff = pair
+    pre = btcv_preprocessing()
+    four_d = _save(tmp_path / "four_d.nii.gz", np.zeros((8, 8, 4, 2), np.int16), aff)
+    assert "four_d.nii.gz: image has 2 channels" in str(_error(pre, {"image": four_d, "label": lab}))
+    flat = _save(tmp_path / "flat.nii.gz", np.zeros((8, 8), np.int16), np.eye(4))
+    assert "flat.nii.gz: expected a 3D volume" in str(_error(btcv_preprocessing(keys=["image"]), {"image": flat}))
+    high = _save(tmp_path / "high.nii.gz", np.full((40, 36, 12), 20, np.uint8), aff)
+    assert "high.nii.gz: label values 20..20 outside the label map 0..13" in str(_error(pre, {"image": img, "label": high}))
+    small = _save(tmp_path / "small.nii.gz", np.zeros((40, 36, 11), np.uint8), aff)
+    assert "small.nii.gz: label grid (40, 36, 11) does not match" in str(_error(pre, {"image": img, "label": small}))
+    moved = _save(tmp_path / "moved.nii.gz", np.zeros((40, 36, 12), np.uint8), np.diag([1.0, 1.0, 2.5, 1.0]))
+    assert "moved.nii.gz: label affine differs" in str(_error(pre, {"image": img, "label": moved}))
+    assert "missing.nii.gz: file not found" in str(_error(pre, {"image": str(tmp_path / "missing.nii.gz"), "label": lab}))
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(b"not an image")
+    assert "garbage.nii.gz: cannot read the image" in str(_error(pre, {"image": str(garbage), "label": lab}))
