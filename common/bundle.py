@@ -21,7 +21,15 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["bundle_root", "latest_checkpoint", "make_resumable", "require_checkpoint", "default_device", "file_sha256"]
+__all__ = [
+    "bundle_root",
+    "latest_checkpoint",
+    "make_resumable",
+    "require_checkpoint",
+    "with_pretrained",
+    "default_device",
+    "file_sha256",
+]
 
 
 def _root_from_config_path(path: str | os.PathLike) -> str:
@@ -164,3 +172,18 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
         CheckpointLoader(load_path=latest, load_dict=state, map_location=getattr(trainer.state, "device", None) or "cpu").attach(trainer)
         print(f"resuming training from {latest}", flush=True)
     return latest
+
+
+def with_pretrained(network: torch.nn.Module, path: str | os.PathLike | None, loader) -> torch.nn.Module:
+    """Load pretrained weights into ``network`` with ``loader(network, path)`` when ``path`` is set.
+
+    Used by the configs' ``network`` entry: ``"$common.bundle.with_pretrained(@network_def,
+    @pretrained_path, <loader>).to(@device)"``; an empty path leaves the network as initialised.
+    """
+    if path:
+        if not os.path.isfile(str(path)):
+            raise InputError(f"{path}: pretrained weights not found", hint="set pretrained_path to the file, or to \"\" to train from scratch")
+        report = loader(network, str(path))
+        n = report.get("num_tensors", len(report.get("loaded", []))) if isinstance(report, dict) else None
+        print(f"loaded pretrained weights from {path}" + (f" ({n} tensors)" if n is not None else ""), flush=True)
+    return network

@@ -1,0 +1,349 @@
+"""2D networks on 3D volumes: axial-slice training data and slice-wise inference, shared by the 2D bundles.
+
+The 2D papers (TransUNet, Swin-Unet, MT-UNet) train on axial slices and evaluate by predicting every slice
+of a volume and stacking the results. Here:
+
+* :func:`slice_preprocessing`: the volume-level preprocessing of the 2D bundles (load, check, orientation
+  RAS so the last axis is the axial one, HU window [-125, 275] -> [0, 1] clipped as the papers). No
+  resampling: slices are resized in-plane to the network size, as in the papers. Invertible.
+* :class:`SliceDataset`: axial 2D training samples drawn from 3D volumes that are preprocessed and resized
+  in-plane to the network size once per volume (cached), with the papers' augmentation
+  (:class:`PaperSliceAugmentd`) and per-slice weights for foreground-aware sampling.
+* :class:`SliceWiseInferer`: a MONAI ``Inferer`` running a 2D network over a whole volume. ``mode="batched"``
+  (default) sends batches of slices through the network, resizing each batch in-plane to the network size
+  (bicubic) and the logits back to the slice size (bilinear) before any argmax. ``mode="reference"`` is the
+  papers' own procedure (one slice at a time, scipy cubic zoom to the network size, argmax there, nearest
+  zoom back), kept so results can be compared with the published protocol. Both return a
+  (B, classes, X, Y, Z) tensor on the input's grid, so the bundles' post-processing (argmax, inversion to the
+  original grid, writing) is the same as for the 3D bundles.
+
+MONAI's ``SliceInferer`` runs a 2D network over 3D data but pads instead of resizing, so it cannot reproduce
+the papers' 224 x 224 resizing; :class:`SliceWiseInferer` subclasses MONAI's ``Inferer`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+from monai.transforms import Compose, MapTransform, Orientationd, Randomizable, ScaleIntensityRanged
+from monai.utils import ensure_tuple
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from .labels import BTCV_NUM_CLASSES
+from .transforms import label_map_transform, load_transforms
+
+__all__ = [
+    "PAPER_HU_WINDOW",
+    "slice_preprocessing",
+    "PaperSliceAugmentd",
+    "SliceDataset",
+    "SliceWiseInferer",
+    "slice_weights",
+]
+
+PAPER_HU_WINDOW = (-125.0, 275.0)
+_DTYPES = {None: None, "": None, "fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+
+
+def slice_preprocessing(
+    keys: KeysCollection = ("image", "label"),
+    hu_window: Sequence[float] = PAPER_HU_WINDOW,
+    label_map: str = "btcv13",
+    image_channels: int = 1,
+) -> Compose:
+    """Volume preprocessing of the 2D bundles: load, check, RAS (axial = last axis), HU window to [0, 1]."""
+    keys = ensure_tuple(keys)
+    xs = load_transforms(keys, image_channels=image_channels)
+    xs += [
+        Orientationd(keys, axcodes="RAS", labels=None, allow_missing_keys=True),
+        ScaleIntensityRanged(keys[0], a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0, b_max=1.0, clip=True),
+    ]  # fmt: skip
+    xs += label_map_transform(label_map)
+    return Compose(xs)
+
+
+class PaperSliceAugmentd(Randomizable, MapTransform):
+    """The 2D papers' training augmentation (TransUNet's ``RandomGenerator``), on (C, H, W) slices.
+
+    With probability 1/2: rotate by k * 90 degrees (k uniform in 0..3) and flip along a random in-plane
+    axis. Otherwise, with probability 1/2: rotate by an integer angle uniform in [-20, 20] degrees with
+    nearest-neighbour interpolation (order 0, as the papers do for both image and label), keeping the size.
+    Otherwise: unchanged.
+    """
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), max_angle: int = 20):
+        MapTransform.__init__(self, keys)
+        self.max_angle = int(max_angle)
+        self._op, self._k, self._axis, self._angle = 0, 0, 0, 0
+
+    def randomize(self, data=None) -> None:
+        if self.R.random_sample() > 0.5:
+            self._op, self._k, self._axis = 1, int(self.R.randint(0, 4)), int(self.R.randint(0, 2))
+        elif self.R.random_sample() > 0.5:
+            self._op, self._angle = 2, int(self.R.randint(-self.max_angle, self.max_angle))
+        else:
+            self._op = 0
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize()
+        if self._op == 0:
+            return d
+        for key in self.key_iterator(d):
+            x = d[key]
+            arr = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            if self._op == 1:
+                arr = np.flip(np.rot90(arr, self._k, axes=(1, 2)), axis=1 + self._axis)
+            else:
+                arr = ndimage.rotate(arr, self._angle, axes=(1, 2), order=0, reshape=False)
+            d[key] = torch.from_numpy(np.ascontiguousarray(arr))
+        return d
+
+
+def slice_weights(slice_labels: Sequence[np.ndarray], num_classes: int, fg_prob: float = 0.5) -> np.ndarray:
+    """Sampling weight of every slice for foreground-aware sampling.
+
+    Each draw takes, with probability ``1 - fg_prob``, a slice uniformly at random and, with probability
+    ``fg_prob``, a foreground class uniformly among the classes present in the data and then a slice
+    containing it uniformly; so every organ, however small, is seen in about ``fg_prob / classes`` of the
+    draws. ``slice_labels[s]`` lists the class ids present in slice ``s``. ``fg_prob = 0`` is uniform sampling
+    over slices (the papers). Returns probabilities summing to 1.
+    """
+    n = len(slice_labels)
+    w = np.full(n, (1.0 - fg_prob) / n)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for present in slice_labels:
+        counts[present] += 1
+    classes = [c for c in range(1, num_classes) if counts[c] > 0]
+    if fg_prob > 0 and classes:
+        for s, present in enumerate(slice_labels):
+            w[s] += sum(fg_prob / (len(classes) * counts[c]) for c in present if c > 0 and counts[c] > 0)
+    else:
+        w[:] = 1.0 / n
+    return w / w.sum()
+
+
+def _plain(x) -> torch.Tensor:
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
+def _resize_slices(x: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
+    """Resize (N, C, H, W) to ``size`` with ``mode`` bicubic, bilinear or nearest.
+
+    Corner pixels map to corner pixels (``align_corners=True``), the grid convention of the papers'
+    ``scipy.ndimage.zoom``, so batched and reference paths sample the same positions.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return _nearest_aligned(x, size)
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=True)
+
+
+def _nearest_aligned(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Nearest-neighbour resize with corners aligned (as ``scipy.ndimage.zoom(order=0)``)."""
+    idx = []
+    for n_in, n_out, dev in ((x.shape[-2], size[0], x.device), (x.shape[-1], size[1], x.device)):
+        if n_out == 1:
+            idx.append(torch.zeros(1, dtype=torch.long, device=dev))
+            continue
+        pos = torch.arange(n_out, device=dev, dtype=torch.float64) * ((n_in - 1) / (n_out - 1))
+        idx.append(torch.round(pos).long().clamp_(0, n_in - 1))
+    return x[..., idx[0][:, None], idx[1][None, :]]
+
+
+class SliceDataset(Dataset):
+    """Axial 2D training samples from 3D volumes, cached once per volume at the network's in-plane size.
+
+    Args:
+        data: datalist items (``image``, ``label`` paths).
+        transform: volume-level deterministic preprocessing (see :func:`slice_preprocessing`).
+        img_size: in-plane network input size (H, W); every volume's slices are resized to it once (image
+            bicubic, clipped to [0, 1]; label nearest).
+        augment: apply :class:`PaperSliceAugmentd` to each sample.
+        fg_prob: foreground-aware sampling strength (see :func:`slice_weights`), used by :meth:`sampler`.
+        num_classes: number of label classes after the transform's label map.
+        progress: show a progress bar while caching.
+
+    ``len(dataset)`` is the number of slices; item ``i`` is slice ``i`` as ``{"image": (1, H, W) float32,
+    "label": (1, H, W) float32}``. Use :meth:`sampler` for the weighted (foreground-aware) order.
+    """
+
+    def __init__(
+        self,
+        data: Sequence[dict],
+        transform: Callable,
+        img_size: Sequence[int] = (224, 224),
+        augment: bool = True,
+        fg_prob: float = 0.5,
+        num_classes: int = BTCV_NUM_CLASSES,
+        progress: bool = True,
+    ):
+        self.img_size = tuple(int(s) for s in ensure_tuple(img_size))
+        if len(self.img_size) == 1:
+            self.img_size = self.img_size * 2
+        self.num_classes = int(num_classes)
+        self.fg_prob = float(fg_prob)
+        self.augment = PaperSliceAugmentd(("image", "label")) if augment else None
+        self.images: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.index: list[tuple[int, int]] = []
+        present: list[np.ndarray] = []
+        items = list(data)
+        it = items
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(items, desc="caching volumes as slices", unit="volume")
+        for v, item in enumerate(it):
+            d = transform(item)
+            img = _plain(d["image"]).float()  # (1, X, Y, Z), no metadata: slices are collated as plain tensors
+            lab = _plain(d["label"]).float()
+            img_s = img[0].permute(2, 0, 1).unsqueeze(1)  # (Z, 1, X, Y)
+            lab_s = lab[0].permute(2, 0, 1).unsqueeze(1)
+            img_s = _resize_slices(img_s, self.img_size, "bicubic").clamp_(0.0, 1.0)
+            lab_s = _resize_slices(lab_s, self.img_size, "nearest")
+            self.images.append(img_s.contiguous())
+            self.labels.append(lab_s.to(torch.uint8).contiguous())
+            for z in range(img_s.shape[0]):
+                self.index.append((v, z))
+                present.append(np.unique(self.labels[-1][z].numpy()).astype(np.int64))
+        self._present = present
+        self.weights = slice_weights(present, self.num_classes, self.fg_prob)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        v, z = self.index[i]
+        d = {"image": self.images[v][z], "label": self.labels[v][z].float()}
+        if self.augment is not None:
+            d = self.augment(d)
+        return d
+
+    def sampler(self, num_samples: int | None = None, generator: torch.Generator | None = None):
+        """A ``WeightedRandomSampler`` drawing ``num_samples`` (default: one epoch = all slices) by weight."""
+        return torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(self.weights, dtype=torch.double), num_samples or len(self), replacement=True,
+            generator=generator,
+        )  # fmt: skip
+
+
+class SliceWiseInferer(Inferer):
+    """Run a 2D network over a (B, C, X, Y, Z) volume slice by slice along the axial (last) axis.
+
+    Args:
+        roi_size: the network's in-plane input size (H, W), e.g. (224, 224).
+        mode: ``"batched"`` (default) or ``"reference"`` (the papers' per-slice procedure, see module doc).
+        slice_batch: slices per network call in batched mode.
+        autocast: ``None``/``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: run the network's forward under
+            ``torch.autocast`` with that dtype on the input's device (a documented accuracy/speed switch;
+            CUDA AMP can instead be enabled with the evaluator's ``amp``).
+        output: ``"logits"`` (default): network outputs resized to the slice size; ``"onehot"``: the argmax
+            labels as a one-hot float tensor (what the reference mode always returns, since it argmaxes at
+            the network size).
+        spatial_dim: the slicing axis among the three spatial axes (2 = last = axial after RAS).
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int] = (224, 224),
+        mode: str = "batched",
+        slice_batch: int = 16,
+        autocast: str | None = None,
+        output: str = "logits",
+        spatial_dim: int = 2,
+    ):
+        super().__init__()
+        roi = tuple(int(r) for r in ensure_tuple(roi_size))
+        self.roi_size = roi * 2 if len(roi) == 1 else roi
+        if mode not in ("batched", "reference"):
+            raise ValueError(f"mode must be 'batched' or 'reference', got {mode!r}")
+        if autocast not in _DTYPES:
+            raise ValueError(f"autocast must be one of None, 'fp32', 'bf16', 'fp16'; got {autocast!r}")
+        if output not in ("logits", "onehot"):
+            raise ValueError(f"output must be 'logits' or 'onehot', got {output!r}")
+        if spatial_dim not in (0, 1, 2):
+            raise ValueError(f"spatial_dim must be 0, 1 or 2, got {spatial_dim}")
+        self.mode, self.slice_batch = mode, max(int(slice_batch), 1)
+        self.autocast_dtype = _DTYPES[autocast]
+        self.output, self.spatial_dim = output, spatial_dim
+        self.forward_seconds = 0.0  # time spent in the network's forward passes by the last call (benchmarks)
+
+    def _forward(self, network: Callable, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        import time
+
+        t0 = time.perf_counter()
+        if self.autocast_dtype is not None:
+            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+                y = network(x, *args, **kwargs)
+        else:
+            y = network(x, *args, **kwargs)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        self.forward_seconds += time.perf_counter() - t0
+        return y.float()
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args, **kwargs) -> torch.Tensor:
+        if inputs.ndim != 5:
+            raise ValueError(f"SliceWiseInferer expects (B, C, X, Y, Z) volumes, got shape {tuple(inputs.shape)}")
+        self.forward_seconds = 0.0
+        x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        # move the slicing axis last: (B, C, A, B', Z)
+        if self.spatial_dim != 2:
+            x = x.movedim(2 + self.spatial_dim, -1)
+        outs = [self._volume(network, v, *args, **kwargs) for v in x]
+        out = torch.stack(outs, 0)
+        if self.spatial_dim != 2:
+            out = out.movedim(-1, 2 + self.spatial_dim)
+        if isinstance(inputs, MetaTensor):
+            out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
+        return out
+
+    def _volume(self, network, vol: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """One volume (C, X, Y, Z) -> (classes, X, Y, Z)."""
+        c, sx, sy, sz = vol.shape
+        slices = vol.permute(3, 0, 1, 2)  # (Z, C, X, Y)
+        if self.mode == "reference":
+            return self._reference(network, slices, *args, **kwargs)
+        out = None
+        with torch.no_grad():
+            for s in range(0, sz, self.slice_batch):
+                chunk = _resize_slices(slices[s : s + self.slice_batch].float(), self.roi_size, "bicubic")
+                logits = self._forward(network, chunk, *args, **kwargs)
+                logits = _resize_slices(logits, (sx, sy), "bilinear")
+                if self.output == "onehot":
+                    logits = F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float()
+                if out is None:
+                    out = torch.empty((logits.shape[1], sx, sy, sz), dtype=torch.float32, device=vol.device)
+                out[..., s : s + logits.shape[0]] = logits.permute(1, 2, 3, 0)
+        return out
+
+    def _reference(self, network, slices: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The papers' ``test_single_volume``: per slice, cubic zoom to roi, argmax, nearest zoom back."""
+        z, c, sx, sy = slices.shape
+        labels = np.zeros((sx, sy, z), dtype=np.int64)
+        n_classes = None
+        arr = slices.detach().cpu().numpy()
+        with torch.no_grad():
+            for i in range(z):
+                sl = arr[i]
+                zoomed = np.stack([ndimage.zoom(ch, (self.roi_size[0] / sx, self.roi_size[1] / sy), order=3) for ch in sl])
+                x = torch.from_numpy(zoomed).float().unsqueeze(0).to(slices.device)
+                logits = self._forward(network, x, *args, **kwargs)
+                n_classes = logits.shape[1]
+                pred = torch.argmax(torch.softmax(logits, dim=1), dim=1)[0].cpu().numpy()
+                if pred.shape != (sx, sy):
+                    pred = ndimage.zoom(pred, (sx / self.roi_size[0], sy / self.roi_size[1]), order=0)
+                labels[:, :, i] = pred
+        lab = torch.from_numpy(labels).to(slices.device)
+        return F.one_hot(lab, n_classes or 1).permute(3, 0, 1, 2).float()

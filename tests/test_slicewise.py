@@ -1,0 +1,144 @@
+"""The slice-wise 2D-on-3D machinery: slice datasets, sampling, augmentation, batched vs reference inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from common.labels import organ
+from common.slicewise import PaperSliceAugmentd, SliceDataset, SliceWiseInferer, slice_preprocessing, slice_weights
+
+
+class IntensityNet(torch.nn.Module):
+    """A 'network' with no learning: class c wins where the locally averaged intensity is near c / (classes - 1).
+
+    Like a trained network its output is spatially smooth (here a 5 x 5 mean at the network's size), which
+    lets the batched and reference inference paths be compared on realistic structure without training.
+    """
+
+    def __init__(self, classes: int = 5, sharpness: float = 60.0, smooth: int = 5):
+        super().__init__()
+        self.centres = torch.linspace(0, 1, classes).view(1, classes, 1, 1)
+        self.sharpness, self.smooth = sharpness, smooth
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        x = torch.nn.functional.avg_pool2d(x[:, :1], self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False)
+        return -self.sharpness * (x - self.centres.to(x)) ** 2
+
+
+@pytest.fixture(scope="module")
+def volume(tiny_data):
+    item = {"image": str(tiny_data / "imagesTr" / "phantom0000.nii.gz"), "label": str(tiny_data / "labelsTr" / "phantom0000.nii.gz")}
+    return item, slice_preprocessing()(item)
+
+
+def test_preprocessing_is_ras_with_the_paper_window(volume):
+    _, d = volume
+    img = d["image"]
+    assert img.ndim == 4 and img.shape[0] == 1
+    aff = img.affine.numpy()
+    assert (np.diag(aff)[:3] > 0).all(), "RAS: every axis increasing towards R, A, S"
+    assert float(img.min()) == 0.0 and float(img.max()) == 1.0
+
+
+def test_slice_dataset_caches_resized_slices(tiny_data, volume):
+    item, d = volume
+    ds = SliceDataset([item, item], slice_preprocessing(), img_size=(48, 40), augment=False, progress=False)
+    z = d["image"].shape[-1]
+    assert len(ds) == 2 * z
+    s = ds[z + 3]
+    assert s["image"].shape == (1, 48, 40) and s["label"].shape == (1, 48, 40)
+    assert type(s["image"]) is torch.Tensor, "slices are plain tensors (collatable with augmented ones)"
+    assert 0.0 <= float(s["image"].min()) and float(s["image"].max()) <= 1.0
+    # the cached slice is the volume's axial slice resized in-plane: compare the label (nearest) classes
+    assert set(torch.unique(s["label"]).tolist()) <= set(torch.unique(d["label"][..., 3]).tolist())
+
+
+def test_foreground_aware_weights():
+    present = [np.array([0]), np.array([0]), np.array([0, 6]), np.array([0, 6, 12]), np.array([0])]
+    uniform = slice_weights(present, 14, fg_prob=0.0)
+    np.testing.assert_allclose(uniform, 0.2)
+    w = slice_weights(present, 14, fg_prob=0.5)
+    assert w.sum() == pytest.approx(1.0)
+    # the only slice holding the small organ (12) gets the most weight, background-only slices the least
+    assert w[3] == w.max() and w[0] == w.min()
+    # P(draw a slice with organ 12) = 0.5 * (1 / 2 classes) + 0.5 * (1 / 5 slices)
+    assert w[3] == pytest.approx(0.5 / 2 + 0.5 / 2 / 2 + 0.5 / 5)
+
+
+def test_weighted_sampler_sees_small_organs_more_often(tiny_data):
+    items = [{"image": str(tiny_data / "imagesTr" / f"phantom000{i}.nii.gz"), "label": str(tiny_data / "labelsTr" / f"phantom000{i}.nii.gz")} for i in range(3)]
+    ds = SliceDataset(items, slice_preprocessing(), img_size=(32, 32), augment=False, fg_prob=0.5, progress=False)
+    adrenal = organ("adrenal_left").id
+    has = np.array([adrenal in p for p in ds._present])
+    assert 0 < has.sum() < len(ds)
+    assert ds.weights[has].sum() > 1.5 * has.mean(), "foreground sampling must over-sample the small organ"
+    idx = list(ds.sampler(num_samples=4000, generator=torch.Generator().manual_seed(0)))
+    assert len(idx) == 4000 and np.mean(has[idx]) == pytest.approx(ds.weights[has].sum(), abs=0.03)
+
+
+def test_paper_augmentation_moves_image_and_label_together():
+    aug = PaperSliceAugmentd(("image", "label"))
+    aug.set_random_state(seed=3)
+    lab = torch.zeros(1, 40, 40)
+    lab[0, 5:20, 8:30] = 1
+    lab[0, 25:35, 2:9] = 2
+    ops = set()
+    for _ in range(40):
+        out = aug({"image": lab.clone() / 2, "label": lab.clone()})
+        assert out["image"].shape == (1, 40, 40)
+        torch.testing.assert_close(out["image"] * 2, out["label"])  # same geometric op on both
+        ops.add(aug._op)
+    assert ops == {0, 1, 2}  # rot90+flip, small rotation and identity all occur
+
+
+def test_batched_equals_reference_without_resizing():
+    """With slices already at the network size there is nothing to interpolate: both paths give the same labels."""
+    torch.manual_seed(0)
+    vol = torch.rand(1, 1, 32, 32, 7)
+    net = IntensityNet()
+    b = SliceWiseInferer((32, 32), mode="batched", slice_batch=3)(vol, net)
+    r = SliceWiseInferer((32, 32), mode="reference")(vol, net)
+    assert b.shape == r.shape == (1, 5, 32, 32, 7)
+    torch.testing.assert_close(b.argmax(1), r.argmax(1), rtol=0, atol=0)
+
+
+def test_batched_and_reference_agree_on_a_phantom(volume):
+    _, d = volume
+    vol = d["image"].unsqueeze(0)  # (1, 1, X, Y, Z)
+    net = IntensityNet()
+    b = SliceWiseInferer((48, 48), mode="batched", slice_batch=8)(vol, net).argmax(1)
+    net.calls.clear()
+    r = SliceWiseInferer((48, 48), mode="reference")(vol, net).argmax(1)
+    assert all(c == (1, 1, 48, 48) for c in net.calls), "reference path: one slice at a time at the network size"
+    agreement = (b == r).float().mean().item()
+    assert agreement > 0.98, agreement
+
+
+def test_batched_inference_slices_the_axial_axis_in_batches():
+    vol = torch.rand(2, 1, 20, 24, 11)
+    net = IntensityNet()
+    out = SliceWiseInferer((16, 16), slice_batch=4)(vol, net)
+    assert out.shape == (2, 5, 20, 24, 11)
+    assert net.calls == [(4, 1, 16, 16), (4, 1, 16, 16), (3, 1, 16, 16)] * 2
+    # each axial slice is processed independently: changing slice 5 changes only slice 5's output
+    vol2 = vol.clone()
+    vol2[..., 5] = 1 - vol2[..., 5]
+    out2 = SliceWiseInferer((16, 16), slice_batch=4)(vol2, net)
+    changed = (out2 - out).abs().amax(dim=(0, 1, 2, 3))
+    assert changed[5] > 0 and torch.count_nonzero(changed) == 1
+
+
+def test_metatensor_in_metatensor_out_and_bf16_switch():
+    vol = MetaTensor(torch.rand(1, 1, 16, 16, 4), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    out = SliceWiseInferer((16, 16), autocast="bf16")(vol, IntensityNet())
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, vol.affine)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="autocast"):
+        SliceWiseInferer(autocast="int8")
+    with pytest.raises(ValueError, match="B, C, X, Y, Z"):
+        SliceWiseInferer()(torch.rand(1, 1, 8, 8), IntensityNet())
