@@ -1,0 +1,620 @@
+"""Swin-Unet (Cao et al., 2021, "Swin-Unet: Unet-like Pure Transformer for Medical Image Segmentation").
+
+Layer-for-layer re-implementation of the official model (HuCaoFighting/Swin-Unet,
+``networks/swin_transformer_unet_skip_expand_decoder_sys.py`` class ``SwinTransformerSys`` and the wrapper
+``networks/vision_transformer.py`` class ``SwinUnet``) in the paper configuration
+(``configs/swin_tiny_patch4_window7_224_lite.yaml``): 224x224 input, patch 4, embedding 96, depths
+(2, 2, 2, 2), heads (3, 6, 12, 24), window 7, MLP ratio 4, stochastic depth 0.2, qkv bias, patch norm, no
+absolute position embedding. 27,168,900 parameters for 9 classes.
+
+Topology (token grids kept channels-last, ``(B, H, W, C)``; the official code keeps ``(B, H*W, C)``, which
+is the same memory layout)::
+
+    image -> [1 channel repeated to 3] -> patch embedding 4x4 conv + LayerNorm         96 @ 56
+    encoder stage i (i = 0..3): 2 Swin blocks (W-MSA, SW-MSA), then patch merging (i < 3)
+        skips = the tokens ENTERING each stage: 96@56, 192@28, 384@14 (768@7 is not used)
+    bottleneck = stage 3 (768 @ 7, no shift since 7 <= window), then LayerNorm ``norm``
+    decoder: layers_up.0 = patch expanding 768@7 -> 384@14
+             layers_up.k (k = 1..3): concat [x, skip] -> Linear 2C -> C (``concat_back_dim.k``) ->
+             Swin blocks mirroring encoder stage 3-k (same depth, heads, drop-path rates) ->
+             patch expanding (k < 3)
+    LayerNorm ``norm_up`` -> final 4x patch expanding (Linear 96 -> 16*96, no bias; LayerNorm 96)
+    -> 1x1 conv without bias -> logits (B, classes, 224, 224)
+
+Which MONAI blocks are reused (each checked against the official code, see the note in the project):
+
+* ``monai.networks.nets.swin_unetr.SwinTransformerBlock`` / ``WindowAttention``: same relative position
+  index, same bias table shape, same scaling, same (0 / -100) additive mask, same residual structure,
+  GELU MLP with a single shared dropout (``dropout_mode="swin"``), LayerNorm eps 1e-5, DropPath with
+  ``scale_by_keep`` like timm. Only the MLP parameter names differ (official ``mlp.fc1``/``mlp.fc2`` vs MONAI
+  ``mlp.linear1``/``mlp.linear2``): the pretrained loader renames them. MONAI's block shrinks the window
+  at run time when the grid is smaller than the window but keeps the bias table of the nominal window and
+  slices its index (``index[:n, :n]``), which is NOT the official behaviour; the official code builds the
+  block with ``window = resolution`` and no shift in that case. We therefore pass the already-reduced
+  window and zero shift to MONAI's constructor (exactly the official rule), so MONAI's run-time reduction
+  never triggers.
+* ``monai.networks.nets.swin_unetr.compute_mask``: identical region labelling and (0 / -100) values. The
+  official code stores one copy of the mask per shifted block as a persistent buffer; we keep one
+  non-persistent buffer per stage (it is a pure function of the geometry).
+* ``monai.networks.nets.swin_unetr.PatchMergingV2`` (2D): concatenation order x[0::2, 0::2], x[1::2, 0::2],
+  x[0::2, 1::2], x[1::2, 1::2] -- the official order --, LayerNorm(4C) then Linear(4C, 2C, bias=False), same
+  parameter names (``norm``, ``reduction``). (MONAI's ``PatchMerging`` v1 differs only for 3D inputs.)
+* ``monai.networks.blocks.PatchEmbed`` (2D): Conv(k=stride=patch) then LayerNorm over channels, same names
+  (``proj``, ``norm``). Its padding never triggers because the input size is validated.
+
+Written here: the patch expanding layers (not in MONAI), the decoder, the stage container and the loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+from monai.networks.blocks import PatchEmbed
+from monai.networks.layers import trunc_normal_
+from monai.networks.nets.swin_unetr import PatchMergingV2, SwinTransformerBlock, compute_mask
+
+from common.errors import InputError
+
+__all__ = ["PatchExpand", "SwinUnetStage", "SwinUnet", "load_swin_unet_pretrained"]
+
+
+class PatchExpand(nn.Module):
+    """Patch expanding: ``Linear(dim, scale**2 * out_dim, bias=False)``, pixel shuffle, ``LayerNorm(out_dim)``.
+
+    With ``scale=2, out_dim=dim // 2`` this is the official ``PatchExpand`` (Linear C -> 2C, 2x upsampling,
+    C/2 channels); with ``scale=4, out_dim=dim`` it is the official ``FinalPatchExpand_X4`` (Linear C -> 16C,
+    4x upsampling, C channels). The expanded channel vector of each token is read as ``(p1, p2, c)`` with
+    ``p1`` the row offset (outermost), ``p2`` the column offset and ``c`` the output channel (innermost),
+    which is the official rearrangement ``b h w (p1 p2 c) -> b (h p1) (w p2) c``.
+
+    Args:
+        dim: input channels.
+        out_dim: output channels per upsampled token.
+        scale: upsampling factor along each spatial axis.
+        norm_layer: normalisation applied to the output tokens.
+    """
+
+    def __init__(self, dim: int, out_dim: int, scale: int = 2, norm_layer: type[nn.Module] = nn.LayerNorm) -> None:
+        super().__init__()
+        self.dim = dim
+        self.out_dim = out_dim
+        self.scale = scale
+        self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
+        self.norm = norm_layer(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, dim)`` -> ``(B, scale*H, scale*W, out_dim)``."""
+        x = self.expand(x)
+        x = rearrange(x, "b h w (p1 p2 c) -> b (h p1) (w p2) c", p1=self.scale, p2=self.scale, c=self.out_dim)
+        return self.norm(x)
+
+
+class SwinUnetStage(nn.Module):
+    """One encoder or decoder stage: ``depth`` Swin blocks (alternating W-MSA / SW-MSA) on a square grid,
+    optionally followed by patch merging (encoder) or patch expanding (decoder).
+
+    Official rule (``SwinTransformerBlock.__init__``): when the grid is not larger than the window, the
+    window becomes the grid and the shift is 0; otherwise odd blocks shift by ``window_size // 2``.
+
+    Args:
+        dim: channels.
+        resolution: side of the square token grid.
+        depth: number of Swin blocks.
+        num_heads: attention heads.
+        window_size: nominal window side.
+        mlp_ratio: MLP hidden size / dim.
+        qkv_bias: bias in the qkv projection.
+        drop: dropout after the attention projection and in the MLP.
+        attn_drop: dropout on the attention weights.
+        drop_path: stochastic depth rate of each block (length ``depth``).
+        downsample: append patch merging (dim -> 2*dim, grid / 2).
+        upsample: append patch expanding (dim -> dim/2, grid * 2).
+        use_checkpoint: gradient checkpointing inside the blocks.
+        use_flash_attention: let MONAI use ``scaled_dot_product_attention`` when autograd is off.
+    """
+
+    attn_mask: torch.Tensor | None
+
+    def __init__(
+        self,
+        dim: int,
+        resolution: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: Sequence[float] = (),
+        downsample: bool = False,
+        upsample: bool = False,
+        use_checkpoint: bool = False,
+        use_flash_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        if downsample and upsample:
+            raise ValueError("a stage cannot both downsample and upsample")
+        drop_path = list(drop_path) if len(drop_path) else [0.0] * depth
+        if len(drop_path) != depth:
+            raise ValueError(f"need {depth} drop-path rates, got {len(drop_path)}")
+        self.dim = dim
+        self.resolution = resolution
+        if resolution <= window_size:
+            window, shift = resolution, 0
+        else:
+            window, shift = window_size, window_size // 2
+        self.window_size = window
+        self.shift_size = shift
+        self.blocks = nn.ModuleList(
+            [
+                SwinTransformerBlock(
+                    dim=dim,
+                    num_heads=num_heads,
+                    window_size=(window, window),
+                    shift_size=(0, 0) if j % 2 == 0 else (shift, shift),
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop=drop,
+                    attn_drop=attn_drop,
+                    drop_path=float(drop_path[j]),
+                    act_layer="GELU",
+                    norm_layer=nn.LayerNorm,
+                    use_checkpoint=use_checkpoint,
+                    use_flash_attention=use_flash_attention,
+                )
+                for j in range(depth)
+            ]
+        )
+        if shift > 0 and depth > 1:
+            mask = compute_mask([resolution, resolution], (window, window), (shift, shift), torch.device("cpu"))
+            self.register_buffer("attn_mask", mask, persistent=False)
+        else:
+            self.attn_mask = None
+        self.downsample = PatchMergingV2(dim, norm_layer=nn.LayerNorm, spatial_dims=2) if downsample else None
+        self.upsample = PatchExpand(dim, dim // 2, scale=2) if upsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, R, R, dim)`` -> same, or ``(B, R/2, R/2, 2*dim)`` / ``(B, 2R, 2R, dim/2)``."""
+        for blk in self.blocks:
+            x = blk(x, self.attn_mask)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        if self.upsample is not None:
+            x = self.upsample(x)
+        return x
+
+
+class SwinUnet(nn.Module):
+    """Swin-Unet for 2D slices: ``(B, in_channels, img_size, img_size)`` -> logits ``(B, out_channels, ...)``.
+
+    Defaults are the paper configuration. Parameter and buffer names follow the official
+    ``SwinTransformerSys`` (``patch_embed``, ``layers``, ``norm``, ``layers_up``, ``concat_back_dim``,
+    ``norm_up``, ``up``, ``output``), except the MLP layers inside the Swin blocks (``mlp.linear1/linear2``
+    instead of ``mlp.fc1/fc2``) and the attention masks (one non-persistent buffer per stage instead of a
+    persistent one per shifted block).
+
+    Args:
+        in_channels: channels of the input. A 1-channel input is repeated to 3 channels before the patch
+            embedding, as in the official wrapper, so the embedding always has 3 input channels for
+            ``in_channels`` 1 or 3 (and is compatible with the ImageNet weights).
+        out_channels: number of classes (logit channels).
+        img_size: side of the square input; every stage grid must be even (before merging) and either a
+            multiple of ``window_size`` or not larger than it.
+        patch_size: patch embedding stride / kernel.
+        embed_dim: channels after patch embedding (doubles at each encoder stage).
+        depths: Swin blocks per encoder stage; the decoder mirrors them (the official config's
+            ``DECODER_DEPTHS`` is never used by the official model).
+        num_heads: attention heads per encoder stage (mirrored in the decoder).
+        window_size: attention window side.
+        mlp_ratio: MLP hidden size / channels.
+        qkv_bias: bias in the qkv projections.
+        drop_rate: dropout after the patch embedding, after attention projections and in the MLPs.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: largest stochastic depth rate; rates rise linearly over the encoder blocks
+            (``linspace(0, rate, sum(depths))``) and each decoder stage reuses the rates of the encoder
+            stage it mirrors, as in the official code.
+        ape: learned absolute position embedding ``(1, num_patches, embed_dim)`` added after patch embedding.
+        patch_norm: LayerNorm after the patch embedding.
+        use_checkpoint: gradient checkpointing in the Swin blocks.
+        use_flash_attention: let MONAI's window attention use ``scaled_dot_product_attention`` when autograd
+            is disabled (same result up to floating point rounding).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 9,
+        img_size: int = 224,
+        patch_size: int = 4,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.2,
+        ape: bool = False,
+        patch_norm: bool = True,
+        use_checkpoint: bool = False,
+        use_flash_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        depths = [int(d) for d in depths]
+        num_heads = [int(h) for h in num_heads]
+        self._validate_config(
+            in_channels, out_channels, img_size, patch_size, embed_dim, depths, num_heads, window_size
+        )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.depths = tuple(depths)
+        self.num_heads = tuple(num_heads)
+        self.window_size = window_size
+        self.num_layers = len(depths)
+        self.ape = ape
+        grid = img_size // patch_size
+        self.patches_resolution = grid
+        embed_in = 3 if in_channels == 1 else in_channels
+
+        self.patch_embed = PatchEmbed(
+            patch_size=patch_size,
+            in_chans=embed_in,
+            embed_dim=embed_dim,
+            norm_layer=nn.LayerNorm if patch_norm else None,  # type: ignore[arg-type]
+            spatial_dims=2,
+        )
+        self.absolute_pos_embed: nn.Parameter | None = None
+        if ape:
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim))
+            trunc_normal_(self.absolute_pos_embed, std=0.02)
+        self.pos_drop = nn.Dropout(p=drop_rate)
+
+        # float32 linspace rounded like the official ``[x.item() for x in torch.linspace(...)]``
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        starts = [sum(depths[:i]) for i in range(self.num_layers)]
+        self.layers = nn.ModuleList(
+            [
+                SwinUnetStage(
+                    dim=embed_dim * 2**i,
+                    resolution=grid // 2**i,
+                    depth=depths[i],
+                    num_heads=num_heads[i],
+                    window_size=window_size,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[starts[i] : starts[i] + depths[i]],
+                    downsample=i < self.num_layers - 1,
+                    use_checkpoint=use_checkpoint,
+                    use_flash_attention=use_flash_attention,
+                )
+                for i in range(self.num_layers)
+            ]
+        )
+        self.norm = nn.LayerNorm(embed_dim * 2 ** (self.num_layers - 1))
+
+        # decoder: layers_up.k mirrors encoder stage i = num_layers - 1 - k
+        self.layers_up = nn.ModuleList()
+        self.concat_back_dim = nn.ModuleList()
+        for k in range(self.num_layers):
+            i = self.num_layers - 1 - k
+            dim = embed_dim * 2**i
+            if k == 0:
+                self.layers_up.append(PatchExpand(dim, dim // 2, scale=2))
+                self.concat_back_dim.append(nn.Identity())
+                continue
+            self.concat_back_dim.append(nn.Linear(2 * dim, dim))
+            self.layers_up.append(
+                SwinUnetStage(
+                    dim=dim,
+                    resolution=grid // 2**i,
+                    depth=depths[i],
+                    num_heads=num_heads[i],
+                    window_size=window_size,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[starts[i] : starts[i] + depths[i]],
+                    upsample=k < self.num_layers - 1,
+                    use_checkpoint=use_checkpoint,
+                    use_flash_attention=use_flash_attention,
+                )
+            )
+        self.norm_up = nn.LayerNorm(embed_dim)
+        self.up = PatchExpand(embed_dim, embed_dim, scale=patch_size)
+        self.output = nn.Conv2d(embed_dim, out_channels, kernel_size=1, bias=False)
+
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _validate_config(
+        in_channels: int,
+        out_channels: int,
+        img_size: int,
+        patch_size: int,
+        embed_dim: int,
+        depths: list[int],
+        num_heads: list[int],
+        window_size: int,
+    ) -> None:
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        if len(depths) < 2 or len(depths) != len(num_heads) or min(depths) < 1:
+            raise ValueError(f"depths {depths} and num_heads {num_heads} must have the same length >= 2, depths >= 1")
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        grid = img_size // patch_size
+        for i, heads in enumerate(num_heads):
+            dim = embed_dim * 2**i
+            if dim % heads:
+                raise ValueError(f"stage {i}: {dim} channels are not divisible by {heads} heads")
+            res = grid >> i
+            if i < len(depths) - 1 and (res < 2 or res % 2):
+                raise ValueError(
+                    f"img_size {img_size} unsupported: stage {i} grid {res}x{res} must be even for patch merging "
+                    f"(img_size must be a multiple of patch_size * 2**{len(depths) - 1} = "
+                    f"{patch_size * 2 ** (len(depths) - 1)})"
+                )
+            if res > window_size and res % window_size:
+                raise ValueError(
+                    f"img_size {img_size} unsupported: stage {i} grid {res}x{res} is neither a multiple of "
+                    f"window_size {window_size} nor smaller than it"
+                )
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        """Official initialisation: truncated normal (std 0.02) Linear weights, zero biases, unit LayerNorm.
+        Convolutions keep PyTorch's default initialisation, as in the official code."""
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        expected = f"(B, {self.in_channels}, {self.img_size}, {self.img_size})"
+        if x.ndim != 4:
+            raise ValueError(f"SwinUnet expects a 4D input {expected}, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SwinUnet expects {self.in_channels} input channel(s) {expected}, got shape {tuple(x.shape)}"
+            )
+        if x.shape[2] != self.img_size or x.shape[3] != self.img_size:
+            raise ValueError(
+                f"SwinUnet was built for {self.img_size}x{self.img_size} inputs {expected}, got shape "
+                f"{tuple(x.shape)}; resize or crop the slices (e.g. roi_size={self.img_size})"
+            )
+
+    def forward_encoder(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Image ``(B, C, H, W)`` -> normalised bottleneck tokens ``(B, h, w, C')`` and the stage inputs (skips)."""
+        if self.in_channels == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x = self.patch_embed(x).permute(0, 2, 3, 1)  # (B, C, h, w) -> (B, h, w, C)
+        if self.absolute_pos_embed is not None:
+            b, h, w, c = x.shape
+            x = x + self.absolute_pos_embed.reshape(1, h, w, c)
+        x = self.pos_drop(x)
+        skips: list[torch.Tensor] = []
+        for layer in self.layers:
+            skips.append(x)  # the tokens entering each encoder stage
+            x = layer(x)
+        return self.norm(x), skips
+
+    def forward_decoder(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Bottleneck tokens and skips -> decoder tokens ``(B, h, w, embed_dim)`` after ``norm_up``."""
+        for k, (layer_up, concat_linear) in enumerate(zip(self.layers_up, self.concat_back_dim)):
+            if k > 0:
+                x = concat_linear(torch.cat([x, skips[self.num_layers - 1 - k]], dim=-1))
+            x = layer_up(x)
+        return self.norm_up(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, img_size, img_size)`` -> logits ``(B, out_channels, img_size, img_size)``."""
+        if not torch.jit.is_tracing():  # shape checks are Python-only; a trace fixes the input shape anyway
+            self._check_input(x)
+        x, skips = self.forward_encoder(x)
+        x = self.forward_decoder(x, skips)
+        x = self.up(x).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+        return self.output(x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pretrained encoder (official ImageNet Swin checkpoint, Microsoft key names)
+# --------------------------------------------------------------------------------------------------------------
+
+_BUFFER_SUFFIXES = ("attn.relative_position_index", "attn_mask")
+
+
+def _official_to_ours(key: str) -> str:
+    """Rename an official (Microsoft Swin / Swin-Unet) key to ours: only the MLP layer names differ."""
+    return key.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
+
+
+def load_swin_unet_pretrained(model: SwinUnet, path: str | Path, allow_shape_mismatch: bool = False) -> dict:
+    """Load the official ImageNet ``swin_tiny_patch4_window7_224.pth`` into the encoder and mirror it into the
+    decoder, reproducing the official ``SwinUnet.load_from``.
+
+    Official behaviour reproduced (``networks/vision_transformer.py``): the ``"model"`` state dict is loaded
+    into the encoder (``patch_embed``, ``layers.i``, ``norm``) and every ``layers.i.*`` key is also copied to
+    ``layers_up.(L-1-i).*``; keys absent from the model are ignored and keys whose shape differs are dropped.
+    With the paper configuration this means:
+
+    * loaded: patch embedding, all blocks of the (2, 2, 2, 2) encoder, the three patch mergings, ``norm``;
+    * mirrored: encoder stage i blocks -> decoder ``layers_up.(L-1-i).blocks`` for i < L-1;
+    * dropped by design: ``head.*`` (ImageNet classifier), encoder blocks beyond our depths (Swin-T has 6
+      blocks in stage 2, the paper model 2), and the mirror copies that have no decoder counterpart (the
+      bottleneck stage -> ``layers_up.0``, which is a patch expanding layer; ``downsample`` -> decoder stages
+      have ``upsample`` instead);
+    * not pretrained (left at initialisation): ``layers_up.0``, decoder ``upsample``, ``concat_back_dim``,
+      ``norm_up``, ``up``, ``output``.
+
+    The index/mask buffers (``attn.relative_position_index``, ``attn_mask``; the latter only in some
+    checkpoint versions) are functions of the window geometry: when our model has a buffer of the same
+    shape its values are checked to be identical, otherwise they are reported as recomputed.
+
+    Unlike the official code nothing is skipped silently: an official key that maps to nothing (and is not in
+    the by-design list), an encoder parameter that received no value or a shape mismatch (unless
+    ``allow_shape_mismatch``, which reproduces the official silent drop but reports it) raise ``InputError``.
+
+    Args:
+        model: the network to initialise (modified in place).
+        path: the ``.pth`` file (a dict with key ``"model"``, or that state dict itself).
+        allow_shape_mismatch: drop (and report) parameters whose shapes differ instead of failing.
+
+    Returns:
+        report dict: ``loaded`` (our encoder names), ``mirrored`` (decoder names), ``verified_buffers``,
+        ``recomputed_buffers``, ``dropped_by_design`` (official key -> reason), ``dropped_shape_mismatch``,
+        ``not_pretrained`` (our parameters left at initialisation) and ``counts``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            f"pretrained Swin checkpoint not found: {path}", hint="download swin_tiny_patch4_window7_224.pth"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - report any unreadable file the same way
+        raise InputError(f"cannot read pretrained Swin checkpoint {path}: {exc}") from exc
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or "patch_embed.proj.weight" not in state:
+        raise InputError(
+            f"{path} is not an official Swin checkpoint (expected a dict with key 'model' holding "
+            "'patch_embed.proj.weight', 'layers.0.blocks.0.attn.qkv.weight', ...)"
+        )
+
+    ours_params = dict(model.named_parameters())
+    ours_buffers = {n: b for n, b in model.named_buffers()}
+    for i, stage in enumerate(model.layers):  # non-persistent per-stage masks, addressed per block like the official
+        if stage.attn_mask is not None:
+            for j in range(1, len(stage.blocks), 2):
+                ours_buffers[f"layers.{i}.blocks.{j}.attn_mask"] = stage.attn_mask
+    for k, stage in enumerate(model.layers_up):
+        if isinstance(stage, SwinUnetStage) and stage.attn_mask is not None:
+            for j in range(1, len(stage.blocks), 2):
+                ours_buffers[f"layers_up.{k}.blocks.{j}.attn_mask"] = stage.attn_mask
+
+    num_layers = model.num_layers
+    loaded: list[str] = []
+    mirrored: list[str] = []
+    verified: list[str] = []
+    recomputed: list[str] = []
+    by_design: dict[str, str] = {}
+    shape_dropped: list[str] = []
+    problems: list[str] = []
+    filled: set[str] = set()
+
+    def assign(target: str, value: torch.Tensor, source: str) -> bool | None:
+        """Copy a parameter / check a buffer. True: done; False: shape dropped; None: no such target."""
+        if source.endswith(_BUFFER_SUFFIXES):
+            buf = ours_buffers.get(target)
+            if buf is None or tuple(buf.shape) != tuple(value.shape):
+                return None
+            if not torch.equal(buf.to(value.dtype), value.to(buf.device)):
+                problems.append(f"{source}: values differ from the geometry of this model ({target})")
+            verified.append(target)
+            return True
+        param = ours_params.get(target)
+        if param is None:
+            return None
+        if tuple(param.shape) != tuple(value.shape):
+            msg = f"{source} {tuple(value.shape)} -> {target} {tuple(param.shape)}"
+            if allow_shape_mismatch:
+                shape_dropped.append(msg)
+                return False
+            problems.append(f"shape mismatch: {msg}")
+            return False
+        with torch.no_grad():
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
+        filled.add(target)
+        return True
+
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{key}: not a tensor")
+            continue
+        parts = key.split(".")
+        target = _official_to_ours(key)
+        if parts[0] == "head":
+            by_design[key] = "ImageNet classification head (no counterpart in the segmentation model)"
+            continue
+        done = assign(target, value, key)
+        is_buffer = key.endswith(_BUFFER_SUFFIXES)
+        if done is None:
+            if parts[0] == "layers" and len(parts) > 3 and parts[2] == "blocks" and int(parts[1]) < num_layers and int(
+                parts[3]
+            ) >= model.depths[int(parts[1])]:
+                by_design[key] = f"encoder stage {parts[1]} has only {model.depths[int(parts[1])]} blocks"
+                continue
+            if is_buffer:
+                recomputed.append(key)
+                continue
+            problems.append(f"{key}: no matching parameter in SwinUnet (looked for '{target}')")
+            continue
+        if done and not is_buffer:
+            loaded.append(target)
+        # official mirroring: layers.i.* -> layers_up.(L-1-i).*
+        if parts[0] == "layers":
+            i = int(parts[1])
+            mirror = f"layers_up.{num_layers - 1 - i}." + target.split(".", 2)[2]
+            done_up = assign(mirror, value, key)
+            if done_up is None:
+                if mirror.startswith("layers_up.0."):
+                    by_design[f"{key} (decoder copy)"] = (
+                        f"official mirror target '{mirror}' does not exist: layers_up.0 is a patch expanding layer"
+                    )
+                elif ".downsample." in mirror:
+                    by_design[f"{key} (decoder copy)"] = (
+                        f"official mirror target '{mirror}' does not exist: decoder stages upsample instead"
+                    )
+                elif is_buffer:
+                    recomputed.append(f"{key} (decoder copy)")
+                else:
+                    problems.append(f"{key}: no decoder parameter '{mirror}' for the official mirror copy")
+            elif done_up and not is_buffer:
+                mirrored.append(mirror)
+
+    encoder_prefixes = ("patch_embed.", "layers.", "norm.", "absolute_pos_embed")
+    excused = {m.split(" -> ")[1].split(" ")[0] for m in shape_dropped}
+    for name in ours_params:
+        if name.startswith(encoder_prefixes) and name not in filled and name not in excused:
+            problems.append(f"encoder parameter '{name}' received no value from the checkpoint")
+        if name.startswith("layers_up.") and ".blocks." in name and name not in filled and name not in excused:
+            problems.append(f"decoder block parameter '{name}' received no mirrored value from the checkpoint")
+    if problems:
+        raise InputError(
+            problems,
+            hint=f"pretrained Swin checkpoint {path} does not fit this SwinUnet; the loader expects the official "
+            "swin_tiny_patch4_window7_224.pth (Microsoft key names) and a model whose encoder it can fill",
+        )
+    not_pretrained = [n for n in ours_params if n not in filled]
+    return {
+        "loaded": loaded,
+        "mirrored": mirrored,
+        "verified_buffers": verified,
+        "recomputed_buffers": recomputed,
+        "dropped_by_design": by_design,
+        "dropped_shape_mismatch": shape_dropped,
+        "not_pretrained": not_pretrained,
+        "counts": {
+            "checkpoint_keys": len(state),
+            "loaded": len(loaded),
+            "mirrored": len(mirrored),
+            "verified_buffers": len(verified),
+            "dropped_by_design": len(by_design),
+            "dropped_shape_mismatch": len(shape_dropped),
+            "not_pretrained": len(not_pretrained),
+        },
+    }

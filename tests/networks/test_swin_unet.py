@@ -1,0 +1,357 @@
+"""Tests of the Swin-Unet re-implementation (common/networks/swin_unet.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from common.networks.swin_unet import SwinUnet, SwinUnetStage, load_swin_unet_pretrained
+
+TINY = dict(img_size=32, patch_size=4, embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=2)
+# tiny geometry: grids 8, 4, 2 -> window 2 with shift 1 in stages 0-1; stage 2 grid == window -> no shift
+
+
+@pytest.fixture(scope="module")
+def full_model() -> SwinUnet:
+    torch.manual_seed(0)
+    return SwinUnet(in_channels=1, out_channels=9).eval()
+
+
+# ------------------------------------------------------------------------------------------------ shapes, counts
+
+
+def test_full_size_output_shape(full_model):
+    with torch.no_grad():
+        y = full_model(torch.randn(1, 1, 224, 224))
+    assert y.shape == (1, 9, 224, 224)
+
+
+def test_tiny_output_shape_and_backward():
+    torch.manual_seed(0)
+    net = SwinUnet(in_channels=1, out_channels=3, **TINY)
+    y = net(torch.randn(2, 1, 32, 32))
+    assert y.shape == (2, 3, 32, 32)
+    y.mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_three_channel_input():
+    net = SwinUnet(in_channels=3, out_channels=2, **TINY).eval()
+    assert net.patch_embed.proj.weight.shape[1] == 3
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_gray_input_repeated_to_rgb():
+    torch.manual_seed(0)
+    gray = SwinUnet(in_channels=1, out_channels=2, **TINY).eval()
+    rgb = SwinUnet(in_channels=3, out_channels=2, **TINY).eval()
+    rgb.load_state_dict(gray.state_dict())
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(gray(x), rgb(x.repeat(1, 3, 1, 1)), rtol=0, atol=0)
+
+
+def test_parameter_count_paper_configuration(full_model):
+    assert sum(p.numel() for p in full_model.parameters()) == 27_168_900
+    net14 = SwinUnet(in_channels=1, out_channels=14)
+    assert sum(p.numel() for p in net14.parameters()) == 27_169_380  # 1x1 conv without bias: +96 per class
+
+
+def test_architecture_facts(full_model):
+    m = full_model
+    assert [s.resolution for s in m.layers] == [56, 28, 14, 7]
+    assert [(s.window_size, s.shift_size) for s in m.layers] == [(7, 3), (7, 3), (7, 3), (7, 0)]
+    assert [len(s.blocks) for s in m.layers] == [2, 2, 2, 2]
+    assert [len(s.blocks) for s in m.layers_up[1:]] == [2, 2, 2]  # decoder mirrors the encoder depths
+    assert m.layers_up[0].expand.weight.shape == (1536, 768) and m.layers_up[0].expand.bias is None
+    assert m.layers_up[1].upsample.expand.weight.shape == (768, 384)
+    assert [tuple(c.weight.shape) for c in m.concat_back_dim[1:]] == [(384, 768), (192, 384), (96, 192)]
+    assert m.up.expand.weight.shape == (1536, 96) and m.up.expand.bias is None
+    assert m.output.weight.shape == (9, 96, 1, 1) and m.output.bias is None
+    assert m.layers[0].downsample.reduction.weight.shape == (192, 384)
+    assert m.layers[0].downsample.reduction.bias is None
+    blk = m.layers[0].blocks[0]
+    assert blk.attn.qkv.bias is not None and blk.norm1.eps == 1e-5
+
+
+def test_drop_path_rates_linear_and_mirrored(full_model):
+    dpr = torch.linspace(0, 0.2, 8).tolist()
+
+    def rate(block):
+        return getattr(block.drop_path, "drop_prob", 0.0)
+
+    enc = [rate(b) for s in full_model.layers for b in s.blocks]
+    assert enc == dpr
+    dec = [[rate(b) for b in s.blocks] for s in full_model.layers_up[1:]]
+    assert dec == [dpr[4:6], dpr[2:4], dpr[0:2]]
+
+
+# ------------------------------------------------------------------------------------------------ input errors
+
+
+def test_wrong_channel_count_raises():
+    net = SwinUnet(in_channels=1, out_channels=2, **TINY)
+    with pytest.raises(ValueError, match=r"1 input channel.*\(2, 3, 32, 32\)"):
+        net(torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 64, 64), (1, 1, 32, 24), (1, 32, 32)])
+def test_wrong_input_size_raises(shape):
+    net = SwinUnet(in_channels=1, out_channels=2, **TINY)
+    with pytest.raises(ValueError, match=r"\(B, 1, 32, 32\)"):
+        net(torch.randn(*shape))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(img_size=200),  # grid 50: not a multiple of window 7
+        dict(img_size=226),  # not a multiple of the patch size
+        dict(img_size=224, embed_dim=96, num_heads=(5, 6, 12, 24)),  # 96 channels / 5 heads
+        dict(img_size=224, depths=(2, 2, 2)),  # depths / heads length mismatch
+    ],
+)
+def test_unsupported_configuration_raises(kwargs):
+    with pytest.raises(ValueError):
+        SwinUnet(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ windows, mask
+
+
+def test_small_grid_uses_full_window_without_shift():
+    # official rule: grid <= window -> window = grid, shift 0 (bias table sized for the reduced window)
+    stage = SwinUnetStage(dim=8, resolution=4, depth=2, num_heads=2, window_size=7)
+    assert (stage.window_size, stage.shift_size) == (4, 0) and stage.attn_mask is None
+    for blk in stage.blocks:
+        assert tuple(blk.shift_size) == (0, 0) and tuple(blk.window_size) == (4, 4)
+        assert blk.attn.relative_position_bias_table.shape == ((2 * 4 - 1) ** 2, 2)
+
+
+def _expected_relative_position_index(ws: int) -> torch.Tensor:
+    idx = torch.empty(ws * ws, ws * ws, dtype=torch.long)
+    for (a, (ha, wa)), (b, (hb, wb)) in itertools.product(
+        enumerate(itertools.product(range(ws), range(ws))), repeat=2
+    ):
+        idx[a, b] = (ha - hb + ws - 1) * (2 * ws - 1) + (wa - wb + ws - 1)
+    return idx
+
+
+def _region(pos: int, size: int, ws: int, shift: int) -> tuple[int, int]:
+    """(window index, region label) of a coordinate in the cyclically shifted frame."""
+    r = (pos - shift) % size
+    label = 0 if r < size - ws else (1 if r < size - shift else 2)
+    return r // ws, label
+
+
+def _expected_mask(res: int, ws: int, shift: int) -> torch.Tensor:
+    n = res // ws
+    mask = torch.zeros(n * n, ws * ws, ws * ws)
+    for wh, ww in itertools.product(range(n), range(n)):
+        coords = [(wh * ws + a, ww * ws + b) for a in range(ws) for b in range(ws)]  # shifted-frame coordinates
+
+        def label(c):
+            return tuple(0 if v < res - ws else (1 if v < res - shift else 2) for v in c)
+
+        for i, j in itertools.product(range(ws * ws), repeat=2):
+            mask[wh * n + ww, i, j] = 0.0 if label(coords[i]) == label(coords[j]) else -100.0
+    return mask
+
+
+def test_relative_position_index_and_mask_values():
+    stage = SwinUnetStage(dim=8, resolution=14, depth=2, num_heads=2, window_size=7)
+    assert torch.equal(stage.blocks[0].attn.relative_position_index, _expected_relative_position_index(7))
+    assert torch.equal(stage.attn_mask, _expected_mask(14, 7, 3))
+
+
+def test_shifted_window_never_attends_across_boundary():
+    torch.manual_seed(0)
+    res, ws, shift = 8, 4, 2
+    stage = SwinUnetStage(dim=8, resolution=res, depth=2, num_heads=2, window_size=ws).eval()
+    blk = stage.blocks[1]
+    assert tuple(blk.shift_size) == (shift, shift)
+    x = torch.randn(1, res, res, 8)
+    for p in [(0, 0), (3, 6), (7, 1), (5, 5)]:
+        x2 = x.clone()
+        x2[0, p[0], p[1]] += 3.0 * torch.randn(8)  # not a constant shift: LayerNorm would remove it
+        with torch.no_grad():
+            delta = (blk(x2, stage.attn_mask) - blk(x, stage.attn_mask)).abs().amax(-1)[0]
+        key_p = (_region(p[0], res, ws, shift), _region(p[1], res, ws, shift))
+        same = torch.zeros(res, res, dtype=torch.bool)
+        for h, w in itertools.product(range(res), range(res)):
+            same[h, w] = (_region(h, res, ws, shift), _region(w, res, ws, shift)) == key_p
+        assert (delta[~same] < 1e-6).all(), f"token {p} leaked into {(~same & (delta >= 1e-6)).nonzero().tolist()}"
+        assert (delta[same] > 1e-4).all(), f"token {p} does not reach its own shifted window"
+    # without the mask the wrap-around token (0, 0) does reach tokens across the shifted boundary
+    x2 = x.clone()
+    x2[0, 0, 0] += 3.0 * torch.randn(8)
+    with torch.no_grad():
+        delta = (blk(x2, torch.zeros_like(stage.attn_mask)) - blk(x, torch.zeros_like(stage.attn_mask))).abs()
+    assert delta[0, res - 1, res - 1].amax() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ tracing, dtype
+
+
+def test_torchscript_trace_matches_eager():
+    torch.manual_seed(0)
+    net = SwinUnet(in_channels=1, out_channels=3, **TINY).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, x, check_trace=False)  # compared explicitly below
+        torch.testing.assert_close(traced(x), net(x))
+        x2 = torch.randn(2, 1, 32, 32)
+        torch.testing.assert_close(traced(x2), net(x2))
+
+
+def test_autocast_bfloat16():
+    net = SwinUnet(in_channels=1, out_channels=3, **TINY).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(torch.randn(1, 1, 32, 32))
+    assert y.shape == (1, 3, 32, 32) and torch.isfinite(y.float()).all()
+
+
+# ------------------------------------------------------------------------------------------------ pretrained loader
+
+
+def _official_swin_checkpoint(
+    embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window=7, img_size=224, patch=4, masks=True, seed=0
+) -> dict[str, torch.Tensor]:
+    """State dict with the key names and shapes of Microsoft's swin_tiny_patch4_window7_224.pth (random values,
+    true geometry buffers)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g)
+
+    sd = {
+        "patch_embed.proj.weight": rnd(embed_dim, 3, patch, patch),
+        "patch_embed.proj.bias": rnd(embed_dim),
+        "patch_embed.norm.weight": rnd(embed_dim),
+        "patch_embed.norm.bias": rnd(embed_dim),
+    }
+    res = img_size // patch
+    for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+        c = embed_dim * 2**i
+        ws, shift = (res, 0) if res <= window else (window, window // 2)
+        for j in range(depth):
+            p = f"layers.{i}.blocks.{j}."
+            sd |= {
+                p + "norm1.weight": rnd(c),
+                p + "norm1.bias": rnd(c),
+                p + "attn.relative_position_bias_table": rnd((2 * ws - 1) ** 2, heads),
+                p + "attn.relative_position_index": _expected_relative_position_index(ws),
+                p + "attn.qkv.weight": rnd(3 * c, c),
+                p + "attn.qkv.bias": rnd(3 * c),
+                p + "attn.proj.weight": rnd(c, c),
+                p + "attn.proj.bias": rnd(c),
+                p + "norm2.weight": rnd(c),
+                p + "norm2.bias": rnd(c),
+                p + "mlp.fc1.weight": rnd(4 * c, c),
+                p + "mlp.fc1.bias": rnd(4 * c),
+                p + "mlp.fc2.weight": rnd(c, 4 * c),
+                p + "mlp.fc2.bias": rnd(c),
+            }
+            if masks and j % 2 == 1 and shift > 0:
+                sd[p + "attn_mask"] = _expected_mask(res, ws, shift)
+        if i < len(depths) - 1:
+            sd |= {
+                f"layers.{i}.downsample.reduction.weight": rnd(2 * c, 4 * c),
+                f"layers.{i}.downsample.norm.weight": rnd(4 * c),
+                f"layers.{i}.downsample.norm.bias": rnd(4 * c),
+            }
+            res //= 2
+    c = embed_dim * 2 ** (len(depths) - 1)
+    sd |= {"norm.weight": rnd(c), "norm.bias": rnd(c), "head.weight": rnd(1000, c), "head.bias": rnd(1000)}
+    return sd
+
+
+def _ours(key: str) -> str:
+    return key.replace("mlp.fc1", "mlp.linear1").replace("mlp.fc2", "mlp.linear2")
+
+
+def test_pretrained_loader_full_size(full_model, tmp_path):
+    sd = _official_swin_checkpoint()
+    path = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    torch.save({"model": sd}, path)
+    before = {k: v.clone() for k, v in full_model.state_dict().items()}
+    report = load_swin_unet_pretrained(full_model, path)
+    after = full_model.state_dict()
+
+    # encoder: every stored block of the (2,2,2,2) encoder, patch embedding, mergings and final norm landed
+    for key, value in sd.items():
+        if key.startswith("head.") or "attn_mask" in key:
+            continue
+        if key.startswith("layers.2.blocks.") and int(key.split(".")[3]) >= 2:
+            continue
+        assert torch.equal(after[_ours(key)], value), key
+    # decoder mirror: encoder stage i -> layers_up.(3 - i), blocks only
+    for i, j in itertools.product(range(3), range(2)):
+        for name in ["norm1.weight", "attn.qkv.weight", "attn.relative_position_bias_table", "mlp.fc1.weight",
+                     "mlp.fc2.bias", "norm2.bias", "attn.proj.weight"]:
+            src = f"layers.{i}.blocks.{j}.{name}"
+            assert torch.equal(after[_ours(f"layers_up.{3 - i}.blocks.{j}.{name}")], sd[src]), src
+    # decoder-only parts keep their initialisation
+    untouched = ["layers_up.0.expand.weight", "layers_up.1.upsample.expand.weight", "layers_up.2.upsample.norm.weight",
+                 "concat_back_dim.1.weight", "concat_back_dim.3.bias", "norm_up.weight", "up.expand.weight",
+                 "up.norm.bias", "output.weight"]
+    for name in untouched:
+        assert torch.equal(after[name], before[name]), name
+    assert sorted({n.rsplit(".", 1)[0] for n in report["not_pretrained"]}) == sorted(
+        ["concat_back_dim.1", "concat_back_dim.2", "concat_back_dim.3", "layers_up.0.expand", "layers_up.0.norm",
+         "layers_up.1.upsample.expand", "layers_up.1.upsample.norm", "layers_up.2.upsample.expand",
+         "layers_up.2.upsample.norm", "norm_up", "output", "up.expand", "up.norm"]
+    )
+    # by design drops: classifier head and stage-2 blocks 2..5 (Swin-T depth 6 vs 2)
+    dropped = report["dropped_by_design"]
+    assert "head.weight" in dropped and "head.bias" in dropped
+    assert all(f"layers.2.blocks.{j}.attn.qkv.weight" in dropped for j in range(2, 6))
+    assert "layers.3.blocks.0.attn.qkv.weight (decoder copy)" in dropped
+    assert "layers.0.downsample.reduction.weight (decoder copy)" in dropped
+    counts = report["counts"]
+    assert counts["checkpoint_keys"] == len(sd) == 190
+    assert counts["loaded"] == 119 and counts["mirrored"] == 78 and counts["verified_buffers"] == 20
+    assert counts["dropped_shape_mismatch"] == 0
+
+
+def test_pretrained_loader_without_mask_buffers(tmp_path):
+    cfg = dict(embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window=2, img_size=32, patch=4)
+    sd = _official_swin_checkpoint(**cfg, masks=False)
+    torch.save({"model": sd}, tmp_path / "w.pth")
+    net = SwinUnet(in_channels=1, out_channels=2, **TINY)
+    report = load_swin_unet_pretrained(net, tmp_path / "w.pth")
+    assert torch.equal(net.layers[1].blocks[1].mlp.linear1.weight, sd["layers.1.blocks.1.mlp.fc1.weight"])
+    assert torch.equal(net.layers_up[1].blocks[1].mlp.linear1.weight, sd["layers.1.blocks.1.mlp.fc1.weight"])
+    assert report["counts"]["dropped_shape_mismatch"] == 0
+
+
+def test_pretrained_loader_rejects_unknown_and_missing_keys(tmp_path):
+    cfg = dict(embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window=2, img_size=32, patch=4)
+    net = SwinUnet(in_channels=1, out_channels=2, **TINY)
+    sd = _official_swin_checkpoint(**cfg)
+    sd["layers.0.blocks.0.attn.extra"] = torch.zeros(3)
+    del sd["layers.1.downsample.norm.bias"]
+    torch.save({"model": sd}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"(?s)attn\.extra.*layers\.1\.downsample\.norm\.bias"):
+        load_swin_unet_pretrained(net, tmp_path / "bad.pth")
+    wrong = _official_swin_checkpoint(**{**cfg, "embed_dim": 16, "num_heads": (2, 4, 8)})
+    torch.save({"model": wrong}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_swin_unet_pretrained(net, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="not found"):
+        load_swin_unet_pretrained(net, tmp_path / "missing.pth")
+
+
+def test_pretrained_loader_shape_mismatch_can_be_allowed(tmp_path):
+    # a 2-channel model has a 2-channel patch embedding: the official loader silently drops the 3-channel kernel
+    cfg = dict(embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window=2, img_size=32, patch=4)
+    torch.save({"model": _official_swin_checkpoint(**cfg)}, tmp_path / "w.pth")
+    net = SwinUnet(in_channels=2, out_channels=2, **TINY)
+    with pytest.raises(ValueError, match="patch_embed.proj.weight"):
+        load_swin_unet_pretrained(net, tmp_path / "w.pth")
+    report = load_swin_unet_pretrained(net, tmp_path / "w.pth", allow_shape_mismatch=True)
+    assert [m.split(" ")[0] for m in report["dropped_shape_mismatch"]] == ["patch_embed.proj.weight"]
+    assert "patch_embed.proj.weight" in report["not_pretrained"]
