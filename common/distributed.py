@@ -54,12 +54,18 @@ def is_rank0() -> bool:
     return rank() == 0
 
 
-def wrap_ddp(module: torch.nn.Module, dev: torch.device | None = None) -> torch.nn.Module:
-    """Move ``module`` to this process's device and wrap it in ``DistributedDataParallel``."""
+def wrap_ddp(
+    module: torch.nn.Module, dev: torch.device | None = None, find_unused_parameters: bool = False
+) -> torch.nn.Module:
+    """Move ``module`` to this process's device and wrap it in ``DistributedDataParallel``.
+
+    ``find_unused_parameters``: needed by networks with parameters their forward never uses (MT-UNet's
+    official architecture has one unused Linear per mixed transformer module).
+    """
     dev = dev or device()
     module = module.to(dev)
     ids = [dev] if dev.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
 def rank0_handlers(handlers: list | None) -> list:

@@ -33,4 +33,21 @@ BUNDLE_TINY: dict[str, dict] = {
         "network_def#decoder_head_channels": 16,
         "network_def#decoder_channels": [16, 8, 8, 4],
     },
+    "swin_unet_btcv": {
+        **TINY_2D_SETTINGS,
+        "network_def#embed_dim": 8,
+        "network_def#depths": [2, 2, 2],
+        "network_def#num_heads": [1, 2, 4],
+        "network_def#window_size": 2,
+    },
+    "mt_unet_btcv": {
+        **TINY_2D_SETTINGS,
+        "img_size": [64, 64],
+        "network_def#stem_channels": [4, 8, 8],
+        "network_def#feature_size": 16,
+        "network_def#depths": [1, 1, 1, 1, 1],
+        "network_def#num_heads": 2,
+        "network_def#ea_heads": 4,
+        "network_def#ea_memory": 8,
+    },
 }
