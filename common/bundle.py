@@ -27,6 +27,7 @@ __all__ = [
     "make_resumable",
     "require_checkpoint",
     "with_pretrained",
+    "as_bool",
     "default_device",
     "file_sha256",
 ]
@@ -187,3 +188,15 @@ def with_pretrained(network: torch.nn.Module, path: str | os.PathLike | None, lo
         n = report.get("num_tensors", len(report.get("loaded", []))) if isinstance(report, dict) else None
         print(f"loaded pretrained weights from {path}" + (f" ({n} tensors)" if n is not None else ""), flush=True)
     return network
+
+
+def as_bool(value) -> bool:
+    """A config flag as a bool: accepts booleans and the strings a command line gives (``false``, ``0``, ``no``)."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("1", "true", "yes", "on"):
+            return True
+        if v in ("0", "false", "no", "off", "", "none"):
+            return False
+        raise InputError(f"not a yes/no value: {value!r}", hint="use true or false")
+    return bool(value)

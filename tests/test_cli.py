@@ -53,3 +53,18 @@ def test_bad_input_is_one_clear_message_not_a_traceback(tiny_data, tmp_path):
     assert "two_channels.nii.gz: image has 2 channels" in r.stderr
     assert "bad_label.nii.gz: label values outside the label map 0..13: 14" in r.stderr
     assert not (tmp_path / "models").exists(), "training must not start"
+
+
+def test_command_line_flags_and_nested_overrides(tiny_data, tmp_path):
+    """`--load_pretrain false` (a string on the command line) really disables loading; `#` keys override."""
+    image = tiny_data / "imagesTr" / "phantom0000.nii.gz"
+    r = bundle_run(
+        "--config_file", str(UNETR / "inference.json"), "--dataset_dir", str(image),
+        "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(tmp_path / "missing.pt"), "--load_pretrain", "false",
+        "--spacing", "[6.0,6.0,10.0]", "--roi_size", "[32,32,16]", "--network_def#feature_size", "4",
+        "--network_def#hidden_size", "32", "--network_def#mlp_dim", "64", "--network_def#num_heads", "2",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "out" / "phantom0000_seg.nii.gz").is_file()
+    assert "predictions written to" in r.stdout
