@@ -9,8 +9,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "bundle", "data", "distributed", "errors", "evaluation", "io", "labels", "metrics", "networks", "phantom",
-    "prepare", "slicewise", "transforms",
+    "benchmark", "bundle", "data", "distributed", "errors", "evaluation", "io", "labels", "losses", "metrics",
+    "networks", "phantom", "prepare", "slicewise", "transforms",
 }  # fmt: skip
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "require_checkpoint",
     "with_pretrained",
     "as_bool",
+    "load_weights",
     "default_device",
     "file_sha256",
 ]
@@ -200,3 +201,35 @@ def as_bool(value) -> bool:
             return False
         raise InputError(f"not a yes/no value: {value!r}", hint="use true or false")
     return bool(value)
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> dict:
+    """Load a saved state dict into ``network`` strictly (fine-tuning from a bundle's ``model.pt``).
+
+    Accepts a bare state dict or one under ``"state_dict"``/``"model"``, with or without the ``module.``
+    prefix of a DDP-saved model; loads with ``weights_only=True``. Raises :class:`InputError` listing
+    unexpected, missing and mis-shaped keys.
+    """
+    path = str(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from e
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    ours = network.state_dict()
+    problems = [f"{path}: unexpected key {k!r}" for k in state if k not in ours]
+    problems += [f"{path}: missing key {k!r}" for k in ours if k not in state]
+    problems += [
+        f"{path}: shape mismatch for {k!r}: checkpoint {tuple(v.shape)}, model {tuple(ours[k].shape)}"
+        for k, v in state.items()
+        if k in ours and tuple(v.shape) != tuple(ours[k].shape)
+    ]
+    if problems:
+        raise InputError(problems[:50], hint="the checkpoint does not fit this network configuration; nothing was loaded")
+    network.load_state_dict(state)
+    return {"loaded": sorted(state), "num_tensors": len(state)}

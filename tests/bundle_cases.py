@@ -50,4 +50,19 @@ BUNDLE_TINY: dict[str, dict] = {
         "network_def#ea_heads": 4,
         "network_def#ea_memory": 8,
     },
+    "swin_unetr_btcv": {
+        **TINY_3D_SETTINGS,
+        "roi_size": [64, 64, 64],
+        "num_samples": 2,
+        "warmup_epochs": 1,
+        "network_def#feature_size": 12,
+        "network_def#depths": [1, 1, 1, 1],
+        "network_def#num_heads": [1, 1, 1, 1],
+    },
+    "unet_btcv": {
+        **TINY_3D_SETTINGS,
+        "num_samples": 2,
+        "deep_supr_num": 2,
+        "network_def#filters": "$common.networks.nnunet_plan.filters(@roi_size, @spacing, base=4, maximum=32)",
+    },
 }

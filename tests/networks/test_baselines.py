@@ -1,0 +1,106 @@
+"""Baseline helpers: SwinUNETR weight loading (full and self-supervised layouts), nnU-Net plan, deep supervision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import DynUNet, SwinUNETR
+
+from common.errors import InputError
+from common.losses import StackedDeepSupervisionLoss
+from common.networks import nnunet_plan
+from common.networks.swinunetr import load_swinunetr_weights
+
+TINY = dict(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+
+
+def _ssl_checkpoint(src: SwinUNETR) -> dict:
+    """The SwinUNETR self-supervised encoder layout: module.* keys, MLP named fc1/fc2, pre-training heads."""
+    sd = {}
+    for k, v in src.state_dict().items():
+        if not k.startswith("swinViT."):
+            continue
+        k = "module." + k[len("swinViT.") :]
+        sd[k.replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")] = v.clone()
+    sd["module.rotation_head.weight"] = torch.zeros(4, 8)
+    sd["module.contrastive_head.weight"] = torch.zeros(16, 8)
+    sd["module.convTrans3d.weight"] = torch.zeros(2, 2, 1, 1, 1)
+    sd["module.norm.weight"] = torch.ones(8)
+    return {"state_dict": sd, "epoch": 100}
+
+
+def test_ssl_encoder_lands_in_swinvit_and_leaves_the_decoder(tmp_path):
+    torch.manual_seed(0)
+    src, dst = SwinUNETR(**TINY), SwinUNETR(**TINY)
+    decoder_before = {k: v.clone() for k, v in dst.state_dict().items() if not k.startswith("swinViT.")}
+    path = tmp_path / "model_swinvit.pt"
+    torch.save(_ssl_checkpoint(src), path)
+    report = load_swinunetr_weights(dst, path)
+    assert report["layout"] == "ssl_encoder"
+    assert len(report["ignored"]) == 4
+    for k, v in dst.state_dict().items():
+        if k.startswith("swinViT."):
+            torch.testing.assert_close(v, src.state_dict()[k], msg=k)  # MLP weights included (fc1 -> linear1)
+        else:
+            torch.testing.assert_close(v, decoder_before[k], msg=k)
+    assert any(".mlp.linear1.weight" in k for k in report["loaded"])
+
+
+def test_full_state_dict_with_ddp_prefix(tmp_path):
+    torch.manual_seed(1)
+    src, dst = SwinUNETR(**TINY), SwinUNETR(**TINY)
+    path = tmp_path / "finetuned.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, path)
+    assert load_swinunetr_weights(dst, path)["layout"] == "full"
+    for k, v in dst.state_dict().items():
+        torch.testing.assert_close(v, src.state_dict()[k])
+
+
+def test_unknown_missing_and_misshaped_keys_are_errors(tmp_path):
+    src, dst = SwinUNETR(**TINY), SwinUNETR(**TINY)
+    ck = _ssl_checkpoint(src)
+    ck["state_dict"]["module.layers1.0.blocks.0.mystery.weight"] = torch.zeros(1)
+    del ck["state_dict"]["module.patch_embed.proj.weight"]
+    torch.save(ck, tmp_path / "bad.pt")
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(InputError) as e:
+        load_swinunetr_weights(dst, tmp_path / "bad.pt")
+    assert "unexpected key 'module.layers1.0.blocks.0.mystery.weight'" in str(e.value)
+    assert "missing key for 'swinViT.patch_embed.proj.weight'" in str(e.value)
+    for k, v in dst.state_dict().items():
+        torch.testing.assert_close(v, before[k])  # nothing copied
+    other = SwinUNETR(**{**TINY, "out_channels": 5})
+    torch.save(other.state_dict(), tmp_path / "five.pt")
+    with pytest.raises(InputError, match="shape mismatch for 'out.conv.conv.weight'"):
+        load_swinunetr_weights(dst, tmp_path / "five.pt")
+
+
+def test_swinunetr_bundle_size():
+    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=48)
+    assert sum(p.numel() for p in net.parameters()) == 62_187_296
+
+
+def test_nnunet_plan_isotropic_and_anisotropic():
+    k, s = nnunet_plan.kernels_and_strides([96, 96, 96], [1.5, 1.5, 2.0])
+    assert s == [[1, 1, 1]] + [[2, 2, 2]] * 4 and k == [[3, 3, 3]] * 5
+    assert nnunet_plan.filters([96, 96, 96], [1.5, 1.5, 2.0]) == [32, 64, 128, 256, 320]
+    # BTCV native spacing (0.76 mm in-plane, 3 mm slices): no z pooling and 1-wide z kernels first
+    k, s = nnunet_plan.kernels_and_strides([192, 192, 48], [0.76, 0.76, 3.0])
+    assert s[1] == [2, 2, 1] and k[0] == [3, 3, 1] and s[2] == [2, 2, 2]
+    assert len(nnunet_plan.filters([192, 192, 48], [0.76, 0.76, 3.0])) == len(s)
+
+
+def test_bundle_unet_parameters_and_deep_supervision():
+    kw = dict(patch_size=[96, 96, 96], spacing=[1.5, 1.5, 2.0])
+    net = DynUNet(3, 1, 14, nnunet_plan.kernel_sizes(**kw), nnunet_plan.strides(**kw),
+                  nnunet_plan.upsample_kernel_sizes(**kw), filters=nnunet_plan.filters(**kw), norm_name="instance",
+                  deep_supervision=True, deep_supr_num=3)  # fmt: skip
+    assert sum(p.numel() for p in net.parameters()) == 16_545_240
+    loss = StackedDeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
+    target = torch.randint(0, 3, (2, 1, 8, 8, 8))
+    heads = torch.randn(2, 4, 3, 8, 8, 8)
+    base = DiceCELoss(to_onehot_y=True, softmax=True)
+    expected = sum(w * base(heads[:, i], target) for i, w in enumerate([1, 0.5, 0.25, 0.125])) / 1.875
+    torch.testing.assert_close(loss(heads, target), expected)
+    torch.testing.assert_close(loss(heads[:, 0], target), base(heads[:, 0], target))  # evaluation output
