@@ -9,7 +9,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "benchmark", "bundle", "data", "distributed", "errors", "evaluation", "io", "labels", "losses", "metrics",
+    "anchors", "benchmark", "bundle", "data", "distributed", "errors", "evaluation", "io", "labels", "leaderboard",
+    "losses", "metrics", "stats", "synapse",
     "networks", "phantom", "prepare", "slicewise", "transforms",
 }  # fmt: skip
 

@@ -128,12 +128,12 @@ def _bundle_parser(bundle: str, overrides: dict):
 
 
 def _btcv_phantom(path: Path) -> Path:
-    from .phantom import BTCV_SHAPE, BTCV_SPACING, _nifti_bytes, make_phantom
-    from .io import atomic_write_bytes
+    from .io import atomic_write_bytes, nifti_bytes
+    from .phantom import BTCV_SHAPE, BTCV_SPACING, make_phantom
 
     if not path.exists():
         ph = make_phantom(seed=2024, shape=BTCV_SHAPE, spacing=BTCV_SPACING)
-        atomic_write_bytes(path, _nifti_bytes(ph.image, ph.affine))
+        atomic_write_bytes(path, nifti_bytes(ph.image, ph.affine))
     return path
 
 

@@ -5,9 +5,13 @@ takes the prediction after inversion to the input's original grid and the ground
 fresh, not resampled), scores it with :func:`common.metrics.score_case` using the label's voxel spacing,
 and when the evaluation completes writes (atomically):
 
-* ``metrics_per_case.csv``: one row per case, Dice and HD95 per organ and the case's mean Dice;
+* ``metrics_per_case.csv``: one row per case, each metric per organ and the case's mean Dice;
 * ``summary.csv`` and ``summary.md``: mean and std per organ and overall;
-* ``results.json``: everything, plus the protocol, its absent-organ rule and run information.
+* ``results.json``: everything;
+
+each recording the protocol and its absent-organ rule, the split, the bundle name and version, the
+checkpoint and its SHA-256, the MONAI/torch/numpy versions and the inference settings (CSV files as leading
+``# key: value`` lines),
 
 and prints the summary table with the paths of the files.
 """
@@ -30,27 +34,56 @@ import torch
 from .errors import InputError
 from .io import atomic_write_text, image_info, load_array
 from .labels import protocol_organs
-from .metrics import score_case, summarize, to_btcv_ids
+from .metrics import NSD_TOLERANCE_MM, metric_names, score_case, summarize, to_btcv_ids
 
-__all__ = ["SegmentationReport", "evaluation_items", "format_summary", "write_report", "PROTOCOL_RULES"]
+__all__ = [
+    "SegmentationReport",
+    "evaluation_items",
+    "format_summary",
+    "write_report",
+    "protocol_rule",
+    "run_info",
+    "case_id",
+    "json_clean",
+    "PROTOCOL_RULES",
+]
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_RULES = {
     "btcv13": (
-        "13 BTCV organs; Dice and HD95 in mm (voxel spacing used; MONAI symmetric 95th percentile). Organ absent "
-        "from the ground truth and not predicted: not scored (NaN, skipped by means). Present in exactly one of "
-        "ground truth and prediction: Dice 0 and HD95 = image diagonal in mm. Mean = mean over organs of the "
-        "per-organ means over cases."
+        "13 BTCV organs; Dice, HD95 in mm (voxel spacing used; MONAI symmetric 95th percentile) and normalised "
+        "surface Dice at a {tol:g} mm tolerance. Organ absent from the ground truth and not predicted: not scored "
+        "(NaN, skipped by means). Present in exactly one of ground truth and prediction: Dice 0, NSD 0, HD95 = "
+        "image diagonal in mm. Mean = mean over organs of the per-organ means over cases."
     ),
     "synapse8": (
         "8 Synapse organs (papers' column order); medpy dc and hd95 without voxel spacing (HD95 in voxels). "
         "Prediction empty: (0, 0); prediction non-empty and ground truth empty: (1, 0). Mean over cases, then organs."
     ),
 }
+_UNITS = {"btcv13": {"dice": "", "hd95": " (mm)", "nsd": ""}, "synapse8": {"dice": "", "hd95": " (voxels)"}}
 
 
-def _case_id(path: str) -> str:
+def protocol_rule(protocol: str, nsd_tolerance_mm: float = NSD_TOLERANCE_MM) -> str:
+    """The stated rule of a protocol, as recorded in every result file."""
+    return PROTOCOL_RULES[protocol].format(tol=nsd_tolerance_mm)
+
+
+def run_info(checkpoint: str | None = None) -> dict:
+    """Library versions and the checkpoint's SHA-256, recorded with every result."""
+    import monai
+
+    info = {"versions": {"monai": monai.__version__, "torch": torch.__version__, "numpy": np.__version__}}
+    if checkpoint and os.path.isfile(str(checkpoint)):
+        from .bundle import file_sha256
+
+        info["checkpoint_sha256"] = file_sha256(checkpoint)
+    return info
+
+
+def case_id(path: str) -> str:
+    """Case name of an image or label path: the file (or folder) name without its image suffix."""
     name = os.path.basename(str(path).rstrip("/"))
     for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy.h5", ".h5"):
         if name.lower().endswith(suffix):
@@ -62,91 +95,131 @@ def _fmt(v: float, digits: int = 4) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _digits(metric: str) -> int:
+    return 2 if metric == "hd95" else 4
+
+
 def format_summary(summary: dict, title: str = "") -> str:
-    """A fixed-width text table of a summary (per organ Dice/HD95 mean +- std, n; then the mean)."""
-    unit = "mm" if summary["protocol"] == "btcv13" else "vox"
-    rows = [("organ", "Dice mean", "Dice std", f"HD95 ({unit})", "HD95 std", "n")]
-    for key, o in summary["organs"].items():
-        rows.append((o["name"], _fmt(o["dice"]["mean"]), _fmt(o["dice"]["std"]), _fmt(o["hd95"]["mean"], 2),
-                     _fmt(o["hd95"]["std"], 2), str(o["dice"]["n"])))  # fmt: skip
-    m = summary["mean"]
-    rows.append(("MEAN", _fmt(m["dice"]), _fmt(m["dice_std_over_cases"]), _fmt(m["hd95"], 2), "", str(summary["num_cases"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    if title:
-        lines.append(title)
-    for n, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+    """A fixed-width text table of a summary (per organ mean and std of each metric, n; then the mean)."""
+    protocol = summary["protocol"]
+    metrics = metric_names(protocol)
+    head = ["organ"]
+    for m in metrics:
+        head += [f"{m.upper() if m != 'dice' else 'Dice'}{_UNITS[protocol][m]}", "std"]
+    rows = [tuple(head + ["n"])]
+    for o in summary["organs"].values():
+        r = [o["name"]]
+        for m in metrics:
+            r += [_fmt(o[m]["mean"], _digits(m)), _fmt(o[m]["std"], _digits(m))]
+        rows.append(tuple(r + [str(o["dice"]["n"])]))
+    mean = summary["mean"]
+    r = ["MEAN"]
+    for m in metrics:
+        r += [_fmt(mean[m], _digits(m)), _fmt(mean["dice_std_over_cases"]) if m == "dice" else ""]
+    rows.append(tuple(r + [str(summary["num_cases"])]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [title] if title else []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)))
         if n == 0 or n == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def _markdown(summary: dict, meta: dict) -> str:
-    unit = "mm" if summary["protocol"] == "btcv13" else "voxels"
+_META_KEYS = ("bundle", "bundle_version", "protocol", "split", "checkpoint", "checkpoint_sha256", "num_cases", "created")
+
+
+def _meta_lines(meta: dict) -> list[tuple[str, str]]:
+    lines = [(k, str(meta[k])) for k in _META_KEYS if meta.get(k) not in (None, "")]
+    if meta.get("inference"):
+        lines.append(("inference", json.dumps(meta["inference"], sort_keys=True)))
+    if meta.get("versions"):
+        lines.append(("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())))
+    return lines
+
+
+def _markdown(summary: dict, meta: dict, rule: str) -> str:
+    protocol = summary["protocol"]
+    metrics = metric_names(protocol)
     out = [f"# Evaluation: {meta.get('bundle', '')}".rstrip(": "), ""]
-    for k in ("protocol", "split", "num_cases", "checkpoint", "checkpoint_sha256", "created"):
-        if meta.get(k) not in (None, ""):
-            out.append(f"- {k}: `{meta[k]}`")
-    out += [f"- rule: {PROTOCOL_RULES[summary['protocol']]}", ""]
-    out.append(f"| organ | Dice mean | Dice std | HD95 mean ({unit}) | HD95 std | n |")
-    out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    out += [f"- {k}: `{v}`" for k, v in _meta_lines(meta)]
+    out += [f"- rule: {rule}", ""]
+    head = ["organ"] + [f"{m if m != 'dice' else 'Dice'} mean{_UNITS[protocol][m]} | {m if m != 'dice' else 'Dice'} std" for m in metrics]
+    out.append("| " + " | ".join(head) + " | n |")
+    out.append("| --- |" + " ---: | ---: |" * len(metrics) + " ---: |")
     for o in summary["organs"].values():
-        out.append(f"| {o['name']} | {_fmt(o['dice']['mean'])} | {_fmt(o['dice']['std'])} | "
-                   f"{_fmt(o['hd95']['mean'], 2)} | {_fmt(o['hd95']['std'], 2)} | {o['dice']['n']} |")  # fmt: skip
-    m = summary["mean"]
-    out.append(f"| **mean** | **{_fmt(m['dice'])}** | {_fmt(m['dice_std_over_cases'])} | {_fmt(m['hd95'], 2)} | | {summary['num_cases']} |")
+        cells = [f"{_fmt(o[m]['mean'], _digits(m))} | {_fmt(o[m]['std'], _digits(m))}" for m in metrics]
+        out.append(f"| {o['name']} | " + " | ".join(cells) + f" | {o['dice']['n']} |")
+    mean = summary["mean"]
+    cells = [f"**{_fmt(mean[m], _digits(m))}** | {_fmt(mean['dice_std_over_cases']) if m == 'dice' else ''}" for m in metrics]
+    out.append("| **mean** | " + " | ".join(cells) + f" | {summary['num_cases']} |")
     return "\n".join(out) + "\n"
 
 
+def _csv_text(rows: list[list], meta: dict) -> str:
+    """CSV with the run information as leading ``# key: value`` lines (``pandas.read_csv(f, comment="#")``)."""
+    buf = io.StringIO()
+    for k, v in _meta_lines(meta):
+        buf.write(f"# {k}: {v}\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 def write_report(output_dir: str | os.PathLike, cases: dict, protocol: str, meta: dict | None = None) -> dict:
-    """Write ``metrics_per_case.csv``, ``summary.csv``, ``summary.md`` and ``results.json``; return paths."""
+    """Write ``metrics_per_case.csv``, ``summary.csv``, ``summary.md`` and ``results.json``; return paths.
+
+    Every file records the protocol and its rule, the split, bundle name and version, checkpoint and its
+    SHA-256, library versions and the inference settings given in ``meta``.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
-    meta.setdefault("protocol", protocol)
+    meta["protocol"] = protocol
     meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    for k, v in run_info(meta.get("checkpoint")).items():
+        meta.setdefault(k, v)
+    tol = float(meta.setdefault("nsd_tolerance_mm", NSD_TOLERANCE_MM)) if protocol == "btcv13" else NSD_TOLERANCE_MM
+    rule = protocol_rule(protocol, tol)
     summary = summarize({c: v["scores"] for c, v in cases.items()}, protocol)
     meta["num_cases"] = summary["num_cases"]
     organs = protocol_organs(protocol)
+    metrics = metric_names(protocol)
 
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["case", "image", "label", "mean_dice"] + [f"{k}_{m}" for k, _, _ in organs for m in ("dice", "hd95")])
+    rows = [["case", "image", "label", "mean_dice"] + [f"{k}_{m}" for k, _, _ in organs for m in metrics]]
     for cid, c in cases.items():
         s = c["scores"]
-        w.writerow([cid, c.get("image", ""), c.get("label", ""), _fmt(summary["case_mean_dice"][cid], 6)]
-                   + [_fmt(s[k][m], 6) for k, _, _ in organs for m in ("dice", "hd95")])  # fmt: skip
+        rows.append([cid, c.get("image", ""), c.get("label", ""), _fmt(summary["case_mean_dice"][cid], 6)]
+                    + [_fmt(s[k][m], 6) for k, _, _ in organs for m in metrics])  # fmt: skip
     paths = {"per_case": out / "metrics_per_case.csv"}
-    atomic_write_text(paths["per_case"], buf.getvalue())
+    atomic_write_text(paths["per_case"], _csv_text(rows, meta))
 
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["organ", "dice_mean", "dice_std", "hd95_mean", "hd95_std", "n"])
+    rows = [["organ"] + [f"{m}_{stat}" for m in metrics for stat in ("mean", "std")] + ["n"]]
     for k, o in summary["organs"].items():
-        w.writerow([k, _fmt(o["dice"]["mean"], 6), _fmt(o["dice"]["std"], 6), _fmt(o["hd95"]["mean"], 6),
-                    _fmt(o["hd95"]["std"], 6), o["dice"]["n"]])  # fmt: skip
-    m = summary["mean"]
-    w.writerow(["mean", _fmt(m["dice"], 6), _fmt(m["dice_std_over_cases"], 6), _fmt(m["hd95"], 6), "", summary["num_cases"]])
+        rows.append([k] + [_fmt(o[m][stat], 6) for m in metrics for stat in ("mean", "std")] + [o["dice"]["n"]])
+    mean = summary["mean"]
+    rows.append(["mean"] + [x for m in metrics for x in (_fmt(mean[m], 6), _fmt(mean["dice_std_over_cases"], 6) if m == "dice" else "")] + [summary["num_cases"]])
     paths["summary_csv"] = out / "summary.csv"
-    atomic_write_text(paths["summary_csv"], buf.getvalue())
+    atomic_write_text(paths["summary_csv"], _csv_text(rows, meta))
 
     paths["summary_md"] = out / "summary.md"
-    atomic_write_text(paths["summary_md"], _markdown(summary, meta))
-
-    def _clean(x):
-        if isinstance(x, float) and math.isnan(x):
-            return None
-        if isinstance(x, dict):
-            return {k: _clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [_clean(v) for v in x]
-        return x
+    atomic_write_text(paths["summary_md"], _markdown(summary, meta, rule))
 
     paths["json"] = out / "results.json"
-    doc = {"meta": meta, "rule": PROTOCOL_RULES[protocol], "summary": summary, "cases": cases}
-    atomic_write_text(paths["json"], json.dumps(_clean(doc), indent=2) + "\n")
-    return {"summary": summary, "paths": {k: str(v) for k, v in paths.items()}}
+    doc = {"meta": meta, "rule": rule, "summary": summary, "cases": cases}
+    atomic_write_text(paths["json"], json.dumps(json_clean(doc), indent=2) + "\n")
+    return {"summary": summary, "meta": meta, "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def json_clean(x):
+    """NaN -> None, recursively, so the JSON is valid."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_clean(v) for v in x]
+    return x
 
 
 def evaluation_items(items: Sequence[dict]) -> list[dict]:
@@ -190,12 +263,14 @@ class SegmentationReport:
         label_ids: str = "btcv13",
         meta: dict | None = None,
         print_table: bool = True,
+        nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
     ):
         self.output_dir = str(output_dir)
         self.protocol = protocol
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.pred_ids, self.label_ids = pred_ids, label_ids
         self.meta = dict(meta or {})
+        self.meta["nsd_tolerance_mm"] = float(nsd_tolerance_mm)
         self.print_table = print_table
         self.cases: dict[str, dict] = {}
         self.result: dict | None = None
@@ -205,7 +280,7 @@ class SegmentationReport:
 
         engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._finish)
+        engine.add_event_handler(Events.COMPLETED, self.finish)
 
     def _reset(self, engine=None) -> None:
         self.cases = {}
@@ -253,14 +328,18 @@ class SegmentationReport:
             raise InputError(f"{label_path}: prediction affine differs from the label's affine")
         gt_b = to_btcv_ids(np.rint(gt).astype(np.int64), self.label_ids)
         pred_b = to_btcv_ids(np.rint(pred_np).astype(np.int64), self.pred_ids)
-        scores = score_case(pred_b, gt_b, spacing=[float(s) for s in spacing], protocol=self.protocol)
+        scores = score_case(
+            pred_b, gt_b, spacing=[float(s) for s in spacing], protocol=self.protocol,
+            nsd_tolerance_mm=self.meta["nsd_tolerance_mm"],
+        )  # fmt: skip
         image = item.get(self.image_key)
-        image_path = str(getattr(image, "meta", {}).get("filename_or_obj", "")) if image is not None else ""
-        cid = _case_id(label_path or image_path or f"case{len(self.cases):04d}")
+        image_path = image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", "")) if image is not None else ""
+        cid = case_id(label_path or image_path or f"case{len(self.cases):04d}")
         self.cases[cid] = {"image": image_path, "label": label_path, "spacing": [float(s) for s in spacing], "scores": scores}
         return scores
 
-    def _finish(self, engine=None) -> dict:
+    def finish(self, engine=None) -> dict:
+        """Write the report of the cases added so far (and print the table); return its summary and paths."""
         if not self.cases:
             raise InputError("evaluation produced no cases", hint="check the evaluation datalist")
         self.result = write_report(self.output_dir, self.cases, self.protocol, self.meta)
@@ -270,9 +349,3 @@ class SegmentationReport:
             paths = "\n".join(f"  {k}: {v}" for k, v in self.result["paths"].items())
             print(f"\n{text}\n\nreport written to {self.output_dir}:\n{paths}\n", flush=True)
         return self.result
-
-
-def summary_dice(result: dict, organs: Sequence[str] | None = None) -> dict[str, float]:
-    """Per-organ mean Dice from a report result (tests and benchmarks)."""
-    summ = result["summary"]["organs"]
-    return {k: v["dice"]["mean"] for k, v in summ.items() if organs is None or k in organs}

@@ -39,6 +39,7 @@ __all__ = [
     "load_array",
     "atomic_write_text",
     "atomic_write_bytes",
+    "nifti_bytes",
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -205,6 +206,18 @@ def load_array(path: str | os.PathLike, dtype=None) -> tuple[np.ndarray, np.ndar
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
     return arr, np.asarray(img.affine, dtype=np.float64)
+
+
+def nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    """A gzipped NIfTI-1 file (qform and sform set to ``affine``, units mm) as bytes, deterministic for the
+    same input (the gzip header carries no time stamp), for :func:`atomic_write_bytes`."""
+    import gzip
+
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
 
 def _temp_sibling(path: Path, suffix: str) -> Path:

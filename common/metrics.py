@@ -1,18 +1,19 @@
 """Per-case, per-organ segmentation metrics under a named protocol.
 
 ``btcv13`` (this project's 3D protocol)
-    The 13 BTCV organs. Dice, and HD95 in millimetres using the voxel spacing (MONAI's
-    ``compute_hausdorff_distance``: the larger of the two directed 95th-percentile surface distances).
-    Absent-organ rule:
+    The 13 BTCV organs. Dice; HD95 in millimetres using the voxel spacing (MONAI's
+    ``compute_hausdorff_distance``: the larger of the two directed 95th-percentile surface distances); and
+    normalised surface Dice (NSD, MONAI's ``compute_surface_dice``) at a tolerance of
+    :data:`NSD_TOLERANCE_MM` = 2 mm by default. Absent-organ rule:
 
-    ============================  ===========================  ===========================
-    ground truth / prediction     Dice                         HD95
-    ============================  ===========================  ===========================
-    present / present             overlap                      surface distance (mm)
-    present / empty (missed)      0                            image diagonal (mm), worst case
-    empty / present (false pos.)  0                            image diagonal (mm), worst case
-    empty / empty (absent)        not scored (NaN)             not scored (NaN)
-    ============================  ===========================  ===========================
+    ============================  ================  ==================================  ================
+    ground truth / prediction     Dice              HD95                                NSD
+    ============================  ================  ==================================  ================
+    present / present             overlap           surface distance (mm)               surface overlap
+    present / empty (missed)      0                 image diagonal (mm), worst case     0
+    empty / present (false pos.)  0                 image diagonal (mm), worst case     0
+    empty / empty (absent)        not scored (NaN)  not scored (NaN)                    not scored (NaN)
+    ============================  ================  ==================================  ================
 
     Means skip NaN, so an organ absent from a case (and correctly not predicted) neither rewards nor
     penalises it. (MONAI's research scripts instead score any organ absent from the ground truth as Dice 0,
@@ -29,11 +30,12 @@ Label arrays are compared in the BTCV id space: use :func:`to_btcv_ids` first fo
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance
+from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
 
 from .labels import protocol_organs, synapse_to_btcv_lut
@@ -43,13 +45,17 @@ __all__ = [
     "to_btcv_ids",
     "dice",
     "hd95_mm",
+    "nsd",
     "medpy_dc",
     "medpy_hd95",
     "score_case",
     "summarize",
+    "metric_names",
+    "NSD_TOLERANCE_MM",
 ]
 
 PROTOCOLS = ("btcv13", "synapse8")
+NSD_TOLERANCE_MM = 2.0  # normalised surface Dice tolerance of the btcv13 protocol
 
 
 def to_btcv_ids(label: np.ndarray, id_space: str = "btcv13") -> np.ndarray:
@@ -83,11 +89,25 @@ def _crop_to_union(a: np.ndarray, b: np.ndarray, margin: int = 2) -> tuple[np.nd
 def hd95_mm(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
     """95th-percentile Hausdorff distance in mm between two non-empty masks (MONAI, symmetric max)."""
     p, g = _crop_to_union(pred, gt)
-    hd = compute_hausdorff_distance(
-        torch.from_numpy(p[None, None]), torch.from_numpy(g[None, None]),
-        include_background=True, percentile=95, spacing=[float(s) for s in spacing],
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # a deprecation inside MONAI's edge extraction
+        hd = compute_hausdorff_distance(
+            torch.from_numpy(p[None, None]), torch.from_numpy(g[None, None]),
+            include_background=True, percentile=95, spacing=[float(s) for s in spacing],
+        )  # fmt: skip
     return float(hd[0, 0])
+
+
+def nsd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tolerance_mm: float = NSD_TOLERANCE_MM) -> float:
+    """Normalised surface Dice of two non-empty masks at ``tolerance_mm`` (MONAI ``compute_surface_dice``)."""
+    p, g = _crop_to_union(pred, gt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # a deprecation inside MONAI's edge extraction
+        v = compute_surface_dice(
+            torch.from_numpy(p[None, None]), torch.from_numpy(g[None, None]), class_thresholds=[float(tolerance_mm)],
+            include_background=True, spacing=[float(s) for s in spacing],
+        )  # fmt: skip
+    return float(v[0, 0])
 
 
 def medpy_dc(result: np.ndarray, reference: np.ndarray) -> float:
@@ -138,11 +158,13 @@ def score_case(
     gt: np.ndarray,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     protocol: str = "btcv13",
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
 ) -> dict[str, dict[str, float]]:
-    """Score one case: ``{organ_key: {"dice": .., "hd95": .., "status": ..}}`` for the protocol's organs.
+    """Score one case: ``{organ_key: {"dice": .., "hd95": .., ["nsd": ..,] "status": ..}}``.
 
     ``pred`` and ``gt`` are integer label arrays of the same shape in BTCV ids (see :func:`to_btcv_ids`).
-    ``spacing`` (mm) is used by ``btcv13`` only; ``synapse8`` measures HD95 in voxels like the papers.
+    ``spacing`` (mm) is used by ``btcv13`` only (which also reports NSD at ``nsd_tolerance_mm``);
+    ``synapse8`` measures HD95 in voxels like the papers.
     """
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
@@ -161,13 +183,13 @@ def score_case(
                 out[key] = {"dice": 0.0, "hd95": 0.0, "status": "missed" if has_g else "absent"}
             continue
         if has_p and has_g:
-            out[key] = {"dice": dice(p, g), "hd95": hd95_mm(p, g, spacing), "status": "scored"}
+            out[key] = {"dice": dice(p, g), "hd95": hd95_mm(p, g, spacing), "nsd": nsd(p, g, spacing, nsd_tolerance_mm), "status": "scored"}
         elif has_g:
-            out[key] = {"dice": 0.0, "hd95": worst, "status": "missed"}
+            out[key] = {"dice": 0.0, "hd95": worst, "nsd": 0.0, "status": "missed"}
         elif has_p:
-            out[key] = {"dice": 0.0, "hd95": worst, "status": "false_positive"}
+            out[key] = {"dice": 0.0, "hd95": worst, "nsd": 0.0, "status": "false_positive"}
         else:
-            out[key] = {"dice": float("nan"), "hd95": float("nan"), "status": "absent"}
+            out[key] = {"dice": float("nan"), "hd95": float("nan"), "nsd": float("nan"), "status": "absent"}
     return out
 
 
@@ -186,26 +208,26 @@ def summarize(cases: dict[str, dict[str, dict[str, float]]], protocol: str = "bt
     organs"); the overall std is the std over cases of each case's organ-averaged Dice.
     """
     organs = protocol_organs(protocol)
+    metrics = metric_names(protocol)
     per_organ = {}
     for key, name, _ in organs:
-        per_organ[key] = {
-            "name": name,
-            "dice": _nanstats([c[key]["dice"] for c in cases.values() if key in c]),
-            "hd95": _nanstats([c[key]["hd95"] for c in cases.values() if key in c]),
-        }
+        per_organ[key] = {"name": name}
+        for m in metrics:
+            per_organ[key][m] = _nanstats([c[key][m] for c in cases.values() if key in c])
     case_means = {
         cid: _nanstats([c[k]["dice"] for k, _, _ in organs if k in c])["mean"] for cid, c in cases.items()
     }
-    organ_means_d = [per_organ[k]["dice"]["mean"] for k, _, _ in organs]
-    organ_means_h = [per_organ[k]["hd95"]["mean"] for k, _, _ in organs]
+    mean = {m: _nanstats([per_organ[k][m]["mean"] for k, _, _ in organs])["mean"] for m in metrics}
+    mean["dice_std_over_cases"] = _nanstats(list(case_means.values()))["std"]
     return {
         "protocol": protocol,
         "num_cases": len(cases),
         "organs": per_organ,
         "case_mean_dice": case_means,
-        "mean": {
-            "dice": _nanstats(organ_means_d)["mean"],
-            "dice_std_over_cases": _nanstats(list(case_means.values()))["std"],
-            "hd95": _nanstats(organ_means_h)["mean"],
-        },
+        "mean": mean,
     }
+
+
+def metric_names(protocol: str) -> tuple[str, ...]:
+    """The per-organ metrics a protocol reports, in column order."""
+    return ("dice", "hd95", "nsd") if protocol == "btcv13" else ("dice", "hd95")

@@ -32,9 +32,7 @@ deterministic: the same seed, case index, shape and spacing give byte-identical 
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
-import io as _io
 import json
 import math
 import os
@@ -45,7 +43,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .io import atomic_write_bytes, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text, nifti_bytes
 from .labels import BTCV_ORGANS, organ
 
 __all__ = ["Phantom", "make_phantom", "write_phantom_dataset", "DEMO_SHAPE", "DEMO_SPACING", "BTCV_SHAPE", "BTCV_SPACING"]
@@ -366,19 +364,6 @@ def make_phantom(seed: int = 0, shape=DEMO_SHAPE, spacing=DEMO_SPACING, noise_hu
     return Phantom(image=image, label=p.lab, affine=g.affine)
 
 
-def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm", "sec")
-    raw = img.to_bytes()
-    buf = _io.BytesIO()
-    # fixed mtime so identical content gives identical bytes
-    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as f:
-        f.write(raw)
-    return buf.getvalue()
-
-
 def write_phantom_dataset(
     out_dir: str | os.PathLike,
     num_cases: int = 12,
@@ -418,8 +403,8 @@ def write_phantom_dataset(
     for i in cases:
         ph = make_phantom(seed=seed * 10007 + i, shape=shape, spacing=spacing)
         name = f"phantom{i:04d}.nii.gz"
-        atomic_write_bytes(out / "imagesTr" / name, _nifti_bytes(ph.image, ph.affine))
-        atomic_write_bytes(out / "labelsTr" / name, _nifti_bytes(ph.label, ph.affine))
+        atomic_write_bytes(out / "imagesTr" / name, nifti_bytes(ph.image, ph.affine))
+        atomic_write_bytes(out / "labelsTr" / name, nifti_bytes(ph.label, ph.affine))
         items.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
     n_train = num_cases - num_validation
     datalist = {

@@ -101,8 +101,17 @@ def test_evaluate_writes_per_organ_report(trained, tiny_data, tmp_path, capsys):
     for name in ("metrics_per_case.csv", "summary.csv", "summary.md", "results.json"):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text())
-    assert res["meta"]["protocol"] == "btcv13"
-    assert res["meta"]["split"] == "dataset_0"
+    meta = res["meta"]
+    assert meta["protocol"] == "btcv13" and meta["split"] == "dataset_0" and meta["bundle_version"]
+    assert meta["bundle"] == json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())["name"]
+    from common.bundle import file_sha256
+
+    assert meta["checkpoint_sha256"] == file_sha256(work / "models" / "model.pt")
+    assert set(meta["versions"]) == {"monai", "torch", "numpy"} and meta["inference"]
+    assert "absent" in res["rule"] and meta["nsd_tolerance_mm"] == 2.0
+    header = (out / "metrics_per_case.csv").read_text().splitlines()
+    assert header[0].startswith("# bundle: ") and any(h.startswith("# checkpoint_sha256: ") for h in header)
+    assert "liver_nsd" in next(h for h in header if h.startswith("case,"))
     assert len(res["cases"]) == 1
     assert set(res["summary"]["organs"]) >= {"liver", "spleen", "aorta"}
     printed = capsys.readouterr().out

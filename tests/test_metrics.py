@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.labels import organ
-from common.metrics import dice, hd95_mm, score_case, summarize, to_btcv_ids
+from common.metrics import dice, hd95_mm, nsd, score_case, summarize, to_btcv_ids
 
 LIVER, SPLEEN, ESO = organ("liver").id, organ("spleen").id, organ("esophagus").id
 
@@ -34,6 +34,16 @@ def test_hd95_uses_anisotropic_spacing():
     assert hd95_mm(a, c, (0.7, 0.7, 2.5)) == pytest.approx(2 * 0.7)
 
 
+def test_normalised_surface_dice_tolerance_in_mm():
+    a = np.zeros((12, 12, 20), bool)
+    b = np.zeros_like(a)
+    a[2:10, 2:10, 5] = True
+    b[2:10, 2:10, 8] = True  # every surface point 3 slices = 7.5 mm away
+    assert nsd(a, b, (0.7, 0.7, 2.5), tolerance_mm=2.0) == 0.0
+    assert nsd(a, b, (0.7, 0.7, 2.5), tolerance_mm=7.6) == 1.0
+    assert nsd(a, a, (0.7, 0.7, 2.5)) == 1.0
+
+
 def test_absent_organ_rule_btcv13():
     shape, spacing = (10, 10, 10), (1.0, 2.0, 3.0)
     gt = np.zeros(shape, np.int64)
@@ -44,10 +54,11 @@ def test_absent_organ_rule_btcv13():
     gt[0, 0, 0] = organ("stomach").id  # present, missed by the prediction
     s = score_case(pred, gt, spacing, "btcv13")
     diag = math.sqrt(10**2 + 20**2 + 30**2)
-    assert s["liver"] == {"dice": 1.0, "hd95": 0.0, "status": "scored"}
+    assert s["liver"] == {"dice": 1.0, "hd95": 0.0, "nsd": 1.0, "status": "scored"}
     assert s["spleen"]["dice"] == 0.0 and s["spleen"]["hd95"] == pytest.approx(diag) and s["spleen"]["status"] == "false_positive"
     assert s["stomach"]["dice"] == 0.0 and s["stomach"]["hd95"] == pytest.approx(diag) and s["stomach"]["status"] == "missed"
-    assert math.isnan(s["esophagus"]["dice"]) and s["esophagus"]["status"] == "absent"
+    assert s["spleen"]["nsd"] == 0.0 and s["stomach"]["nsd"] == 0.0
+    assert math.isnan(s["esophagus"]["dice"]) and math.isnan(s["esophagus"]["nsd"]) and s["esophagus"]["status"] == "absent"
     summ = summarize({"c1": s, "c2": s}, "btcv13")
     assert summ["organs"]["esophagus"]["dice"]["n"] == 0  # absent everywhere: not scored
     assert summ["organs"]["liver"]["dice"]["mean"] == 1.0

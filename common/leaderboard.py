@@ -1,0 +1,438 @@
+"""One report that puts every bundle side by side on the same cases under one protocol.
+
+    python -m common.leaderboard --bundles unetr_btcv transunet_btcv swin_unet_btcv mt_unet_btcv \\
+        --dataset_dir /data/BTCV --split synapse --protocol synapse8 --out leaderboard/
+
+For every bundle the command runs the bundle's own ``inference.json`` (its ``models/model.pt``, or
+``--ckpt NAME=PATH``, extra config files with ``--config NAME=FILE``, overrides with
+``--override NAME:key=json``) on the evaluation cases of the datalist, or takes an existing folder of
+predictions (``--predictions NAME=DIR`` holding ``<image name>_seg.nii.gz``). All predictions are scored
+under one protocol (``btcv13`` or ``synapse8``, see ``common/metrics.py``) on each label's original grid.
+It writes to ``--out``:
+
+* ``leaderboard.md``: mean and per-organ Dice (and HD95) per bundle, the published numbers of ANCHORS.md
+  beside them (each with its own protocol and split; comparable only where they match), per-organ mean,
+  std and 95 % bootstrap confidence interval over cases, and a paired comparison of two bundles
+  (``--compare A B``: per-case differences of the mean Dice, bootstrap CI, Wilcoxon signed-rank p-value,
+  per organ too);
+* ``leaderboard.csv`` and ``leaderboard.json``: the same numbers;
+* ``per_organ_dice.png``: a per-organ bar chart;
+* ``overlays/<case>.png``: for every organ present in the case, the axial slice where it is largest: CT,
+  ground truth and each bundle's prediction;
+* ``<bundle>/``: each bundle's full report (per-case CSV, summary, ``results.json``) and predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from monai.data import MetaTensor
+
+from .anchors import anchors_for
+from .errors import InputError
+from .evaluation import SegmentationReport, case_id, json_clean, protocol_rule
+from .io import atomic_write_bytes, atomic_write_text, load_array
+from .labels import BTCV_ORGANS, organ, protocol_organs
+from .metrics import metric_names, to_btcv_ids
+from .stats import describe, paired_comparison
+
+__all__ = ["leaderboard", "bar_chart", "overlay_png", "main", "PANEL", "CHART_WIDTH"]
+
+REPO = Path(__file__).resolve().parents[1]
+PANEL = 160  # pixels per overlay panel
+HEADER = 24  # pixels of the overlay title row
+CHART_WIDTH = 1000
+_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127)]
+
+
+def _font(size: int = 13):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _png_bytes(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _pred_file(folder: Path, image_path: str) -> Path | None:
+    stem = case_id(image_path)
+    for name in (f"{stem}_seg.nii.gz", f"{stem}.nii.gz", f"{stem}_seg.nii", f"{stem}.nii"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _split_pairs(values: Sequence[str] | None, sep: str = "=") -> dict[str, str]:
+    out = {}
+    for v in values or []:
+        if sep not in v:
+            raise InputError(f"expected NAME{sep}VALUE, got {v!r}")
+        k, val = v.split(sep, 1)
+        out[k] = val
+    return out
+
+
+def run_bundle_inference(bundle: str, items: list[dict], out_dir: Path, ckpt: str | None = None,
+                         configs: Sequence[str] = (), overrides: dict | None = None) -> tuple[Path, str, dict]:  # fmt: skip
+    """Predict ``items`` with a bundle's ``inference.json``; return (prediction folder, id space, settings)."""
+    from monai.bundle import ConfigWorkflow
+
+    cfg = REPO / "bundles" / bundle / "configs"
+    if not (cfg / "inference.json").is_file():
+        raise InputError(f"unknown bundle {bundle!r}: {cfg / 'inference.json'} not found")
+    files = [str(cfg / "inference.json")] + [str(c) for c in configs]
+    kw = dict(overrides or {})
+    kw.update(datalist=[{"image": it["image"]} for it in items], output_dir=str(out_dir), bundle_root=str(cfg.parent))
+    if ckpt:
+        kw["ckpt_path"] = str(ckpt)
+    wf = ConfigWorkflow(config_file=files, workflow_type="infer", **kw)
+    wf.initialize()
+    num_classes = int(wf.parser.get_parsed_content("num_classes"))
+    settings = {k: wf.parser.get_parsed_content(k) for k in ("roi_size", "img_size", "sw_overlap", "slice_mode", "slice_batch", "autocast", "spacing", "amp") if k in wf.parser}
+    settings["checkpoint"] = str(wf.parser.get_parsed_content("ckpt_path")) if wf.parser.get_parsed_content("load_pretrain") else "untrained"
+    wf.run()
+    wf.finalize()
+    return out_dir, ("synapse8" if num_classes == 9 else "btcv13"), settings
+
+
+def _to_ras(arr: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    import nibabel as nib
+
+    return nib.orientations.apply_orientation(arr, nib.orientations.io_orientation(affine))
+
+
+def _display(slice_xy: np.ndarray) -> np.ndarray:
+    """An axial RAS slice (x, y) in radiological display: anterior up, patient's right on the left."""
+    return np.ascontiguousarray(slice_xy[::-1, ::-1].T)
+
+
+def _fit(img, size: int):
+    from PIL import Image
+
+    w, h = img.size
+    s = size / max(w, h)
+    img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.NEAREST)
+    canvas = Image.new("RGB", (size, size), (0, 0, 0))
+    canvas.paste(img, ((size - img.size[0]) // 2, (size - img.size[1]) // 2))
+    return canvas
+
+
+def overlay_png(ct: np.ndarray, gt: np.ndarray, preds: dict[str, np.ndarray], affine: np.ndarray, title: str,
+                organs: Sequence[str] | None = None) -> tuple[bytes, tuple[int, int]]:  # fmt: skip
+    """Overlay figure of one case: a row per organ present in ``gt`` (BTCV ids), columns CT | ground truth |
+    each prediction, on the axial slice where the organ's ground truth is largest. Returns (PNG, size)."""
+    from PIL import Image, ImageDraw
+
+    ct, gt = _to_ras(ct, affine), _to_ras(gt, affine)
+    preds = {k: _to_ras(v, affine) for k, v in preds.items()}
+    keys = [o.key for o in BTCV_ORGANS if (organs is None or o.key in organs) and (gt == o.id).any()]
+    cols = 2 + len(preds)
+    width, height = cols * PANEL, HEADER + max(1, len(keys)) * PANEL
+    fig = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(fig)
+    font = _font(12)
+    for c, name in enumerate(["CT", "ground truth", *preds]):
+        draw.text((c * PANEL + 4, 5), name[:24], fill=(0, 0, 0), font=font)
+    draw.text((width - 8 - draw.textlength(title, font=font), 5), title, fill=(90, 90, 90), font=font) if cols > 2 else None
+    window = np.clip((ct.astype(np.float32) + 175.0) / 425.0, 0, 1)
+    for r, key in enumerate(keys):
+        o = organ(key)
+        k = int(np.argmax((gt == o.id).sum(axis=(0, 1))))
+        base = (_display(window[:, :, k]) * 255).astype(np.uint8)
+        gray = np.stack([base] * 3, -1)
+        panels = [gray]
+        for lab in [gt, *preds.values()]:
+            m = _display(lab[:, :, k] == o.id)
+            rgb = gray.copy().astype(np.float32)
+            rgb[m] = 0.45 * rgb[m] + 0.55 * np.array(o.colour, np.float32)
+            panels.append(rgb.astype(np.uint8))
+        for c, p in enumerate(panels):
+            fig.paste(_fit(Image.fromarray(p), PANEL), (c * PANEL, HEADER + r * PANEL))
+        draw.text((4, HEADER + r * PANEL + 3), f"{o.name} (z={k})", fill=(255, 255, 0), font=font)
+    return _png_bytes(fig), (width, height)
+
+
+def bar_chart(results: dict[str, dict], protocol: str, title: str = "") -> tuple[bytes, tuple[int, int]]:
+    """Horizontal grouped bar chart of per-organ mean Dice per bundle. Returns (PNG, size)."""
+    from PIL import Image, ImageDraw
+
+    organs = protocol_organs(protocol)
+    names = list(results)
+    bar, gap, left, top, bottom = 12, 10, 210, 40 + 16 * len(names), 40
+    group = bar * len(names) + gap
+    width, height = CHART_WIDTH, top + group * len(organs) + bottom
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    font = _font(13)
+    d.text((10, 8), title or f"Per-organ Dice ({protocol})", fill=(0, 0, 0), font=font)
+    for i, n in enumerate(names):
+        y = 28 + 16 * i
+        d.rectangle([10, y, 22, y + 11], fill=_PALETTE[i % len(_PALETTE)])
+        d.text((28, y - 1), n, fill=(0, 0, 0), font=font)
+    plot_w = width - left - 60
+    for t in range(6):
+        x = left + plot_w * t / 5
+        d.line([x, top - 4, x, height - bottom], fill=(220, 220, 220))
+        d.text((x - 8, height - bottom + 6), f"{t / 5:.1f}", fill=(0, 0, 0), font=font)
+    for gi, (key, name, _) in enumerate(organs):
+        y0 = top + gi * group
+        d.text((10, y0 + (bar * len(names)) / 2 - 7), name, fill=(0, 0, 0), font=font)
+        for bi, n in enumerate(names):
+            v = results[n]["summary"]["organs"][key]["dice"]["mean"]
+            y = y0 + bi * bar
+            if v is not None and not math.isnan(v):
+                d.rectangle([left, y, left + plot_w * max(0.0, min(1.0, v)), y + bar - 2], fill=_PALETTE[bi % len(_PALETTE)])
+                d.text((left + plot_w * max(0.0, min(1.0, v)) + 4, y - 1), f"{v:.2f}", fill=(60, 60, 60), font=_font(10))
+    d.line([left, top - 4, left, height - bottom], fill=(0, 0, 0))
+    return _png_bytes(img), (width, height)
+
+
+def _fmt(v, nd=3):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def leaderboard(
+    bundles: Sequence[str] = (),
+    predictions: dict[str, str] | None = None,
+    dataset_dir: str = "",
+    split: str = "dataset_0",
+    datalist_file: str = "",
+    protocol: str = "btcv13",
+    out: str = "leaderboard",
+    ckpts: dict[str, str] | None = None,
+    configs: dict[str, list[str]] | None = None,
+    overrides: dict[str, dict] | None = None,
+    pred_ids: dict[str, str] | None = None,
+    label_ids: str = "btcv13",
+    compare: Sequence[str] | None = None,
+    max_cases: int | None = None,
+    overlay_cases: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run, score and compare bundles; see the module docstring. Returns the leaderboard as a dict."""
+    from tqdm import tqdm
+
+    from .data import get_datalist
+
+    if protocol not in ("btcv13", "synapse8"):
+        raise InputError(f"unknown protocol {protocol!r}", hint="use btcv13 or synapse8")
+    predictions = dict(predictions or {})
+    names = list(bundles) + [n for n in predictions if n not in bundles]
+    if not names:
+        raise InputError("nothing to compare", hint="give --bundles and/or --predictions NAME=DIR")
+    items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"])["validation"]
+    if max_cases:
+        items = items[: int(max_cases)]
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = sum(1 for n in names if n not in predictions) + len(names) * len(items)
+    bar = tqdm(total=total, desc="leaderboard", unit="step", disable=not progress)
+    results: dict[str, dict] = {}
+    pred_files: dict[str, dict[str, Path]] = {}
+    for name in names:
+        settings: dict = {}
+        ids = (pred_ids or {}).get(name, "btcv13")
+        if name in predictions:
+            folder = Path(predictions[name])
+            settings = {"predictions": str(folder)}
+        else:
+            bar.set_description(f"inference {name}")
+            folder, ids, settings = run_bundle_inference(
+                name, items, out_dir / name / "predictions", (ckpts or {}).get(name), (configs or {}).get(name, ()),
+                (overrides or {}).get(name),
+            )  # fmt: skip
+            bar.update(1)
+        bar.set_description(f"scoring {name}")
+        meta = {"bundle": name, "split": split if not datalist_file else f"{datalist_file} [validation]", "inference": settings}
+        if settings.get("checkpoint"):
+            meta["checkpoint"] = settings["checkpoint"]
+        report = SegmentationReport(out_dir / name, protocol=protocol, pred_ids=ids, label_ids=label_ids, meta=meta, print_table=False)
+        files = {}
+        for it in items:
+            pf = _pred_file(folder, it["image"])
+            if pf is None:
+                raise InputError(f"{folder}: no prediction for {it['image']} (expected {case_id(it['image'])}_seg.nii.gz)")
+            arr, aff = load_array(pf)
+            report.add_case({"pred": MetaTensor(arr[None], affine=aff), "label_file": it["label"], "image": it["image"]})
+            files[case_id(it["label"])] = pf
+            bar.update(1)
+        results[name] = report.finish()
+        results[name]["pred_ids"] = ids
+        pred_files[name] = files
+    bar.close()
+
+    # statistics per bundle and organ
+    organs = protocol_organs(protocol)
+    metrics = metric_names(protocol)
+    table: dict[str, dict] = {}
+    for name, res in results.items():
+        cases = json.loads(Path(res["paths"]["json"]).read_text())["cases"]
+        row = {"mean": describe([res["summary"]["case_mean_dice"][c] for c in res["summary"]["case_mean_dice"]]), "organs": {}}
+        row["mean"]["mean_over_organs"] = res["summary"]["mean"]["dice"]
+        row["mean_hd95"] = res["summary"]["mean"]["hd95"]
+        for key, _, _ in organs:
+            row["organs"][key] = {m: describe([(c["scores"][key][m] if c["scores"][key][m] is not None else math.nan) for c in cases.values()]) for m in metrics}
+        row["anchors"] = anchors_for(name, protocol)
+        table[name] = row
+    comparison = None
+    if len(results) >= 2:
+        a, b = (compare or names[:2])[:2]
+        if a not in results or b not in results:
+            raise InputError(f"--compare {a} {b}: both must be among {names}")
+        ca, cb = results[a]["summary"]["case_mean_dice"], results[b]["summary"]["case_mean_dice"]
+        comparison = {"a": a, "b": b, "mean_dice": paired_comparison(ca, cb), "organs": {}}
+        ja = json.loads(Path(results[a]["paths"]["json"]).read_text())["cases"]
+        jb = json.loads(Path(results[b]["paths"]["json"]).read_text())["cases"]
+        for key, _, _ in organs:
+            da = {c: v["scores"][key]["dice"] for c, v in ja.items() if v["scores"][key]["dice"] is not None}
+            db = {c: v["scores"][key]["dice"] for c, v in jb.items() if v["scores"][key]["dice"] is not None}
+            comparison["organs"][key] = paired_comparison(da, db)
+
+    # figures
+    paths: dict[str, str] = {}
+    png, _ = bar_chart(results, protocol, f"Per-organ mean Dice, protocol {protocol}, {len(items)} case(s)")
+    paths["chart"] = str(atomic_write_bytes(out_dir / "per_organ_dice.png", png))
+    overlay_paths = []
+    for it in items[: overlay_cases if overlay_cases is not None else len(items)]:
+        cid = case_id(it["label"])
+        ct, aff = load_array(it["image"])
+        gt = to_btcv_ids(np.rint(load_array(it["label"])[0]).astype(np.int64), label_ids)
+        preds = {n: to_btcv_ids(np.rint(load_array(pred_files[n][cid])[0]).astype(np.int64), results[n]["pred_ids"]) for n in names}
+        keys = [k for k, _, _ in organs]
+        png, _ = overlay_png(ct, gt, preds, aff, cid, keys)
+        overlay_paths.append(str(atomic_write_bytes(out_dir / "overlays" / f"{cid}.png", png)))
+    paths["overlays"] = str(out_dir / "overlays")
+
+    doc = {"protocol": protocol, "rule": protocol_rule(protocol), "split": split, "num_cases": len(items),
+           "bundles": table, "comparison": comparison,
+           "reports": {n: r["paths"] for n, r in results.items()}}  # fmt: skip
+    paths["json"] = str(atomic_write_text(out_dir / "leaderboard.json", json.dumps(json_clean(doc), indent=2) + "\n"))
+    paths["csv"] = str(atomic_write_text(out_dir / "leaderboard.csv", _csv(table, protocol)))
+    paths["markdown"] = str(atomic_write_text(out_dir / "leaderboard.md", _markdown(doc, results)))
+    print(f"\n{_markdown_table(table, protocol)}\nleaderboard written to {out_dir}:")
+    for k, v in paths.items():
+        print(f"  {k}: {v}")
+    print(f"  per-bundle reports: {', '.join(str(out_dir / n) for n in names)}")
+    doc["paths"] = paths
+    doc["overlay_files"] = overlay_paths
+    return doc
+
+
+def _csv(table: dict, protocol: str) -> str:
+    import csv
+    import io
+
+    organs = protocol_organs(protocol)
+    buf = io.StringIO()
+    buf.write(f"# protocol: {protocol}\n# rule: {protocol_rule(protocol)}\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["bundle", "mean_dice", "mean_dice_ci_low", "mean_dice_ci_high", "mean_hd95"]
+               + [f"{k}_dice{s}" for k, _, _ in organs for s in ("", "_std", "_ci_low", "_ci_high")])  # fmt: skip
+    for name, row in table.items():
+        m = row["mean"]
+        cells = [name, _fmt(m["mean_over_organs"], 6), _fmt(m["ci_low"], 6), _fmt(m["ci_high"], 6), _fmt(row["mean_hd95"], 6)]
+        for k, _, _ in organs:
+            s = row["organs"][k]["dice"]
+            cells += [_fmt(s["mean"], 6), _fmt(s["std"], 6), _fmt(s["ci_low"], 6), _fmt(s["ci_high"], 6)]
+        w.writerow(cells)
+    return buf.getvalue()
+
+
+def _markdown_table(table: dict, protocol: str) -> str:
+    organs = protocol_organs(protocol)
+    unit = "mm" if protocol == "btcv13" else "voxels"
+    head = "| bundle | mean Dice | HD95 (" + unit + ") | " + " | ".join(n for _, n, _ in organs) + " |"
+    lines = [head, "| --- | ---: | ---: |" + " ---: |" * len(organs)]
+    for name, row in table.items():
+        lines.append(f"| {name} | {_fmt(row['mean']['mean_over_organs'])} | {_fmt(row['mean_hd95'], 2)} | "
+                     + " | ".join(_fmt(row["organs"][k]["dice"]["mean"]) for k, _, _ in organs) + " |")  # fmt: skip
+        for a in row["anchors"]:
+            organ_cells = " | ".join(_fmt(a.get("organs", {}).get(k)) for k, _, _ in organs)
+            lines.append(f"| ↳ published: {a['source']} ({a['split']}) | {_fmt(a['mean_dice'])} | {_fmt(a.get('mean_hd95'), 2)} | {organ_cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(doc: dict, results: dict) -> str:
+    protocol, table = doc["protocol"], doc["bundles"]
+    organs = protocol_organs(protocol)
+    out = [f"# Leaderboard: protocol `{protocol}`, split `{doc['split']}`, {doc['num_cases']} case(s)", "",
+           f"Rule: {doc['rule']}", "",
+           "Published numbers (rows marked ↳) come from ANCHORS.md with their own protocol and split: they are "
+           "comparable with the measured row above them only where protocol and split are the same.", "",
+           _markdown_table(table, protocol), "## Per-organ statistics (Dice over cases)", "",
+           "| bundle | organ | mean | std | 95 % CI | n |", "| --- | --- | ---: | ---: | --- | ---: |"]  # fmt: skip
+    for name, row in table.items():
+        m = row["mean"]
+        out.append(f"| {name} | **case mean** | {_fmt(m['mean'])} | {_fmt(m['std'])} | [{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}] | {m['n']} |")
+        for k, n, _ in organs:
+            s = row["organs"][k]["dice"]
+            out.append(f"| {name} | {n} | {_fmt(s['mean'])} | {_fmt(s['std'])} | [{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}] | {s['n']} |")
+    comp = doc.get("comparison")
+    if comp:
+        c = comp["mean_dice"]
+        out += ["", f"## Paired comparison: {comp['a']} minus {comp['b']}", "",
+                f"Per-case mean Dice difference {_fmt(c['mean_difference'])} (95 % CI [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], "
+                f"n = {c['n']}), Wilcoxon signed-rank p = {_fmt(c['wilcoxon_p'], 4)}.", "",
+                "| organ | mean difference | 95 % CI | Wilcoxon p | n |", "| --- | ---: | --- | ---: | ---: |"]  # fmt: skip
+        for k, n, _ in organs:
+            o = comp["organs"][k]
+            out.append(f"| {n} | {_fmt(o['mean_difference'])} | [{_fmt(o['ci_low'])}, {_fmt(o['ci_high'])}] | {_fmt(o['wilcoxon_p'], 4)} | {o['n']} |")
+        out += ["", "Per-case differences: " + ", ".join(f"{k} {v:+.3f}" for k, v in c["differences"].items())]
+    out += ["", "Figures: `per_organ_dice.png`, `overlays/<case>.png`. Per-bundle reports: "
+            + ", ".join(f"`{n}/summary.md`" for n in results), ""]  # fmt: skip
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m common.leaderboard", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundles", nargs="*", default=[], help="bundles to run (names under bundles/)")
+    ap.add_argument("--predictions", action="append", default=[], help="NAME=DIR of existing predictions")
+    ap.add_argument("--dataset_dir", default="", help="data as for the bundles ('' = the demo phantoms)")
+    ap.add_argument("--split", default="dataset_0")
+    ap.add_argument("--datalist_file", default="")
+    ap.add_argument("--protocol", default="btcv13", choices=["btcv13", "synapse8"])
+    ap.add_argument("--label-ids", default="btcv13", choices=["btcv13", "synapse8"], help="id space of the label files")
+    ap.add_argument("--pred-ids", action="append", default=[], help="NAME=btcv13|synapse8 for --predictions folders")
+    ap.add_argument("--ckpt", action="append", default=[], help="NAME=PATH of a bundle's weights")
+    ap.add_argument("--config", action="append", default=[], help="NAME=FILE extra config merged after inference.json")
+    ap.add_argument("--override", action="append", default=[], help="NAME:key=json config override")
+    ap.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"), help="paired comparison A minus B")
+    ap.add_argument("--max-cases", type=int, default=None)
+    ap.add_argument("--overlay-cases", type=int, default=None, help="overlay figures for the first N cases (default all)")
+    ap.add_argument("--out", default="leaderboard")
+    args = ap.parse_args(argv)
+    configs: dict[str, list[str]] = {}
+    for n, f in _split_pairs(args.config).items():
+        configs.setdefault(n, []).append(f)
+    overrides: dict[str, dict] = {}
+    for o in args.override:
+        name, kv = o.split(":", 1) if ":" in o else ("", o)
+        k, v = kv.split("=", 1)
+        overrides.setdefault(name, {})[k] = json.loads(v)
+    try:
+        leaderboard(args.bundles, _split_pairs(args.predictions), args.dataset_dir, args.split, args.datalist_file,
+                    args.protocol, args.out, _split_pairs(args.ckpt), configs, overrides, _split_pairs(args.pred_ids),
+                    args.label_ids, args.compare, args.max_cases, args.overlay_cases)  # fmt: skip
+    except InputError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
