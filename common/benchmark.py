@@ -152,8 +152,6 @@ def slicewise_benchmark(
     from monai.data import decollate_batch
     from monai.transforms import Compose
 
-    from .slicewise import SliceWiseInferer
-
     dev = torch.device(device) if device else (torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu"))
     parser = _bundle_parser(bundle, dict(overrides or {}))
     net = parser.get_parsed_content("network_def")
@@ -164,7 +162,7 @@ def slicewise_benchmark(
     else:
         weights = "random initialisation (seed 0): timings are weight-independent; agreement needs trained weights"
     net = net.to(dev).eval()
-    img_size = tuple(parser.get_parsed_content("img_size"))
+    img_size = tuple(net.slice_roi)
     pre = parser.get_parsed_content("preprocessing")
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     if not volumes:
@@ -189,7 +187,7 @@ def slicewise_benchmark(
         shape = tuple(int(s) for s in image.shape[1:])
         labels: dict[str, np.ndarray] = {}
         for name, mode, ac in paths:
-            inferer = SliceWiseInferer(img_size, mode=mode, slice_batch=slice_batch, autocast=ac)
+            net.slice_mode, net.slice_batch, net.slice_autocast = mode, slice_batch, ac
             post = Compose(
                 [
                     _argmax(),
@@ -200,7 +198,8 @@ def slicewise_benchmark(
             with PeakMemory(dev) as mem:
                 t0 = time.perf_counter()
                 x = image.unsqueeze(0).to(dev)
-                pred = inferer(x, net)
+                with torch.no_grad():
+                    pred = net(x)
                 t_inf = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 item = decollate_batch({"image": x, "pred": pred})[0]
@@ -211,8 +210,8 @@ def slicewise_benchmark(
             total = t_pre + t_inf + t_post
             rows.append({
                 "volume": os.path.basename(vol_path), "shape": shape, "path": name,
-                "seconds": total, "preprocess_s": t_pre, "inference_s": t_inf, "forward_s": inferer.forward_seconds,
-                "postprocess_s": t_post, "outside_forward_share": (total - inferer.forward_seconds) / total,
+                "seconds": total, "preprocess_s": t_pre, "inference_s": t_inf, "forward_s": net.forward_seconds,
+                "postprocess_s": t_post, "outside_forward_share": (total - net.forward_seconds) / total,
                 "peak_rss_mb": mem.peak_rss_mb, "peak_cuda_mb": mem.peak_cuda_mb,
             })  # fmt: skip
             del pred, out

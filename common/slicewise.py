@@ -9,16 +9,18 @@ of a volume and stacking the results. Here:
 * :class:`SliceDataset`: axial 2D training samples drawn from 3D volumes that are preprocessed and resized
   in-plane to the network size once per volume (cached), with the papers' augmentation
   (:class:`PaperSliceAugmentd`) and per-slice weights for foreground-aware sampling.
-* :class:`SliceWiseInferer`: a MONAI ``Inferer`` running a 2D network over a whole volume. ``mode="batched"``
-  (default) sends batches of slices through the network, resizing each batch in-plane to the network size
-  (bicubic) and the logits back to the slice size (bilinear) before any argmax. ``mode="reference"`` is the
-  papers' own procedure (one slice at a time, scipy cubic zoom to the network size, argmax there, nearest
-  zoom back), kept so results can be compared with the published protocol. Both return a
-  (B, classes, X, Y, Z) tensor on the input's grid, so the bundles' post-processing (argmax, inversion to the
-  original grid, writing) is the same as for the 3D bundles.
+* :func:`slicewise_network`: the 2D network as a 3D-volume model (:class:`SliceWiseMixin`): 2D slices in
+  training, whole volumes in validation and inference. ``slice_mode="batched"`` (default) sends batches of
+  slices through the network, resizing each batch in-plane to the network size (bicubic) and the logits back
+  to the slice size (bilinear) before any argmax; ``"reference"`` is the papers' own procedure (one slice at
+  a time, scipy cubic zoom to the network size, argmax there, nearest zoom back), kept so results can be
+  compared with the published protocol. Either way the output is a (B, classes, X, Y, Z) tensor on the
+  input's grid, so the bundles' post-processing (argmax, inversion to the original grid, writing) is that of
+  the 3D bundles, and MONAI Label and the bundle tools see a 3D model.
 
 MONAI's ``SliceInferer`` runs a 2D network over 3D data but pads instead of resizing, so it cannot reproduce
-the papers' 224 x 224 resizing; :class:`SliceWiseInferer` subclasses MONAI's ``Inferer`` instead.
+the papers' 224 x 224 resizing; and an inferer outside the network would leave the bundle's ``network_def``
+a 2D model, which MONAI Label then serves as a 2D model. Hence the volume logic lives with the network.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.inferers import Inferer
 from monai.transforms import Compose, MapTransform, Orientationd, Randomizable, ScaleIntensityRanged
 from monai.utils import ensure_tuple
 from scipy import ndimage
@@ -45,7 +46,9 @@ __all__ = [
     "slice_preprocessing",
     "PaperSliceAugmentd",
     "SliceDataset",
-    "SliceWiseInferer",
+    "SliceWiseMixin",
+    "slicewise_class",
+    "slicewise_network",
     "slice_weights",
 ]
 
@@ -238,112 +241,146 @@ class SliceDataset(Dataset):
         )  # fmt: skip
 
 
-class SliceWiseInferer(Inferer):
-    """Run a 2D network over a (B, C, X, Y, Z) volume slice by slice along the axial (last) axis.
+def _check_slicewise_options(mode: str, autocast, output: str) -> None:
+    if mode not in ("batched", "reference"):
+        raise ValueError(f"slice mode must be 'batched' or 'reference', got {mode!r}")
+    if autocast not in _DTYPES:
+        raise ValueError(f"autocast must be one of None, 'fp32', 'bf16', 'fp16'; got {autocast!r}")
+    if output not in ("logits", "onehot"):
+        raise ValueError(f"output must be 'logits' or 'onehot', got {output!r}")
 
-    Args:
-        roi_size: the network's in-plane input size (H, W), e.g. (224, 224).
-        mode: ``"batched"`` (default) or ``"reference"`` (the papers' per-slice procedure, see module doc).
-        slice_batch: slices per network call in batched mode.
-        autocast: ``None``/``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: run the network's forward under
-            ``torch.autocast`` with that dtype on the input's device (a documented accuracy/speed switch;
-            CUDA AMP can instead be enabled with the evaluator's ``amp``).
-        output: ``"logits"`` (default): network outputs resized to the slice size; ``"onehot"``: the argmax
-            labels as a one-hot float tensor (what the reference mode always returns, since it argmaxes at
-            the network size).
-        spatial_dim: the slicing axis among the three spatial axes (2 = last = axial after RAS).
+
+class SliceWiseMixin:
+    """Makes a 2D segmentation network a 3D-volume model (mixed in by :func:`slicewise_network`).
+
+    ``forward`` of a ``(B, C, H, W)`` input is the 2D network's own (training, export). A ``(B, C, X, Y, Z)``
+    volume is predicted slice by slice along the last (axial, after RAS orientation) axis and returned as
+    ``(B, classes, X, Y, Z)`` on the input's grid:
+
+    * ``slice_mode = "batched"`` (default): ``slice_batch`` slices per forward, each batch resized in-plane to
+      ``slice_roi`` (bicubic) and the logits back to the slice size (bilinear) before any argmax;
+    * ``slice_mode = "reference"``: the papers' ``test_single_volume``: one slice at a time, scipy cubic zoom to
+      ``slice_roi``, argmax there, nearest zoom back; returned as one-hot scores (their argmax is the label).
+
+    ``slice_autocast`` (``None``, ``"bf16"``, ``"fp16"``) runs the 2D forwards under ``torch.autocast`` on the
+    input's device: a documented speed/accuracy switch (on CUDA the evaluator's ``amp`` does the same).
+    ``slice_output = "onehot"`` returns the batched path's argmax as one-hot scores. ``forward_seconds`` holds
+    the time spent in the 2D forwards by the last volume call (benchmarks). These are plain attributes, so the
+    state dict is exactly the 2D network's: a model trained as 2D loads as is.
     """
 
-    def __init__(
-        self,
-        roi_size: Sequence[int] = (224, 224),
-        mode: str = "batched",
-        slice_batch: int = 16,
-        autocast: str | None = None,
-        output: str = "logits",
-        spatial_dim: int = 2,
-    ):
-        super().__init__()
-        roi = tuple(int(r) for r in ensure_tuple(roi_size))
-        self.roi_size = roi * 2 if len(roi) == 1 else roi
-        if mode not in ("batched", "reference"):
-            raise ValueError(f"mode must be 'batched' or 'reference', got {mode!r}")
-        if autocast not in _DTYPES:
-            raise ValueError(f"autocast must be one of None, 'fp32', 'bf16', 'fp16'; got {autocast!r}")
-        if output not in ("logits", "onehot"):
-            raise ValueError(f"output must be 'logits' or 'onehot', got {output!r}")
-        if spatial_dim not in (0, 1, 2):
-            raise ValueError(f"spatial_dim must be 0, 1 or 2, got {spatial_dim}")
-        self.mode, self.slice_batch = mode, max(int(slice_batch), 1)
-        self.autocast_dtype = _DTYPES[autocast]
-        self.output, self.spatial_dim = output, spatial_dim
-        self.forward_seconds = 0.0  # time spent in the network's forward passes by the last call (benchmarks)
+    slice_roi: tuple[int, int] = (224, 224)
+    slice_mode: str = "batched"
+    slice_batch: int = 16
+    slice_autocast: str | None = None
+    slice_output: str = "logits"
+    forward_seconds: float = 0.0
 
-    def _forward(self, network: Callable, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if x.ndim != 5:
+            return super().forward(x, *args, **kwargs)
+        _check_slicewise_options(self.slice_mode, self.slice_autocast, self.slice_output)
+        self.forward_seconds = 0.0
+        plain = x.as_tensor() if isinstance(x, MetaTensor) else x
+        out = torch.stack([self._volume(v) for v in plain], 0)
+        if isinstance(x, MetaTensor):
+            out = MetaTensor(out, meta=x.meta, applied_operations=x.applied_operations)
+        return out
+
+    def _slice_forward(self, x: torch.Tensor) -> torch.Tensor:
         import time
 
         t0 = time.perf_counter()
-        if self.autocast_dtype is not None:
-            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
-                y = network(x, *args, **kwargs)
+        dtype = _DTYPES[self.slice_autocast]
+        if dtype is not None:
+            with torch.autocast(device_type=x.device.type, dtype=dtype):
+                y = super().forward(x)
         else:
-            y = network(x, *args, **kwargs)
+            y = super().forward(x)
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         self.forward_seconds += time.perf_counter() - t0
         return y.float()
 
-    def __call__(self, inputs: torch.Tensor, network: Callable, *args, **kwargs) -> torch.Tensor:
-        if inputs.ndim != 5:
-            raise ValueError(f"SliceWiseInferer expects (B, C, X, Y, Z) volumes, got shape {tuple(inputs.shape)}")
-        self.forward_seconds = 0.0
-        x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        # move the slicing axis last: (B, C, A, B', Z)
-        if self.spatial_dim != 2:
-            x = x.movedim(2 + self.spatial_dim, -1)
-        outs = [self._volume(network, v, *args, **kwargs) for v in x]
-        out = torch.stack(outs, 0)
-        if self.spatial_dim != 2:
-            out = out.movedim(-1, 2 + self.spatial_dim)
-        if isinstance(inputs, MetaTensor):
-            out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
-        return out
-
-    def _volume(self, network, vol: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def _volume(self, vol: torch.Tensor) -> torch.Tensor:
         """One volume (C, X, Y, Z) -> (classes, X, Y, Z)."""
-        c, sx, sy, sz = vol.shape
+        _, sx, sy, sz = vol.shape
         slices = vol.permute(3, 0, 1, 2)  # (Z, C, X, Y)
-        if self.mode == "reference":
-            return self._reference(network, slices, *args, **kwargs)
+        if self.slice_mode == "reference":
+            return self._reference(slices)
         out = None
-        with torch.no_grad():
-            for s in range(0, sz, self.slice_batch):
-                chunk = _resize_slices(slices[s : s + self.slice_batch].float(), self.roi_size, "bicubic")
-                logits = self._forward(network, chunk, *args, **kwargs)
-                logits = _resize_slices(logits, (sx, sy), "bilinear")
-                if self.output == "onehot":
-                    logits = F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float()
-                if out is None:
-                    out = torch.empty((logits.shape[1], sx, sy, sz), dtype=torch.float32, device=vol.device)
-                out[..., s : s + logits.shape[0]] = logits.permute(1, 2, 3, 0)
+        for s in range(0, sz, max(int(self.slice_batch), 1)):
+            chunk = _resize_slices(slices[s : s + max(int(self.slice_batch), 1)].float(), self.slice_roi, "bicubic")
+            logits = _resize_slices(self._slice_forward(chunk), (sx, sy), "bilinear")
+            if self.slice_output == "onehot":
+                logits = F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float()
+            if out is None:
+                out = torch.empty((logits.shape[1], sx, sy, sz), dtype=torch.float32, device=vol.device)
+            out[..., s : s + logits.shape[0]] = logits.permute(1, 2, 3, 0)
         return out
 
-    def _reference(self, network, slices: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """The papers' ``test_single_volume``: per slice, cubic zoom to roi, argmax, nearest zoom back."""
-        z, c, sx, sy = slices.shape
+    def _reference(self, slices: torch.Tensor) -> torch.Tensor:
+        """The papers' ``test_single_volume``: per slice, cubic zoom to the roi, argmax, nearest zoom back."""
+        z, _, sx, sy = slices.shape
         labels = np.zeros((sx, sy, z), dtype=np.int64)
-        n_classes = None
-        arr = slices.detach().cpu().numpy()
-        with torch.no_grad():
-            for i in range(z):
-                sl = arr[i]
-                zoomed = np.stack([ndimage.zoom(ch, (self.roi_size[0] / sx, self.roi_size[1] / sy), order=3) for ch in sl])
-                x = torch.from_numpy(zoomed).float().unsqueeze(0).to(slices.device)
-                logits = self._forward(network, x, *args, **kwargs)
-                n_classes = logits.shape[1]
-                pred = torch.argmax(torch.softmax(logits, dim=1), dim=1)[0].cpu().numpy()
-                if pred.shape != (sx, sy):
-                    pred = ndimage.zoom(pred, (sx / self.roi_size[0], sy / self.roi_size[1]), order=0)
-                labels[:, :, i] = pred
+        n_classes = 1
+        arr = slices.detach().float().cpu().numpy()
+        roi = self.slice_roi
+        for i in range(z):
+            zoomed = np.stack([ndimage.zoom(ch, (roi[0] / sx, roi[1] / sy), order=3) for ch in arr[i]])
+            logits = self._slice_forward(torch.from_numpy(zoomed).float().unsqueeze(0).to(slices.device))
+            n_classes = logits.shape[1]
+            pred = torch.argmax(torch.softmax(logits, dim=1), dim=1)[0].cpu().numpy()
+            if pred.shape != (sx, sy):
+                pred = ndimage.zoom(pred, (sx / roi[0], sy / roi[1]), order=0)
+            labels[:, :, i] = pred
         lab = torch.from_numpy(labels).to(slices.device)
-        return F.one_hot(lab, n_classes or 1).permute(3, 0, 1, 2).float()
+        return F.one_hot(lab, n_classes).permute(3, 0, 1, 2).float()
+
+
+_SLICEWISE_CLASSES: dict[type, type] = {}
+
+
+def slicewise_class(network: type | str) -> type:
+    """The 3D-volume subclass of a 2D network class (created once, importable from this module by name)."""
+    if isinstance(network, str):
+        from pydoc import locate
+
+        name, network = network, locate(network)
+        if network is None:
+            raise ImportError(f"cannot import the network class {name!r}")
+    if not (isinstance(network, type) and issubclass(network, torch.nn.Module)):
+        raise TypeError(f"network must be a torch.nn.Module subclass, got {network!r}")
+    if issubclass(network, SliceWiseMixin):
+        return network
+    cls = _SLICEWISE_CLASSES.get(network)
+    if cls is None:
+        name = f"SliceWise{network.__name__}"
+        doc = f"{network.__name__} taking 2D slices (B, C, H, W) or whole volumes (B, C, X, Y, Z); see SliceWiseMixin."
+        cls = type(name, (SliceWiseMixin, network), {"__module__": __name__, "__doc__": doc})
+        _SLICEWISE_CLASSES[network] = cls
+        globals()[name] = cls  # so instances pickle by reference like any module-level class
+    return cls
+
+
+def slicewise_network(
+    network: type | str,
+    roi_size: Sequence[int] = (224, 224),
+    mode: str = "batched",
+    slice_batch: int = 16,
+    autocast: str | None = None,
+    output: str = "logits",
+    **network_kwargs,
+) -> torch.nn.Module:
+    """Build ``network(**network_kwargs)`` as a 3D-volume model (see :class:`SliceWiseMixin`).
+
+    This is the ``network_def`` of the 2D bundles: training feeds it 2D slices, validation and inference whole
+    volumes (so MONAI's ``SimpleInferer``, MONAI Label and the bundle tools see a 3D model), and its
+    parameters and state dict are exactly those of ``network``.
+    """
+    _check_slicewise_options(mode, autocast, output)
+    roi = tuple(int(r) for r in ensure_tuple(roi_size))
+    net = slicewise_class(network)(**network_kwargs)
+    net.slice_roi = roi * 2 if len(roi) == 1 else roi
+    net.slice_mode, net.slice_batch, net.slice_autocast, net.slice_output = mode, int(slice_batch), autocast, output
+    return net

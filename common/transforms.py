@@ -44,6 +44,7 @@ from .labels import BTCV_NUM_CLASSES, btcv_to_synapse_lut
 __all__ = [
     "CheckInputd",
     "LoadCheckedImaged",
+    "SafeSpacingd",
     "load_transforms",
     "label_map_transform",
     "btcv_preprocessing",
@@ -140,6 +141,26 @@ class LoadCheckedImaged(LoadImaged):
         return d
 
 
+class SafeSpacingd(Spacingd):
+    """MONAI's ``Spacingd`` that leaves non-dictionary ``<key>_*`` entries alone.
+
+    MONAI 1.6's ``Spacingd`` calls ``.update`` on every entry whose name starts with ``image_`` after
+    resampling a NIfTI image; MONAI Label puts the string ``image_path`` there, so MONAI Label inference on a
+    ``.nii.gz`` crashed with ``'str' object has no attribute 'update'``. Such entries are set aside during the
+    call and put back unchanged; metadata dictionaries are still updated as MONAI does.
+    """
+
+    def __call__(self, data, lazy: bool | None = None):
+        d = dict(data)
+        aside = {}
+        for key in self.key_iterator(d):
+            for k in [k for k in d if isinstance(k, str) and k.startswith(f"{key}_") and not isinstance(d[k], dict)]:
+                aside[k] = d.pop(k)
+        out = super().__call__(d, lazy=lazy)
+        out.update(aside)
+        return out
+
+
 def load_transforms(
     keys: KeysCollection = ("image", "label"), image_channels: int = 1, num_classes: int = BTCV_NUM_CLASSES
 ) -> list:
@@ -193,7 +214,7 @@ def btcv_preprocessing(
         xs.append(EnsureTyped(keys, device=device, track_meta=True, allow_missing_keys=True))
     xs += [
         Orientationd(keys, axcodes="RAS", labels=None, allow_missing_keys=True),
-        Spacingd(keys, pixdim=tuple(float(s) for s in spacing), mode=modes, allow_missing_keys=True),
+        SafeSpacingd(keys, pixdim=tuple(float(s) for s in spacing), mode=modes, allow_missing_keys=True),
         ScaleIntensityRanged(keys[0], a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0, b_max=1.0, clip=True),
     ]
     if crop_foreground:

@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 
 from common.labels import organ
-from common.slicewise import PaperSliceAugmentd, SliceDataset, SliceWiseInferer, slice_preprocessing, slice_weights
+from common.slicewise import PaperSliceAugmentd, SliceDataset, slice_preprocessing, slice_weights, slicewise_network
 
 
 class IntensityNet(torch.nn.Module):
@@ -96,13 +96,25 @@ def test_paper_augmentation_moves_image_and_label_together():
     assert ops == {0, 1, 2}  # rot90+flip, small rotation and identity all occur
 
 
+def net3d(roi, **kw):
+    """The intensity 'network' as a 3D-volume model, the way the 2D bundles build theirs."""
+    return slicewise_network(IntensityNet, roi_size=roi, **kw)
+
+
+def test_slices_in_slices_out_volumes_in_volumes_out():
+    net = net3d((16, 16))
+    assert net(torch.rand(3, 1, 16, 16)).shape == (3, 5, 16, 16)  # training: the 2D network itself
+    assert net(torch.rand(1, 1, 20, 24, 6)).shape == (1, 5, 20, 24, 6)
+    assert set(net.state_dict()) == set(IntensityNet().state_dict())
+    assert isinstance(net, IntensityNet)
+
+
 def test_batched_equals_reference_without_resizing():
     """With slices already at the network size there is nothing to interpolate: both paths give the same labels."""
     torch.manual_seed(0)
     vol = torch.rand(1, 1, 32, 32, 7)
-    net = IntensityNet()
-    b = SliceWiseInferer((32, 32), mode="batched", slice_batch=3)(vol, net)
-    r = SliceWiseInferer((32, 32), mode="reference")(vol, net)
+    b = net3d((32, 32), mode="batched", slice_batch=3)(vol)
+    r = net3d((32, 32), mode="reference")(vol)
     assert b.shape == r.shape == (1, 5, 32, 32, 7)
     torch.testing.assert_close(b.argmax(1), r.argmax(1), rtol=0, atol=0)
 
@@ -110,35 +122,36 @@ def test_batched_equals_reference_without_resizing():
 def test_batched_and_reference_agree_on_a_phantom(volume):
     _, d = volume
     vol = d["image"].unsqueeze(0)  # (1, 1, X, Y, Z)
-    net = IntensityNet()
-    b = SliceWiseInferer((48, 48), mode="batched", slice_batch=8)(vol, net).argmax(1)
-    net.calls.clear()
-    r = SliceWiseInferer((48, 48), mode="reference")(vol, net).argmax(1)
-    assert all(c == (1, 1, 48, 48) for c in net.calls), "reference path: one slice at a time at the network size"
+    b = net3d((48, 48), mode="batched", slice_batch=8)(vol).argmax(1)
+    ref = net3d((48, 48), mode="reference")
+    r = ref(vol).argmax(1)
+    assert all(c == (1, 1, 48, 48) for c in ref.calls), "reference path: one slice at a time at the network size"
     agreement = (b == r).float().mean().item()
     assert agreement > 0.98, agreement
 
 
 def test_batched_inference_slices_the_axial_axis_in_batches():
     vol = torch.rand(2, 1, 20, 24, 11)
-    net = IntensityNet()
-    out = SliceWiseInferer((16, 16), slice_batch=4)(vol, net)
+    net = net3d((16, 16), slice_batch=4)
+    out = net(vol)
     assert out.shape == (2, 5, 20, 24, 11)
     assert net.calls == [(4, 1, 16, 16), (4, 1, 16, 16), (3, 1, 16, 16)] * 2
+    assert net.forward_seconds > 0
     # each axial slice is processed independently: changing slice 5 changes only slice 5's output
     vol2 = vol.clone()
     vol2[..., 5] = 1 - vol2[..., 5]
-    out2 = SliceWiseInferer((16, 16), slice_batch=4)(vol2, net)
-    changed = (out2 - out).abs().amax(dim=(0, 1, 2, 3))
+    changed = (net(vol2) - out).abs().amax(dim=(0, 1, 2, 3))
     assert changed[5] > 0 and torch.count_nonzero(changed) == 1
 
 
 def test_metatensor_in_metatensor_out_and_bf16_switch():
     vol = MetaTensor(torch.rand(1, 1, 16, 16, 4), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
-    out = SliceWiseInferer((16, 16), autocast="bf16")(vol, IntensityNet())
+    out = net3d((16, 16), autocast="bf16")(vol)
     assert isinstance(out, MetaTensor) and torch.equal(out.affine, vol.affine)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    onehot = net3d((16, 16), output="onehot")(vol)
+    assert set(torch.unique(onehot).tolist()) <= {0.0, 1.0} and torch.all(onehot.sum(1) == 1)
     with pytest.raises(ValueError, match="autocast"):
-        SliceWiseInferer(autocast="int8")
-    with pytest.raises(ValueError, match="B, C, X, Y, Z"):
-        SliceWiseInferer()(torch.rand(1, 1, 8, 8), IntensityNet())
+        net3d((16, 16), autocast="int8")
+    with pytest.raises(ImportError, match="cannot import the network class"):
+        slicewise_network("common.networks.nope.Net")

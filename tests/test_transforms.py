@@ -75,3 +75,22 @@ def test_bad_inputs_stop_with_the_file_named(pair, tmp_path):
     garbage = tmp_path / "garbage.nii.gz"
     garbage.write_bytes(b"not an image")
     assert "garbage.nii.gz: cannot read the image" in str(_error(pre, {"image": str(garbage), "label": lab}))
+
+
+def test_monai_label_image_path_does_not_crash_spacing(pair):
+    """MONAI Label adds the string ``image_path`` to the data; MONAI 1.6's Spacingd calls .update on it."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Spacingd
+
+    img, _, _ = pair
+    data = {"image": img, "image_path": img}
+    plain = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), Spacingd("image", pixdim=(1.5, 1.5, 2.0))])
+    with pytest.raises(Exception) as exc:
+        plain(dict(data))  # the crash as MONAI has it
+    chain, e = [], exc.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__
+    assert any("'str' object has no attribute 'update'" in m for m in chain), chain
+    out = btcv_preprocessing(keys=["image"])(dict(data))
+    assert out["image_path"] == img
+    assert np.allclose(np.diag(out["image"].affine.numpy())[:3], [1.5, 1.5, 2.0])
