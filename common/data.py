@@ -213,7 +213,7 @@ def load_datalist_file(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: datalist file not found")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not a readable JSON datalist ({e})") from e
     if not isinstance(data, dict):

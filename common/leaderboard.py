@@ -281,7 +281,7 @@ def leaderboard(
     metrics = metric_names(protocol)
     table: dict[str, dict] = {}
     for name, res in results.items():
-        cases = json.loads(Path(res["paths"]["json"]).read_text())["cases"]
+        cases = json.loads(Path(res["paths"]["json"]).read_text(encoding="utf-8"))["cases"]
         row = {"mean": describe([res["summary"]["case_mean_dice"][c] for c in res["summary"]["case_mean_dice"]]), "organs": {}}
         row["mean"]["mean_over_organs"] = res["summary"]["mean"]["dice"]
         row["mean_hd95"] = res["summary"]["mean"]["hd95"]
@@ -296,8 +296,8 @@ def leaderboard(
             raise InputError(f"--compare {a} {b}: both must be among {names}")
         ca, cb = results[a]["summary"]["case_mean_dice"], results[b]["summary"]["case_mean_dice"]
         comparison = {"a": a, "b": b, "mean_dice": paired_comparison(ca, cb), "organs": {}}
-        ja = json.loads(Path(results[a]["paths"]["json"]).read_text())["cases"]
-        jb = json.loads(Path(results[b]["paths"]["json"]).read_text())["cases"]
+        ja = json.loads(Path(results[a]["paths"]["json"]).read_text(encoding="utf-8"))["cases"]
+        jb = json.loads(Path(results[b]["paths"]["json"]).read_text(encoding="utf-8"))["cases"]
         for key, _, _ in organs:
             da = {c: v["scores"][key]["dice"] for c, v in ja.items() if v["scores"][key]["dice"] is not None}
             db = {c: v["scores"][key]["dice"] for c, v in jb.items() if v["scores"][key]["dice"] is not None}
@@ -363,7 +363,7 @@ def _markdown_table(table: dict, protocol: str) -> str:
                      + " | ".join(_fmt(row["organs"][k]["dice"]["mean"]) for k, _, _ in organs) + " |")  # fmt: skip
         for a in row["anchors"]:
             organ_cells = " | ".join(_fmt(a.get("organs", {}).get(k)) for k, _, _ in organs)
-            lines.append(f"| ↳ published: {a['source']} ({a['split']}) | {_fmt(a['mean_dice'])} | {_fmt(a.get('mean_hd95'), 2)} | {organ_cells} |")
+            lines.append(f"| -> published: {a['source']} ({a['split']}) | {_fmt(a['mean_dice'])} | {_fmt(a.get('mean_hd95'), 2)} | {organ_cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -372,7 +372,7 @@ def _markdown(doc: dict, results: dict) -> str:
     organs = protocol_organs(protocol)
     out = [f"# Leaderboard: protocol `{protocol}`, split `{doc['split']}`, {doc['num_cases']} case(s)", "",
            f"Rule: {doc['rule']}", "",
-           "Published numbers (rows marked ↳) come from ANCHORS.md with their own protocol and split: they are "
+           "Published numbers (rows marked `-> published`) come from ANCHORS.md with their own protocol and split: they are "
            "comparable with the measured row above them only where protocol and split are the same.", "",
            _markdown_table(table, protocol), "## Per-organ statistics (Dice over cases)", "",
            "| bundle | organ | mean | std | 95 % CI | n |", "| --- | --- | ---: | ---: | --- | ---: |"]  # fmt: skip

@@ -390,7 +390,7 @@ def write_phantom_dataset(
     }
     datalist_path = out / "dataset.json"
     stamp = out / "phantom.json"
-    if datalist_path.exists() and stamp.exists() and json.loads(stamp.read_text()) == settings:
+    if datalist_path.exists() and stamp.exists() and json.loads(stamp.read_text(encoding="utf-8")) == settings:
         return datalist_path
     if not 0 < num_validation < num_cases:
         raise ValueError(f"num_validation must be in 1..{num_cases - 1}, got {num_validation}")

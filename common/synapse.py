@@ -341,7 +341,7 @@ def main(argv=None) -> int:
     except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
-    d = json.loads(path.read_text())
+    d = json.loads(path.read_text(encoding="utf-8"))
     print(f"wrote {path}: {len(d['training'])} training and {len(d['validation'])} validation (test) cases, labels {args.labels}")
     print(f"train a 2D bundle on it: python -m monai.bundle run --config_file bundles/transunet_btcv/configs/train.json --datalist_file {path}")
     return 0

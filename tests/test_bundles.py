@@ -100,16 +100,16 @@ def test_evaluate_writes_per_organ_report(trained, tiny_data, tmp_path, capsys):
     )  # fmt: skip
     for name in ("metrics_per_case.csv", "summary.csv", "summary.md", "results.json"):
         assert (out / name).is_file(), name
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     meta = res["meta"]
     assert meta["protocol"] == "btcv13" and meta["split"] == "dataset_0" and meta["bundle_version"]
-    assert meta["bundle"] == json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())["name"]
+    assert meta["bundle"] == json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))["name"]
     from common.bundle import file_sha256
 
     assert meta["checkpoint_sha256"] == file_sha256(work / "models" / "model.pt")
     assert set(meta["versions"]) == {"monai", "torch", "numpy"} and meta["inference"]
     assert "absent" in res["rule"] and meta["nsd_tolerance_mm"] == 2.0
-    header = (out / "metrics_per_case.csv").read_text().splitlines()
+    header = (out / "metrics_per_case.csv").read_text(encoding="utf-8").splitlines()
     assert header[0].startswith("# bundle: ") and any(h.startswith("# checkpoint_sha256: ") for h in header)
     assert "liver_nsd" in next(h for h in header if h.startswith("case,"))
     assert len(res["cases"]) == 1
@@ -144,7 +144,7 @@ def test_metadata_verifies(bundle, schema_file):
 def test_metadata_channel_def_comes_from_labels(bundle):
     from common.labels import channel_def
 
-    meta = json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())
+    meta = json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     pred = meta["network_data_format"]["outputs"]["pred"]
     protocol = "synapse8" if pred["num_channels"] == 9 else "btcv13"
     assert pred["channel_def"] == channel_def(protocol)
@@ -179,5 +179,5 @@ def test_multi_gpu_config_parses(bundle):
 
 def test_configs_are_valid_json():
     for f in BUNDLES.glob("*/configs/*.json"):
-        json.loads(f.read_text())
+        json.loads(f.read_text(encoding="utf-8"))
     assert os.path.isdir(BUNDLES)

@@ -30,7 +30,7 @@ def test_bundle_root_found_from_any_directory(tmp_path):
 
 def test_bad_input_is_one_clear_message_not_a_traceback(tiny_data, tmp_path):
     """A training datalist with a 2-channel image and an out-of-range label stops before training."""
-    dl = json.loads((tiny_data / "dataset.json").read_text())
+    dl = json.loads((tiny_data / "dataset.json").read_text(encoding="utf-8"))
     img0 = nib.load(str(tiny_data / dl["training"][0]["image"]))
     four_d = tmp_path / "two_channels.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((*img0.shape, 2), np.int16), img0.affine), str(four_d))
@@ -41,7 +41,7 @@ def test_bad_input_is_one_clear_message_not_a_traceback(tiny_data, tmp_path):
         item.update({k: str(tiny_data / v) for k, v in item.items()})
     dl["training"][0]["image"] = str(four_d)
     dl["training"][1]["label"] = str(bad_label)
-    (tmp_path / "dataset.json").write_text(json.dumps(dl))
+    (tmp_path / "dataset.json").write_text(json.dumps(dl), encoding="utf-8")
     r = bundle_run(
         "--config_file", str(UNETR / "train.json"), "--dataset_dir", str(tmp_path),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),

@@ -43,7 +43,7 @@ def test_split_case_ids_match_anchors():
 def test_prepare_writes_checked_relative_datalist(btcv_raw, tmp_path, split, capsys):
     out = tmp_path / "lists" / f"{split}.json"
     assert prepare_main([str(btcv_raw), "--split", split, "--output", str(out)]) == 0
-    d = json.loads(out.read_text())
+    d = json.loads(out.read_text(encoding="utf-8"))
     ids = [it["image"].split("img")[-1][:4] for it in d["training"]]
     assert tuple(ids) == SPLITS[split]["training"]
     assert d["validation"][0]["label"].startswith("../BTCV/RawData/Training/label/")
@@ -86,10 +86,10 @@ def test_empty_and_malformed_datalists(tmp_path):
     with pytest.raises(InputError, match="the list of cases is empty"):
         check_items([], name="x")
     p = tmp_path / "dl.json"
-    p.write_text(json.dumps({"training": [], "validation": []}))
+    p.write_text(json.dumps({"training": [], "validation": []}), encoding="utf-8")
     with pytest.raises(InputError, match="has no 'training' cases"):
         get_datalist(datalist_file=str(p))
-    p.write_text("{not json")
+    p.write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="not a readable JSON datalist"):
         get_datalist(datalist_file=str(p))
     with pytest.raises(InputError, match="dataset_dir not found"):
@@ -108,7 +108,7 @@ def test_unknown_split_and_missing_download(tmp_path):
 def test_find_images(tmp_path):
     _save(tmp_path / "a.nii.gz", np.zeros((4, 4, 4), np.int16))
     _save(tmp_path / "b.nii", np.zeros((4, 4, 4), np.int16))
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
     assert [p["image"].split("/")[-1] for p in find_images(tmp_path)] == ["a.nii.gz", "b.nii"]
     assert find_images(tmp_path / "a.nii.gz") == [{"image": str(tmp_path / "a.nii.gz")}]
     with pytest.raises(InputError, match="no images found"):

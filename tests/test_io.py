@@ -77,7 +77,7 @@ def test_missing_and_unreadable_files_name_the_file(tmp_path):
     with pytest.raises(InputError, match=r"broken\.nii\.gz: cannot read the image"):
         load_array(bad)
     txt = tmp_path / "notes.txt"
-    txt.write_text("x")
+    txt.write_text("x", encoding="utf-8")
     with pytest.raises(InputError, match="unsupported file type"):
         image_info(txt)
 
@@ -91,7 +91,7 @@ def test_multichannel_header_reports_channels(tmp_path):
 
 def test_atomic_writers_leave_no_partial_files(tmp_path):
     atomic_write_text(tmp_path / "a" / "x.csv", "1,2\n")
-    assert (tmp_path / "a" / "x.csv").read_text() == "1,2\n"
+    assert (tmp_path / "a" / "x.csv").read_text(encoding="utf-8") == "1,2\n"
     w = AtomicNibabelWriter()
     w.set_data_array(np.ones((1, 4, 4, 4), np.uint8), channel_dim=0)
     w.set_metadata({"affine": np.diag([2.0, 2.0, 3.0, 1.0])})

@@ -22,7 +22,7 @@ from common.stats import bootstrap_ci, describe, paired_comparison
 def oracle(tiny_data, tmp_path_factory):
     """A prediction folder holding the ground truth itself: must score Dice 1 everywhere."""
     d = tmp_path_factory.mktemp("oracle")
-    dl = json.loads((tiny_data / "dataset.json").read_text())
+    dl = json.loads((tiny_data / "dataset.json").read_text(encoding="utf-8"))
     for it in dl["validation"] + dl["training"]:
         name = it["image"].split("/")[-1].replace(".nii.gz", "_seg.nii.gz")
         shutil.copy(tiny_data / it["label"], d / name)
@@ -42,11 +42,11 @@ def test_leaderboard_end_to_end(tiny_data, oracle, tmp_path, capsys):
     table = doc["bundles"]
     assert table["oracle"]["mean"]["mean_over_organs"] == pytest.approx(1.0)
     assert table["unetr_btcv"]["mean"]["mean_over_organs"] < 1.0
-    md = (out / "leaderboard.md").read_text()
-    assert "↳ published: UNETR paper" in md and "Wilcoxon" in md and "95 % CI" in md
+    md = (out / "leaderboard.md").read_text(encoding="utf-8")
+    assert "-> published: UNETR paper" in md and "Wilcoxon" in md and "95 % CI" in md
     assert doc["comparison"]["a"] == "oracle" and doc["comparison"]["mean_dice"]["mean_difference"] > 0
     # each bundle's own report, with its checkpoint hash
-    res = json.loads((out / "unetr_btcv" / "results.json").read_text())
+    res = json.loads((out / "unetr_btcv" / "results.json").read_text(encoding="utf-8"))
     assert res["meta"]["checkpoint_sha256"] and res["meta"]["protocol"] == "btcv13"
     # the chart: a valid PNG of the documented size
     with Image.open(out / "per_organ_dice.png") as im:
@@ -55,7 +55,7 @@ def test_leaderboard_end_to_end(tiny_data, oracle, tmp_path, capsys):
         n = 3
         assert im.size == (CHART_WIDTH, 40 + 16 * n + (12 * n + 10) * 13 + 40) and im.mode == "RGB"
     # overlays: one per case, a row per organ present, CT | GT | 3 predictions
-    case = json.loads((tiny_data / "dataset.json").read_text())["validation"][0]
+    case = json.loads((tiny_data / "dataset.json").read_text(encoding="utf-8"))["validation"][0]
     gt, _ = load_array(tiny_data / case["label"])
     present = sum(1 for o in BTCV_ORGANS if (gt == o.id).any())
     png = out / "overlays" / "phantom0003.png"
@@ -77,10 +77,10 @@ def test_leaderboard_synapse_protocol_with_a_9_class_bundle(tiny_data, oracle, t
         out=str(out), ckpts={}, configs={b: [str(BUNDLES / b / "configs" / "synapse.json")]},
         overrides={b: {**BUNDLE_TINY[b], "load_pretrain": False}}, progress=False,
     )  # fmt: skip
-    assert json.loads((out / b / "results.json").read_text())["meta"]["protocol"] == "synapse8"
+    assert json.loads((out / b / "results.json").read_text(encoding="utf-8"))["meta"]["protocol"] == "synapse8"
     assert doc["bundles"]["oracle"]["mean"]["mean_over_organs"] == pytest.approx(1.0)
-    md = (out / "leaderboard.md").read_text()
-    assert "↳ published: TransUNet paper, Table 1 (synapse (12 test cases))" in md
+    md = (out / "leaderboard.md").read_text(encoding="utf-8")
+    assert "-> published: TransUNet paper, Table 1 (synapse (12 test cases))" in md
     assert doc["bundles"][b]["organs"].keys() == {"aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach"}
 
 

@@ -19,7 +19,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     for sub in ("imagesTr/phantom0000.nii.gz", "labelsTr/phantom0001.nii.gz"):
         assert file_digest(a.parent / sub) == file_digest(b.parent / sub)
         assert file_digest(a.parent / sub) != file_digest(c.parent / sub)
-    assert a.read_text() == b.read_text()
+    assert a.read_text(encoding="utf-8") == b.read_text(encoding="utf-8")
 
 
 def test_every_organ_present_with_plausible_hu_and_volume(ph):
@@ -71,7 +71,7 @@ def test_dataset_is_cached_and_lists_relative_paths(tmp_path):
     import json
 
     p = write_phantom_dataset(tmp_path, num_cases=3, num_validation=1, shape=(40, 40, 16), spacing=(9, 9, 16))
-    d = json.loads(p.read_text())
+    d = json.loads(p.read_text(encoding="utf-8"))
     assert len(d["training"]) == 2 and len(d["validation"]) == 1
     assert d["training"][0] == {"image": "imagesTr/phantom0000.nii.gz", "label": "labelsTr/phantom0000.nii.gz"}
     mtime = (tmp_path / "imagesTr" / "phantom0000.nii.gz").stat().st_mtime_ns

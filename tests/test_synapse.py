@@ -56,7 +56,7 @@ def test_import_round_trip_btcv_ids(authors, tmp_path, capsys):
     out = tmp_path / "imported"
     assert main([str(src), "--output", str(out), "--spacing", *map(str, SPACING)]) == 0
     assert "3 training and 2 validation" in capsys.readouterr().out
-    dl = json.loads((out / "dataset.json").read_text())
+    dl = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert dl["label_space"] == "btcv13" and dl["spacing"].startswith("nominal 8 x 8 x 13")
     assert [i["image"] for i in dl["validation"]] == ["images/case0001.nii.gz", "images/case0002.nii.gz"]
     for case, ph in phantoms.items():

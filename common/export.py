@@ -1,0 +1,169 @@
+"""Export a bundle's network to TorchScript (through MONAI's ``ckpt_export``) or ONNX, checked against eager.
+
+    python -m common.export torchscript --bundle unetr_btcv [--ckpt models/model.pt] [--out models/model.ts]
+    python -m common.export onnx --bundle transunet_btcv [--ckpt ...] [--out models/model.onnx]
+
+TorchScript: MONAI's ``ckpt_export`` on the bundle's ``inference.json`` ``network_def``, scripted where
+``torch.jit.script`` can compile the network (MONAI's ``UNETR``, ``SwinUNETR``, ``DynUNet``) and traced where
+it cannot (the networks written here use einops and Python-level shape logic). ONNX: ``torch.onnx.export``
+(the dynamo exporter, opset 18) with a dynamic batch dimension. Both are checked on a random input against
+the eager network with the same weights, and the maximum absolute difference is printed and returned;
+the export fails when it exceeds ``--tolerance`` (default 1e-4) times ``max(1, max |eager logit|)``, i.e. an
+absolute 1e-4 for logits up to 1 and a relative 1e-4 beyond.
+
+The 2D bundles export their 2D network, ``(B, 1, H, W) -> (B, classes, H, W)``: the slice-wise volume logic of
+``common.slicewise`` (batching, resizing, stacking) is Python around it, so a TorchScript/ONNX consumer
+feeds axial slices resized to the network size. The 3D bundles export the patch network
+``(B, 1, 96, 96, 96) -> (B, 14, 96, 96, 96)`` that sliding-window inference calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from .bundle import load_weights
+from .errors import InputError
+
+__all__ = ["build_network", "example_input", "export_torchscript", "export_onnx", "main", "DEFAULT_TOLERANCE"]
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_TOLERANCE = 1e-4
+
+
+def _configs(bundle: str, extra=()) -> list[str]:
+    cfg = REPO / "bundles" / bundle / "configs"
+    if not (cfg / "inference.json").is_file():
+        raise InputError(f"unknown bundle {bundle!r}: {cfg / 'inference.json'} not found")
+    return [str(cfg / "inference.json")] + [str(c) for c in extra]
+
+
+def build_network(bundle: str, ckpt: str | None = None, configs=(), overrides: dict | None = None):
+    """The bundle's ``network_def`` (with ``overrides``), weights from ``ckpt`` if given, in eval mode."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(_configs(bundle, configs))
+    parser["bundle_root"] = str(REPO / "bundles" / bundle)
+    for k, v in (overrides or {}).items():
+        parser[k] = v
+    net = parser.get_parsed_content("network_def")
+    if ckpt:
+        load_weights(net, ckpt)
+    return net.eval(), parser
+
+
+def example_input(net: torch.nn.Module, parser, batch: int = 1) -> torch.Tensor:
+    """A random input of the exported network's shape (2D slices for the slice-wise bundles)."""
+    torch.manual_seed(0)
+    if hasattr(net, "slice_roi"):
+        return torch.rand(batch, 1, *net.slice_roi)
+    return torch.rand(batch, 1, *[int(r) for r in parser.get_parsed_content("roi_size")])
+
+
+def _compare(exported: torch.Tensor, eager: torch.Tensor, tolerance: float, report: dict, what: str) -> dict:
+    """Record the max abs difference and the logit scale; raise if beyond ``tolerance * max(1, scale)``."""
+    report["max_abs_diff"] = float((exported.float() - eager.float()).abs().max())
+    report["max_abs_logit"] = float(eager.float().abs().max())
+    report["allowed"] = tolerance * max(1.0, report["max_abs_logit"])
+    if not report["max_abs_diff"] <= report["allowed"]:
+        raise RuntimeError(f"{what} output differs from eager by {report['max_abs_diff']:.3g} > {report['allowed']:.3g}: {report}")
+    return report
+
+
+def _scriptable(net: torch.nn.Module) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.script(net)
+        return True
+    except Exception:
+        return False
+
+
+def export_torchscript(bundle: str, out: str, ckpt: str, configs=(), overrides: dict | None = None,
+                       tolerance: float = DEFAULT_TOLERANCE, use_trace: bool | None = None) -> dict:  # fmt: skip
+    """``ckpt_export`` the bundle's network to ``out`` and compare the TorchScript model with eager."""
+    from monai.bundle import ckpt_export
+
+    net, parser = build_network(bundle, ckpt, configs, overrides)
+    x = example_input(net, parser)
+    if use_trace is None:
+        use_trace = not _scriptable(net)
+    kw = dict(overrides or {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ckpt_export(
+            net_id="network_def", filepath=str(out), ckpt_file=str(ckpt), config_file=_configs(bundle, configs),
+            meta_file=str(REPO / "bundles" / bundle / "configs" / "metadata.json"), use_trace=use_trace,
+            input_shape=list(x.shape) if use_trace else None, bundle_root=str(REPO / "bundles" / bundle), **kw,
+        )  # fmt: skip
+    ts = torch.jit.load(str(out), map_location="cpu").eval()
+    report = {"format": "torchscript", "file": str(out), "method": "trace" if use_trace else "script",
+              "input_shape": list(x.shape), "tolerance": tolerance}  # fmt: skip
+    with torch.no_grad():
+        return _compare(ts(x), net(x), tolerance, report, "TorchScript")
+
+
+def export_onnx(bundle: str, out: str, ckpt: str | None = None, configs=(), overrides: dict | None = None,
+                tolerance: float = DEFAULT_TOLERANCE, check: bool = True) -> dict:  # fmt: skip
+    """Export the bundle's network to ONNX (dynamic batch) and compare ONNX Runtime's output with eager."""
+    net, parser = build_network(bundle, ckpt, configs, overrides)
+    x = example_input(net, parser, batch=2)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(out), dynamo=True, input_names=["image"], output_names=["pred"],
+                          dynamic_shapes=({0: batch},), opset_version=18)  # fmt: skip
+    report = {"format": "onnx", "file": str(out), "input_shape": ["batch", *x.shape[1:]], "tolerance": tolerance}
+    if check:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise InputError("checking the ONNX file needs onnxruntime", hint="pip install onnxruntime, or pass --no-check") from e
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        x3 = torch.cat([x, x[:1]])  # another batch size than the one exported with
+        y = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x3.numpy()})[0])
+        report["checked_batch"] = int(x3.shape[0])
+        with torch.no_grad():
+            _compare(y, net(x3), tolerance, report, "ONNX")
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m common.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("format", choices=["torchscript", "onnx"])
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--ckpt", default=None, help="weights (default: the bundle's models/model.pt)")
+    ap.add_argument("--out", default=None, help="output file (default: the bundle's models/model.ts or model.onnx)")
+    ap.add_argument("--config", action="append", default=[], help="extra config file merged after inference.json")
+    ap.add_argument("--override", action="append", default=[], help="config override key=json")
+    ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    args = ap.parse_args(argv)
+    root = REPO / "bundles" / args.bundle
+    ckpt = args.ckpt or str(root / "models" / "model.pt")
+    if not Path(ckpt).is_file():
+        print(f"ERROR: {ckpt}: no trained model found (train the bundle or pass --ckpt)", file=sys.stderr)
+        return 1
+    overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.override)}
+    out = args.out or str(root / "models" / ("model.ts" if args.format == "torchscript" else "model.onnx"))
+    try:
+        if args.format == "torchscript":
+            report = export_torchscript(args.bundle, out, ckpt, args.config, overrides, args.tolerance)
+        else:
+            report = export_onnx(args.bundle, out, ckpt, args.config, overrides, args.tolerance)
+    except InputError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
