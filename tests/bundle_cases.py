@@ -66,3 +66,4 @@ BUNDLE_TINY: dict[str, dict] = {
         "network_def#filters": "$common.networks.nnunet_plan.filters(@roi_size, @spacing, base=4, maximum=32)",
     },
 }
+BUNDLE_NAMES = sorted(BUNDLE_TINY)

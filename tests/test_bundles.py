@@ -15,7 +15,7 @@ from bundle_cases import BUNDLE_TINY
 from conftest import BUNDLES
 from monai.bundle import ConfigWorkflow
 
-BUNDLE_NAMES = sorted(BUNDLE_TINY)
+from bundle_cases import BUNDLE_NAMES  # noqa: E402
 
 
 def configs(bundle: str, *names: str) -> list[str]:

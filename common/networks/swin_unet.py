@@ -57,7 +57,7 @@ from monai.networks.blocks import PatchEmbed
 from monai.networks.layers import trunc_normal_
 from monai.networks.nets.swin_unetr import PatchMergingV2, SwinTransformerBlock, compute_mask
 
-from common.errors import InputError
+from ..errors import InputError
 
 __all__ = ["PatchExpand", "SwinUnetStage", "SwinUnet", "load_swin_unet_pretrained"]
 

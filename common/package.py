@@ -1,0 +1,198 @@
+"""Package a bundle as a self-contained folder (and zip) that runs without this project installed.
+
+    python -m common.package --bundle unetr_btcv --out dist [--ckpt path/model.pt] [--zip]
+
+The result, ``<out>/<bundle>/``, is a model-zoo style bundle: ``configs/`` (rewritten), ``docs/``,
+``models/model.pt`` when a checkpoint is given or the bundle has one, ``LICENSE``, and the ``common`` code
+vendored as the package ``<bundle>_common`` (for example ``unetr_btcv_common``). The name is unique per
+bundle, so MONAI Label (or any process) can load several packaged bundles side by side, and none of them
+collides with this project's ``common`` when both are importable.
+
+Config rewriting, applied to every ``configs/*.json``:
+
+- ``"$import common"`` is dropped from ``imports``;
+- each ``common.`` in a ``$`` expression becomes a reference ``@<bundle>_common.``, and each dotted name
+  such as ``"_target_": "common.x.Y"`` becomes ``"$@<bundle>_common.x.Y"`` (MONAI accepts a resolved
+  object as ``_target_``; the 2D bundles' ``network`` argument takes a class or its name);
+- a key ``<bundle>_common`` is added whose expression puts ``@bundle_root`` on ``sys.path`` and imports the
+  vendored package, so the package is found whatever the current directory is;
+- ``bundle_root`` (``$common.bundle.bundle_root()`` here) becomes a standard-library expression that reads
+  the folder of the running ``ConfigWorkflow`` (``python -m monai.bundle run --config_file ...``), else
+  ``"."`` (the model-zoo convention: run from the bundle folder, or pass ``--bundle_root``). MONAI Label
+  sets ``bundle_root`` itself.
+
+What the packaged bundle needs installed: ``monai`` with the optional packages its workflows use
+(``nibabel``, ``pytorch-ignite``, ``tqdm``, ``scipy``, ``einops``, ``SimpleITK``, ``tensorboard`` for training),
+the same list as ``required_packages_version`` in ``metadata.json`` minus this project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import InputError
+
+__all__ = ["package_bundle", "rewrite_config", "vendored_name", "main"]
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# The folder of the ConfigWorkflow being run (``monai.bundle run``), else ".": standard library only, since
+# the vendored package cannot be imported before its folder is known.
+BUNDLE_ROOT_EXPR = (
+    "$next((str((w.config_root_path.parent if w.config_root_path.name == 'configs' else w.config_root_path).resolve()) "
+    "for w in (fi.frame.f_locals.get('self') for fi in __import__('inspect').stack(0)) "
+    "if isinstance(w, monai.bundle.ConfigWorkflow)), '.')"
+)
+_DOTTED = re.compile(r"common(\.[A-Za-z_]\w*)+")
+_COMMON_REF = re.compile(r"(?<![\w.@'\"])common\.")
+
+
+def vendored_name(bundle: str) -> str:
+    """``unetr_btcv`` -> ``unetr_btcv_common``: the importable name of the vendored package."""
+    name = re.sub(r"\W", "_", bundle)
+    if not name.isidentifier():
+        name = f"b_{name}"
+    return f"{name}_common"
+
+
+# MONAI parses every expression containing the word "import" as Python source before substituting the
+# ``@`` references, so the loader must not contain it: ``import_module`` comes in under another name.
+_LOADER_IMPORTS = ["$import sys", "$from importlib import import_module as load_vendored"]
+
+
+def _loader_expr(pkg: str) -> str:
+    return f"$(@bundle_root in sys.path or sys.path.insert(0, @bundle_root), load_vendored('{pkg}'))[1]"
+
+
+def rewrite_config(config, pkg: str):
+    """Return ``config`` (a parsed bundle config) using the vendored package ``pkg`` instead of ``common``."""
+    used = False
+
+    def walk(node, key=None):
+        nonlocal used
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                if k == "imports" and isinstance(v, list):
+                    v = [s for s in v if not (isinstance(s, str) and s.replace(" ", "") == "$importcommon")]
+                out[k] = walk(v, k)
+            return out
+        if isinstance(node, list):
+            return [walk(v, key) for v in node]
+        if isinstance(node, str):
+            if key == "bundle_root" and node.startswith("$") and "common.bundle.bundle_root" in node:
+                return BUNDLE_ROOT_EXPR
+            if _DOTTED.fullmatch(node):  # a `_target_` or a class passed by name
+                used = True
+                return f"$@{pkg}." + node[len("common.") :]
+            if node.startswith("$") and _COMMON_REF.search(node):
+                used = True
+                return _COMMON_REF.sub(f"@{pkg}.", node)
+        return node
+
+    out = walk(config)
+    if used and isinstance(out, dict):
+        out["imports"] = [s for s in out.get("imports", []) if s not in _LOADER_IMPORTS] + _LOADER_IMPORTS
+        out[pkg] = _loader_expr(pkg)
+    return out
+
+
+def _vendor(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(PACKAGE_DIR, dest, ignore=ignore)
+
+
+def package_bundle(
+    bundle: str | Path, out: str | Path, ckpt: str | Path | None = None, make_zip: bool = False
+) -> dict:
+    """Write ``<out>/<bundle>/`` (and ``<out>/<bundle>.zip`` when ``make_zip``); return their paths.
+
+    ``bundle`` is a name under ``bundles/`` or a bundle folder. The folder is assembled in a temporary
+    sibling and renamed into place, so an interrupted run never leaves a half-written bundle.
+    """
+    src = Path(bundle)
+    if not (src / "configs").is_dir():
+        src = REPO / "bundles" / str(bundle)
+    if not (src / "configs" / "metadata.json").is_file():
+        raise InputError(f"{src}: not a bundle folder (configs/metadata.json not found)")
+    name = src.resolve().name
+    pkg = vendored_name(name)
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / name
+    ckpt_path = Path(ckpt) if ckpt else src / "models" / "model.pt"
+    if ckpt and not ckpt_path.is_file():
+        raise InputError(f"{ckpt_path}: checkpoint not found")
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+    try:
+        (tmp / "configs").mkdir()
+        for f in sorted((src / "configs").iterdir()):
+            if f.suffix == ".json":
+                try:
+                    cfg = json.loads(f.read_text(encoding="utf-8"))
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{f}: not valid JSON ({e})") from e
+                text = json.dumps(rewrite_config(cfg, pkg), indent=4) + "\n"
+                (tmp / "configs" / f.name).write_text(text, encoding="utf-8")
+            elif f.is_file():
+                shutil.copy2(f, tmp / "configs" / f.name)
+        if (src / "docs").is_dir():
+            shutil.copytree(src / "docs", tmp / "docs")
+        if (REPO / "LICENSE").is_file():
+            shutil.copy2(REPO / "LICENSE", tmp / "LICENSE")
+        _vendor(tmp / pkg)
+        if ckpt_path.is_file():
+            (tmp / "models").mkdir()
+            shutil.copy2(ckpt_path, tmp / "models" / "model.pt")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    paths = {"folder": str(target), "package": pkg, "checkpoint": str(target / "models" / "model.pt") if ckpt_path.is_file() else None}
+    if make_zip:
+        zip_path = out / f"{name}.zip"
+        tmp_zip = zip_path.with_name(f".{zip_path.name}.tmp")
+        with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
+            for p in sorted(target.rglob("*")):
+                if p.is_file():
+                    z.write(p, Path(name) / p.relative_to(target))
+        tmp_zip.replace(zip_path)
+        paths["zip"] = str(zip_path)
+    return paths
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m common.package", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", required=True, help="bundle name under bundles/ (e.g. unetr_btcv) or a bundle folder")
+    ap.add_argument("--out", default="dist", help="output folder (default: dist)")
+    ap.add_argument("--ckpt", default=None, help="checkpoint to ship as models/model.pt (default: the bundle's own, if any)")
+    ap.add_argument("--zip", action="store_true", help="also write <out>/<bundle>.zip")
+    args = ap.parse_args(argv)
+    try:
+        paths = package_bundle(args.bundle, args.out, args.ckpt, args.zip)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"packaged {paths['folder']} (code vendored as {paths['package']})")
+    if paths.get("checkpoint"):
+        print(f"  checkpoint: {paths['checkpoint']}")
+    else:
+        print("  no checkpoint shipped: pass --ckpt, or the bundle runs with load_pretrain=false only")
+    if paths.get("zip"):
+        print(f"  zip: {paths['zip']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""`python -m common.package`: a bundle packaged with `common` vendored runs where the project is not importable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
+from conftest import REPO
+from test_geometry import random_checkpoint
+
+from common.errors import InputError
+from common.package import main, package_bundle, rewrite_config, vendored_name
+
+DECOY = "raise ImportError('the project package common was imported by a packaged bundle')\n"
+
+
+def test_rewrite_config_replaces_every_use_of_common():
+    cfg = {
+        "imports": ["$import os", "$import common"],
+        "bundle_root": "$common.bundle.bundle_root()",
+        "x": {"_target_": "common.transforms.btcv_preprocessing", "keys": "image"},
+        "y": "$common.bundle.as_bool(@a) and not common.bundle.as_bool(@b)",
+        "z": "plain text mentioning common.phantom stays",
+        "w": "$os.path.join(@bundle_root, 'common.txt')",
+    }
+    out = rewrite_config(cfg, "b_common")
+    assert out["imports"][0] == "$import os" and "$import common" not in out["imports"]
+    assert "common.bundle" not in out["bundle_root"] and out["bundle_root"].startswith("$")
+    assert out["x"]["_target_"] == "$@b_common.transforms.btcv_preprocessing"
+    assert out["y"] == "$@b_common.bundle.as_bool(@a) and not @b_common.bundle.as_bool(@b)"
+    assert out["z"] == cfg["z"] and out["w"] == cfg["w"]
+    assert "load_vendored('b_common')" in out["b_common"] and "import" not in out["b_common"]
+    assert rewrite_config({"a": 1}, "b_common") == {"a": 1}  # nothing to load when nothing uses it
+
+
+def test_vendored_names_are_unique_identifiers():
+    names = [vendored_name(b) for b in BUNDLE_NAMES]
+    assert len(set(names)) == len(names) and all(n.isidentifier() and n != "common" for n in names)
+
+
+def test_missing_bundle_and_checkpoint_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(InputError, match="not a bundle folder"):
+        package_bundle(tmp_path, tmp_path / "out")
+    with pytest.raises(InputError, match="nope.pt: checkpoint not found"):
+        package_bundle("unetr_btcv", tmp_path / "out", ckpt=tmp_path / "nope.pt")
+    assert main(["--bundle", "no_such_bundle", "--out", str(tmp_path / "o")]) == 2
+    assert "not a bundle folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path):
+    ckpt = random_checkpoint(bundle, tmp_path / "weights.pt")
+    paths = package_bundle(bundle, tmp_path / "dist", ckpt=ckpt, make_zip=True)
+    folder = tmp_path / "dist" / bundle
+    pkg = vendored_name(bundle)
+    assert paths["folder"] == str(folder) and (folder / pkg / "__init__.py").is_file()
+    assert (folder / "models" / "model.pt").read_bytes() == (tmp_path / "weights.pt").read_bytes()
+    for cfg in (folder / "configs").glob("*.json"):
+        text = cfg.read_text(encoding="utf-8")
+        assert '"$import common"' not in text and "$common." not in text and '"common.' not in text, cfg
+    with zipfile.ZipFile(paths["zip"]) as z:
+        assert f"{bundle}/configs/inference.json" in z.namelist()
+        assert f"{bundle}/{pkg}/bundle.py" in z.namelist()
+
+    # a process where `import common` fails loudly, started in an unrelated directory
+    decoy = tmp_path / "decoy"
+    (decoy / "common").mkdir(parents=True)
+    (decoy / "common" / "__init__.py").write_text(DECOY, encoding="utf-8")
+    overrides = tmp_path / "tiny.json"
+    # what a user of the packaged bundle writes: the vendored package by reference instead of `common.`
+    overrides.write_text(json.dumps(BUNDLE_TINY[bundle]).replace("$common.", f"$@{pkg}."), encoding="utf-8")
+    image = tiny_data / "imagesTr" / "phantom0000.nii.gz"
+    out = tmp_path / "pred"
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str([str(folder / "configs" / "inference.json"), str(overrides)]),
+        "--dataset_dir", str(image), "--output_dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(decoy)}
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    preds = sorted(out.rglob("*.nii.gz"))
+    assert len(preds) == 1, preds
+    src = nib.load(str(image))
+    pred = nib.load(str(preds[0]))
+    assert pred.shape[:3] == src.shape and np.allclose(pred.affine, src.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= set(range(14))
+    # the vendored copy, not the project, was loaded
+    probe = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(folder)!r}); import {pkg}; print({pkg}.__file__)"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert probe.returncode == 0 and probe.stdout.strip().startswith(str(folder)), probe.stderr
+    assert not str(REPO) in probe.stdout
