@@ -1,0 +1,85 @@
+"""`multi_gpu_train.json` under `torchrun` with two CPU processes (gloo picked automatically): one tiny epoch."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
+from conftest import BUNDLES, TINY_SHAPE, TINY_SPACING
+from monai.bundle import ConfigParser
+
+from common.bundle import load_weights
+
+# Written by every rank at the end (before the process group goes): which dataset indices the rank's sampler
+# drew from (its partition of the training set), how many it drew, and how many iterations it trained.
+RECORD = (
+    "$open(os.path.join(@output_dir, 'rank%d.txt' % torch.distributed.get_rank()), 'w').write(repr({"
+    "'rank': torch.distributed.get_rank(), 'world': torch.distributed.get_world_size(), "
+    "'backend': torch.distributed.get_backend(), 'dataset_size': len(@train#dataset), "
+    "'partition': list(torch.utils.data.DistributedSampler.__iter__(@train#sampler)), "
+    "'drawn': [int(i) for i in @train#sampler], 'iterations': @train#trainer.state.iteration}))"
+)
+
+
+@pytest.fixture(scope="module")
+def ddp_data(tmp_path_factory):
+    """Four training volumes (an even split over two ranks) and two for validation."""
+    from common.phantom import write_phantom_dataset
+
+    out = tmp_path_factory.mktemp("ddp-phantoms")
+    write_phantom_dataset(out, num_cases=6, num_validation=2, seed=11, shape=TINY_SHAPE, spacing=TINY_SPACING)
+    return out
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_two_process_ddp_epoch(bundle, ddp_data, tmp_path):
+    cfg = BUNDLES / bundle / "configs"
+    overrides = {
+        **BUNDLE_TINY[bundle],
+        "dataset_dir": str(ddp_data),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "runs"),
+        "max_epochs": 1,
+        "val_interval": 1,
+        "resume": False,
+        "finalize": [RECORD, "$common.distributed.cleanup()"],
+    }
+    (tmp_path / "tiny.json").write_text(json.dumps(overrides), encoding="utf-8")
+    configs = [str(cfg / "train.json"), str(cfg / "multi_gpu_train.json"), str(tmp_path / "tiny.json")]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "--config_file", str(configs),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        pytest.fail(f"torchrun failed\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}", pytrace=False)
+
+    ranks = [ast.literal_eval((tmp_path / "runs" / f"rank{i}.txt").read_text(encoding="utf-8")) for i in (0, 1)]
+    assert [d["rank"] for d in ranks] == [0, 1] and all(d["world"] == 2 and d["backend"] == "gloo" for d in ranks)
+    assert all(d["iterations"] > 0 for d in ranks), ranks
+    a, b = (set(d["partition"]) for d in ranks)
+    n = ranks[0]["dataset_size"]
+    # DistributedSampler pads an odd-sized dataset by repeating at most (world - 1) indices; otherwise disjoint
+    assert len(a & b) <= n % 2, sorted(a & b)
+    assert a | b == set(range(n))
+    for d in ranks:
+        assert set(d["drawn"]) <= set(d["partition"]), "a rank drew outside its partition"
+
+    # only rank 0 writes checkpoints, and they hold the plain network's weights (no DDP `module.` prefix)
+    saved = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert "model.pt" in saved, saved
+    state = torch.load(str(tmp_path / "models" / "model.pt"), map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), list(state)[:3]
+    parser = ConfigParser()
+    parser.read_config(str(cfg / "inference.json"))
+    for k, v in BUNDLE_TINY[bundle].items():
+        parser[k] = v
+    load_weights(parser.get_parsed_content("network_def"), str(tmp_path / "models" / "model.pt"))
+    assert "rank 1" not in r.stderr.lower() or "error" not in r.stderr.lower()
