@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 UNETR := bundles/unetr_btcv/configs
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test test-monailabel clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,24 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# MONAI Label 0.8.5 needs torchvision, which has no CPU build here: its tests get their own environment with the
+# CUDA build of torch from PyPI (about 8 GB, 5 minutes). `--isolated` keeps pip away from the local CPU wheel
+# (PIP_FIND_LINKS), whose torch would not match torchvision's CUDA ops. MONAI Label 0.8.5 leaves pydicom and
+# the DICOM clients unpinned, and their newest releases no longer fit together (pydicom-seg needs pydicom 2).
+MLVENV ?= .venv-monailabel
+MLPIP := $(MLVENV)/bin/pip install --quiet --isolated --cert $(or $(PIP_CERT),/etc/ssl/certs/ca-certificates.crt)
+
+$(MLVENV)/bin/python:
+	$(PYTHON) -m venv $(MLVENV)
+
+$(MLVENV)/.installed: pyproject.toml | $(MLVENV)/bin/python
+	$(MLPIP) torch==2.13.0 torchvision==0.28.0
+	$(MLPIP) monailabel==0.8.5 pydicom==2.4.4 dicomweb-client==0.59.1 pynetdicom==2.0.2 -e ".[test]"
+	touch $@
+
+test-monailabel: $(MLVENV)/.installed
+	BTCV_REQUIRE_MONAILABEL=1 $(MLVENV)/bin/python -m pytest -q tests/monailabel
 
 clean-demo:
 	rm -rf bundles/*/demo

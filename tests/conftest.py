@@ -70,5 +70,21 @@ def schema_file() -> Path:
     return SCHEMA
 
 
+def _monailabel_available() -> bool:
+    try:
+        import monailabel  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# MONAI Label lives in its own environment (`make test-monailabel`); there a missing install is an error.
+collect_ignore = []
+if not _monailabel_available():
+    if os.environ.get("BTCV_REQUIRE_MONAILABEL"):
+        raise RuntimeError("BTCV_REQUIRE_MONAILABEL is set but monailabel is not importable: run `make test-monailabel`")
+    collect_ignore.append("monailabel")
+
+
 def pytest_configure(config):
     sys.path.insert(0, str(REPO))

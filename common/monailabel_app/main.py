@@ -1,0 +1,91 @@
+"""MONAI Label app that serves the BTCV bundles through MONAI Label's own ``BundleInferTask``/``BundleTrainTask``.
+
+    monailabel start_server --app common/monailabel_app --studies /data/ct \
+        --conf models all --conf zoo_source local [--conf bundles_dir /path/to/bundles]
+
+``--conf models``: comma-separated bundle names (``unetr_btcv,transunet_btcv``) or ``all``. Each name is looked
+up in the app's ``model/`` folder (MONAI Label's convention), then in ``--conf bundles_dir`` (default: this
+repository's ``bundles/``). Nothing is ever downloaded: a name found nowhere stops the server with the list
+of bundles that exist (``--conf zoo_source local`` is accepted and is what this app does anyway).
+
+A bundle serves inference once it has ``models/model.pt`` (train it with its ``train.json``, or from MONAI
+Label: ``POST /train/<bundle>``, which writes ``models/model.pt`` into the bundle folder). The 2D bundles
+are served as 3D-volume models: they take a CT volume and return a label volume on its grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.tasks.train.bundle import BundleTrainTask
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
+
+
+def _is_bundle(path: Path) -> bool:
+    return (path / "configs" / "metadata.json").is_file() and (path / "configs" / "inference.json").is_file()
+
+
+def resolve_bundles(app_dir: str | os.PathLike, conf: dict) -> dict[str, str]:
+    """``{name: bundle folder}`` for ``conf['models']``, from ``<app_dir>/model`` then ``conf['bundles_dir']``."""
+    roots = [Path(app_dir) / "model", Path(conf.get("bundles_dir") or DEFAULT_BUNDLES_DIR).expanduser()]
+    available: dict[str, Path] = {}
+    for root in reversed(roots):  # the app's model/ folder wins over bundles_dir
+        if root.is_dir():
+            available.update({p.name: p for p in sorted(root.iterdir()) if _is_bundle(p)})
+    wanted = [m.strip() for m in (conf.get("models") or "").split(",") if m.strip()]
+    if not wanted:
+        raise ValueError(
+            "no bundle selected: start the server with --conf models <name>[,<name>...] or --conf models all; "
+            f"available: {', '.join(sorted(available)) or 'none (set --conf bundles_dir)'}"
+        )
+    if wanted == ["all"]:
+        wanted = sorted(available)
+    missing = [m for m in wanted if m not in available]
+    if missing:
+        raise ValueError(
+            f"bundle(s) not found: {', '.join(missing)} (looked in {', '.join(str(r) for r in roots)}); "
+            f"available: {', '.join(sorted(available)) or 'none'}. This app never downloads bundles."
+        )
+    return {m: str(available[m]) for m in wanted}
+
+
+class BTCVBundlesApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        conf = dict(conf or {})
+        conf.setdefault("zoo_source", "local")
+        self.bundles = resolve_bundles(app_dir, conf)
+        from common import __version__
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="BTCV bundles",
+            description="Abdominal multi-organ CT segmentation (BTCV, 13 organs): " + ", ".join(self.bundles),
+            version=__version__,
+        )
+
+    def init_infers(self):
+        infers = {}
+        for name, path in self.bundles.items():
+            task = BundleInferTask(path, self.conf)
+            if task.is_valid():
+                infers[name] = task
+            else:
+                logger.warning(f"{name}: not served for inference yet ({path}/models/model.pt not found); train it first")
+        return infers
+
+    def init_trainers(self):
+        trainers = {}
+        for name, path in self.bundles.items():
+            task = BundleTrainTask(path, self.conf)
+            if task.is_valid():
+                trainers[name] = task
+        return trainers
