@@ -42,7 +42,7 @@ $(MLVENV)/.installed: pyproject.toml | $(MLVENV)/bin/python
 	touch $@
 
 test-monailabel: $(MLVENV)/.installed
-	BTCV_REQUIRE_MONAILABEL=1 $(MLVENV)/bin/python -m pytest -q tests/monailabel
+	BTCV_REQUIRE_MONAILABEL=1 $(MLVENV)/bin/python -m pytest -q tests/monailabel_env
 
 clean-demo:
 	rm -rf bundles/*/demo
