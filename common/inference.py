@@ -1,0 +1,141 @@
+"""Inference switches shared by the 3D bundles: reduced precision, where to stitch, how to invert.
+
+Every switch that can change a prediction is off by default, so the default output is the model-zoo
+recipe (fp32 on the CPU, AMP on CUDA as in the model zoo, softmax probabilities inverted with bilinear
+interpolation before the argmax); ``docs/benchmarks.md`` of each bundle gives the voxel agreement of each
+switch on a trained model.
+
+- ``autocast``: ``None`` (default), ``"bf16"`` or ``"fp16"``: the network runs under ``torch.autocast`` on the
+  input's device (the CPU included, where MONAI's evaluator ``amp`` flag cannot help: it is CUDA-only);
+  every window's output is cast back to float32 before stitching, so only the network is reduced.
+- ``stitch``: ``"auto"`` (default) stitches on the GPU when the output buffers fit in a fraction of the free
+  GPU memory, else on the CPU with buffered writes (MONAI's ``buffer_steps``); ``"device"`` always on the
+  input's device; ``"cpu"`` always on the CPU. Same numbers either way; only memory and time change.
+- ``invert``: ``"probabilities"`` (default: the softmax maps are inverted to the input grid with bilinear
+  interpolation, then the argmax) or ``"labels"`` (argmax on the network grid, then nearest-neighbour
+  inversion of the label map: one channel instead of 14 to resample, far less memory on large volumes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from monai.inferers import SlidingWindowInferer as _MonaiSlidingWindowInferer
+
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "INVERT_MODES",
+    "autocast_dtype",
+    "autocast_call",
+    "invert_labels",
+    "stitching_plan",
+    "SlidingWindowInferer",
+]
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+INVERT_MODES = ("probabilities", "labels")
+STITCH_MODES = ("auto", "device", "cpu")
+
+
+def autocast_dtype(autocast: str | None) -> torch.dtype | None:
+    """``None``/``"fp32"``/``"none"`` -> None; ``"bf16"`` / ``"fp16"`` -> the dtype; anything else -> ValueError."""
+    if autocast is None or str(autocast).lower() in ("", "none", "null", "fp32", "false"):
+        return None
+    try:
+        return AUTOCAST_DTYPES[str(autocast).lower()]
+    except KeyError:
+        raise ValueError(f"autocast must be null, 'bf16' or 'fp16', got {autocast!r}") from None
+
+
+def _to_float32(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float32(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _to_float32(v) for k, v in out.items()}
+    return out
+
+
+def autocast_call(network: Callable, autocast: str | None) -> Callable:
+    """``network`` run under ``torch.autocast`` (on the input's device type), its outputs cast to float32."""
+    dtype = autocast_dtype(autocast)
+    if dtype is None:
+        return network
+
+    def call(x, *args, **kwargs):
+        with torch.autocast(device_type=x.device.type, dtype=dtype):
+            out = network(x, *args, **kwargs)
+        return _to_float32(out)
+
+    return call
+
+
+def invert_labels(invert: str) -> bool:
+    """True for ``"labels"``, False for ``"probabilities"``; the configs' ``_disabled_`` switches call this."""
+    if invert not in INVERT_MODES:
+        raise ValueError(f"invert must be one of {INVERT_MODES}, got {invert!r}")
+    return invert == "labels"
+
+
+def stitching_plan(
+    spatial_shape: Sequence[int], out_channels: int, free_bytes: int | None, fraction: float = 0.5
+) -> str:
+    """``"device"`` when the stitching buffers fit in ``fraction`` of ``free_bytes``, else ``"cpu"``.
+
+    The buffers are the float32 output (``out_channels`` x the padded volume) and the float32 count map;
+    ``free_bytes=None`` (a CPU input) -> ``"device"``.
+    """
+    if free_bytes is None:
+        return "device"
+    need = (int(out_channels) + 1) * math.prod(int(s) for s in spatial_shape) * 4
+    return "device" if need <= fraction * free_bytes else "cpu"
+
+
+class SlidingWindowInferer(_MonaiSlidingWindowInferer):
+    """MONAI's ``SlidingWindowInferer`` plus the ``autocast`` and ``stitch`` switches (see the module docstring).
+
+    ``out_channels`` is only used to size the stitching buffers when ``stitch="auto"``.
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int] | int,
+        sw_batch_size: int = 1,
+        overlap: Sequence[float] | float = 0.25,
+        autocast: str | None = None,
+        stitch: str = "auto",
+        out_channels: int = 14,
+        gpu_memory_fraction: float = 0.5,
+        **kwargs,
+    ) -> None:
+        super().__init__(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, **kwargs)
+        autocast_dtype(autocast)  # validate early
+        if stitch not in STITCH_MODES:
+            raise ValueError(f"stitch must be one of {STITCH_MODES}, got {stitch!r}")
+        self.autocast, self.stitch = autocast, stitch
+        self.out_channels, self.gpu_memory_fraction = int(out_channels), float(gpu_memory_fraction)
+        self.last_stitch_device: str | None = None
+
+    def _plan(self, inputs: torch.Tensor) -> str:
+        if self.stitch == "cpu":
+            return "cpu"
+        if self.stitch == "device" or inputs.device.type != "cuda":
+            return "device"
+        free, _ = torch.cuda.mem_get_info(inputs.device)
+        return stitching_plan(inputs.shape[2:], self.out_channels, free, self.gpu_memory_fraction)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any):
+        plan = self._plan(inputs)
+        saved = (self.device, self.buffer_steps)
+        if plan == "cpu":
+            self.device = torch.device("cpu")
+            if inputs.device.type == "cuda" and self.buffer_steps is None:
+                self.buffer_steps = 1  # windows of one slab stay on the GPU, written to the CPU buffer together
+        self.last_stitch_device = str(self.device or inputs.device)
+        try:
+            return super().__call__(inputs, autocast_call(network, self.autocast), *args, **kwargs)
+        finally:
+            self.device, self.buffer_steps = saved
