@@ -1,16 +1,29 @@
-"""Rerunnable benchmarks (not part of the test run).
+"""Benchmark suite for every bundle: end-to-end inference, training throughput, scaling (not part of the tests).
 
-    python -m common.benchmark slicewise --bundle transunet_btcv [--ckpt models/model.pt] [--out bench/]
+    python -m common.benchmark [--bundle unetr_btcv ...] [--parts inference,training,scaling] [--out bench]
+    python -m common.benchmark --smoke --out /tmp/bench      # tiny inputs: checks the suite, figures meaningless
 
-``slicewise``: for a 2D bundle, on the same weights and the same volumes (the real CT sample in
-``../shared/data`` when present, and a BTCV-size phantom, 512 x 512 x 150 at 0.8 x 0.8 x 2.5 mm), time the
-batched slice-wise inference (full precision and, on CPU, the bf16 switch) against the papers' per-slice
-reference path, from the preprocessed volume to the written label file, and report seconds per volume,
-the speed-up, the share of time outside the network's forward passes (resizing, stacking, argmax,
-inversion, writing), the peak memory during each path, and the voxel agreement of the label maps.
+In one run on one machine, for each bundle:
 
-Every figure is measured in the run that prints it; results go to ``<out>/slicewise_<bundle>.md`` and
-``.json`` with the machine, thread count and library versions.
+- **Inference end to end** on a BTCV-size CT phantom (512 x 512 x 150 at 0.8 x 0.8 x 2.5 mm), from the file to
+  the written label file, split into load / preprocess / network / postprocess / write, with peak RAM (and
+  peak GPU memory on CUDA). Every path is the bundle's own ``inference.json`` with switches set
+  (:func:`variants`): the baseline is the model-zoo recipe for 3D bundles (CPU transforms, fp32, softmax
+  probabilities inverted with bilinear interpolation before the argmax, stitching on the input's device) and
+  the papers' per-slice path for 2D bundles. Each path reports its speed-up over the baseline and the share
+  of voxels whose label agrees with the baseline's.
+- **Training throughput** of the bundle's own step (network, loss, optimizer; AMP on CUDA) at its default
+  batch and crop settings, with the time waiting for data separated from the model step: the bundle's
+  pipeline (cached deterministic transforms, random transforms per sample) against a plain ``DataLoader``
+  with all transforms on the CPU per sample (3D: ``monai.data.Dataset``; 2D: the papers' one file per slice,
+  zoomed with SciPy per sample).
+- **Scaling**: the fastest path at three volume sizes (256 x 256 x 80, 512 x 512 x 150, 512 x 512 x 300 at
+  the BTCV spacing, so the field of view grows): seconds, peak memory, and where sliding-window outputs were
+  stitched (``stitch="auto"`` moves it to the CPU when the GPU would run out).
+
+Weights: ``--ckpt bundle=path``, else the bundle's demo checkpoint (``bundles/<b>/demo/models/model.pt``) when
+present, else random (timings do not depend on weights; agreement figures do, and say which were used).
+Results: ``<out>/suite.md`` and ``<out>/suite.json`` with the machine, thread count and library versions.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ import torch
 
 from .io import atomic_write_text
 
-__all__ = ["PeakMemory", "machine_info", "slicewise_benchmark", "main"]
+__all__ = ["PeakMemory", "machine_info", "variants", "suite", "suite_markdown", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = REPO.parent / "shared" / "data" / "abdomen_ct_sample" / "image.nii.gz"
@@ -114,12 +127,12 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def _bundle_parser(bundle: str, overrides: dict):
+def _bundle_parser(bundle: str, overrides: dict, config: str = "inference.json"):
     from monai.bundle import ConfigParser
 
     cfg = REPO / "bundles" / bundle / "configs"
     parser = ConfigParser()
-    parser.read_config(str(cfg / "inference.json"))
+    parser.read_config(str(cfg / config))
     parser.read_meta(str(cfg / "metadata.json"))
     parser["bundle_root"] = str(REPO / "bundles" / bundle)
     for k, v in overrides.items():
@@ -137,155 +150,387 @@ def _btcv_phantom(path: Path) -> Path:
     return path
 
 
-def slicewise_benchmark(
-    bundle: str,
-    ckpt: str | None = None,
-    volumes: list[str] | None = None,
+LOAD_STAGE = ("LoadCheckedImaged", "LoadImaged", "EnsureChannelFirstd", "CheckInputd")
+
+# Sizes of the scaling part (voxels) at the BTCV spacing 0.8 x 0.8 x 2.5 mm: the field of view grows with them.
+SIZES = {"small": (256, 256, 80), "btcv": (512, 512, 150), "large": (512, 512, 300)}
+SMOKE_SIZES = {"small": (48, 48, 20), "btcv": (64, 64, 28), "large": (64, 64, 40)}
+SMOKE_SPACING = (6.0, 6.0, 10.0)  # the tiny phantoms still cover a whole abdomen
+
+
+def _fast_precision(dev: torch.device) -> str:
+    return "bf16" if dev.type == "cpu" else "fp16"
+
+
+def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
+    """The inference paths timed for a bundle: the baseline first, then the switches (config overrides).
+
+    3D: the model-zoo recipe (fp32, softmax probabilities inverted with bilinear interpolation before the argmax,
+    stitching on the input's device), then label inversion alone, then label inversion with reduced precision.
+    2D: the papers' per-slice path, then the batched slice-wise path, then batched with reduced precision.
+    """
+    fast = _fast_precision(dev)
+    if kind == "3d":
+        return [
+            ("baseline: model zoo", {"autocast": None, "invert": "probabilities", "stitch": "device"}),
+            ("invert labels", {"autocast": None, "invert": "labels", "stitch": "auto"}),
+            (f"invert labels + {fast}", {"autocast": fast, "invert": "labels", "stitch": "auto"}),
+        ]
+    return [
+        ("baseline: per-slice", {"slice_mode": "reference", "autocast": None}),
+        ("batched", {"slice_mode": "batched", "autocast": None}),
+        (f"batched + {fast}", {"slice_mode": "batched", "autocast": fast}),
+    ]
+
+
+def _bundle_kind(parser) -> str:
+    return "2d" if "slice_mode" in parser.config else "3d"
+
+
+def _phantom_file(folder: Path, shape, seed: int, with_label: bool = False, spacing=None) -> dict:
+    """A phantom CT (and label) of ``shape`` (at the BTCV spacing by default), generated once into ``folder``."""
+    from .io import atomic_write_bytes, nifti_bytes
+    from .phantom import BTCV_SPACING, make_phantom
+
+    spacing = tuple(spacing or BTCV_SPACING)
+    stem = f"phantom_{'x'.join(map(str, shape))}_{'x'.join(f'{s:g}' for s in spacing)}_s{seed}"
+    img, lab = folder / f"{stem}.nii.gz", folder / f"{stem}_label.nii.gz"
+    if not img.exists() or (with_label and not lab.exists()):
+        ph = make_phantom(seed=seed, shape=tuple(shape), spacing=spacing)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(lab, nifti_bytes(ph.label, ph.affine))
+        atomic_write_bytes(img, nifti_bytes(ph.image, ph.affine))
+    return {"image": str(img), "label": str(lab)}
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+class _Bundle:
+    """One bundle's configs, weights and device, building each inference path from ``inference.json``."""
+
+    def __init__(self, bundle: str, ckpt: str | None, dev: torch.device, overrides: dict):
+        from .bundle import load_weights
+
+        self.name, self.dev, self.overrides = bundle, dev, dict(overrides)
+        self.kind = _bundle_kind(_bundle_parser(bundle, self.overrides))
+        self.ckpt = ckpt
+        self._load_weights = load_weights
+
+    def parser(self, extra: dict | None = None, output_dir: str | None = None):
+        p = _bundle_parser(self.name, {**self.overrides, **(extra or {})})
+        if output_dir:
+            p["output_dir"] = output_dir
+        return p
+
+    def network(self, parser):
+        net = parser.get_parsed_content("network_def")
+        if self.ckpt:
+            self._load_weights(net, self.ckpt)
+        return net.to(self.dev).eval()
+
+    def warm_up(self, parser, net, inferer) -> None:
+        with torch.no_grad():
+            if self.kind == "3d":
+                inferer(torch.zeros(1, 1, *parser["roi_size"], device=self.dev), net)
+            else:
+                net(torch.zeros(1, 1, 64, 64, 2, device=self.dev))
+        _sync(self.dev)
+
+    def infer(self, volume: str, switches: dict, out_dir: Path) -> dict:
+        """One volume, file to written label file, through the bundle's own transforms; stage times in seconds."""
+        from monai.data import decollate_batch
+        from monai.transforms import Compose, SaveImaged
+
+        parser = self.parser(switches, str(out_dir))
+        net, inferer = self.network(parser), parser.get_parsed_content("inferer")
+        pre = parser.get_parsed_content("preprocessing")
+        post = list(parser.get_parsed_content("postprocessing").transforms)
+        ts = list(pre.transforms)
+        n_load = next((i for i, t in enumerate(ts) if type(t).__name__ not in LOAD_STAGE), len(ts))
+        load, rest = Compose(ts[:n_load]), Compose(ts[n_load:])
+        write = [t for t in post if isinstance(t, SaveImaged)]
+        post = [t for t in post if not isinstance(t, SaveImaged)]
+        self.warm_up(parser, net, inferer)
+        times = {}
+        with PeakMemory(self.dev) as mem:
+            t = time.perf_counter()
+            d = load({"image": volume})
+            times["load"] = time.perf_counter() - t
+            t = time.perf_counter()
+            d = rest(d)
+            x = d["image"].unsqueeze(0).to(self.dev)
+            _sync(self.dev)
+            times["preprocess"] = time.perf_counter() - t
+            t = time.perf_counter()
+            with torch.no_grad():
+                pred = inferer(x, net)
+            _sync(self.dev)
+            times["network"] = time.perf_counter() - t
+            t = time.perf_counter()
+            item = decollate_batch({"image": x, "pred": pred})[0]
+            item["image"] = d["image"]
+            del pred
+            item = Compose(post)(item)
+            times["postprocess"] = time.perf_counter() - t
+            t = time.perf_counter()
+            item = Compose(write)(item)
+            times["write"] = time.perf_counter() - t
+        files = sorted(out_dir.glob("*.nii.gz"))
+        return {
+            "shape": [int(s) for s in d["image"].shape[1:]],
+            "stages_s": times,
+            "seconds": sum(times.values()),
+            "peak_rss_mb": mem.peak_rss_mb,
+            "peak_cuda_mb": mem.peak_cuda_mb,
+            "stitching": getattr(inferer, "last_stitch_device", None),
+            "label_file": str(files[-1]) if files else None,
+        }
+
+
+def _agreement(a: str, b: str) -> float:
+    import nibabel as nib
+
+    x, y = np.asarray(nib.load(a).dataobj), np.asarray(nib.load(b).dataobj)
+    return float((x == y).mean())
+
+
+def _inference_part(b: _Bundle, volume: str, work: Path, only: list[str] | None = None) -> list[dict]:
+    rows = []
+    for i, (name, switches) in enumerate(variants(b.kind, b.dev)):
+        if only and i > 0 and name not in only:
+            continue
+        r = b.infer(volume, switches, work / b.name / f"variant{i}")
+        r.update({"bundle": b.name, "variant": name, "switches": switches})
+        rows.append(r)
+        print(f"  {b.name} | {name}: {r['seconds']:.1f} s", flush=True)
+    base = rows[0]
+    for r in rows:
+        r["speedup_vs_baseline"] = base["seconds"] / r["seconds"]
+        r["agreement_vs_baseline"] = _agreement(base["label_file"], r["label_file"])
+    return rows
+
+
+class _PaperSlices(torch.utils.data.Dataset):
+    """The 2D papers' training input: one file per axial slice at the native in-plane size, read per sample,
+    augmented (random rot90/flip or rotation) and zoomed to the network size with SciPy (cubic image,
+    nearest label) on the CPU, as TransUNet's ``RandomGenerator`` does."""
+
+    def __init__(self, files: list[str], img_size):
+        from .slicewise import PaperSliceAugmentd
+
+        self.files, self.img_size = files, tuple(img_size)
+        self.augment = PaperSliceAugmentd(("image", "label"))
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from scipy.ndimage import zoom
+
+        with np.load(self.files[i], allow_pickle=False) as z:
+            img, lab = z["image"], z["label"]
+        d = self.augment({"image": torch.from_numpy(img)[None], "label": torch.from_numpy(lab)[None].float()})
+        img, lab = np.asarray(d["image"])[0], np.asarray(d["label"])[0]
+        f = (self.img_size[0] / img.shape[0], self.img_size[1] / img.shape[1])
+        img = zoom(img, f, order=3)
+        lab = zoom(lab, f, order=0)
+        return {"image": torch.from_numpy(img[None].astype(np.float32)), "label": torch.from_numpy(lab[None].astype(np.float32))}
+
+
+def _paper_slice_files(parser, items: list[dict], folder: Path) -> list[str]:
+    pre = parser.get_parsed_content("train#preprocessing")
+    files = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for v, item in enumerate(items):
+        d = pre(dict(item))
+        img, lab = np.asarray(d["image"])[0], np.asarray(d["label"])[0]
+        for z in range(img.shape[-1]):
+            f = folder / f"case{v}_slice{z:03d}.npz"
+            np.savez(f, image=img[..., z].astype(np.float32), label=lab[..., z].astype(np.uint8))
+            files.append(str(f))
+    return files
+
+
+def _training_part(b: _Bundle, items: list[dict], work: Path, iters: int, warmup: int) -> list[dict]:
+    """Iterations of the bundle's own training step, fed by its pipeline and by the plain baseline."""
+    from monai.data import Dataset, list_data_collate
+
+    parser = _bundle_parser(b.name, {**b.overrides, "datalist": {"training": items, "validation": items[:1]}}, "train.json")
+    parser["device"] = b.dev
+    net = parser.get_parsed_content("network").train()
+    loss_fn, opt = parser.get_parsed_content("loss"), parser.get_parsed_content("optimizer")
+    amp = b.dev.type == "cuda"
+    nw = int(parser.get_parsed_content("num_workers"))
+    batch_size = parser.get_parsed_content("train#dataloader#batch_size")
+
+    t = time.perf_counter()
+    ours = parser.get_parsed_content("train#dataloader")
+    cache_s = time.perf_counter() - t
+    t = time.perf_counter()
+    if b.kind == "3d":
+        ds = Dataset(items, transform=parser.get_parsed_content("train#preprocessing"))
+    else:
+        ds = _PaperSlices(_paper_slice_files(parser, items, work / b.name / "slices"), parser["img_size"])
+    prep_s = time.perf_counter() - t
+    plain = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=nw, collate_fn=list_data_collate)
+
+    def run(loader, label, setup_s):
+        it = iter(loader)
+        data_s, step_s, samples = [], [], []
+        for i in range(warmup + iters):
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(loader)
+                batch = next(it)
+            x, y = batch["image"].to(b.dev), batch["label"].to(b.dev)
+            _sync(b.dev)
+            t1 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", enabled=amp):
+                loss = loss_fn(net(x), y)
+            loss.backward()
+            opt.step()
+            _sync(b.dev)
+            t2 = time.perf_counter()
+            if i >= warmup:
+                data_s.append(t1 - t0)
+                step_s.append(t2 - t1)
+                samples.append(int(x.shape[0]))
+        total = sum(data_s) + sum(step_s)
+        row = {
+            "bundle": b.name, "pipeline": label, "iterations": iters, "batch": samples[0],
+            "it_per_s": iters / total, "samples_per_s": sum(samples) / total,
+            "data_s_per_it": float(np.mean(data_s)), "step_s_per_it": float(np.mean(step_s)), "setup_s": setup_s,
+        }  # fmt: skip
+        print(f"  {b.name} | training {label}: {row['it_per_s']:.3f} it/s", flush=True)
+        return row
+
+    base = run(plain, "baseline: plain DataLoader + CPU transforms", prep_s)
+    mine = run(ours, "bundle pipeline", cache_s)
+    mine["speedup_vs_baseline"] = mine["it_per_s"] / base["it_per_s"]
+    base["speedup_vs_baseline"] = 1.0
+    return [base, mine]
+
+
+def suite(
+    bundles: list[str],
     out_dir: str = "bench",
-    slice_batch: int = 16,
-    autocast: str | None = "auto",
+    ckpts: dict | None = None,
+    parts: tuple[str, ...] = ("inference", "training", "scaling"),
+    sizes: dict | None = None,
+    train_iters: int = 3,
+    train_warmup: int = 1,
     device: str | None = None,
     overrides: dict | None = None,
-    reference: bool = True,
+    smoke: bool = False,
 ) -> dict:
-    """Time batched vs reference slice-wise inference of a 2D bundle; see the module docstring."""
-    from monai.data import decollate_batch
-    from monai.transforms import Compose
-
+    """Run the benchmark suite (see the module docstring) and write ``<out_dir>/suite.md`` and ``suite.json``."""
     dev = torch.device(device) if device else (torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu"))
-    parser = _bundle_parser(bundle, dict(overrides or {}))
-    net = parser.get_parsed_content("network_def")
-    if ckpt:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        net.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
-        weights = f"checkpoint {ckpt}"
-    else:
-        weights = "random initialisation (seed 0): timings are weight-independent; agreement needs trained weights"
-    net = net.to(dev).eval()
-    img_size = tuple(net.slice_roi)
-    pre = parser.get_parsed_content("preprocessing")
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
-    if not volumes:
-        volumes = []
-        if DEFAULT_SAMPLE.is_file():
-            volumes.append(str(DEFAULT_SAMPLE))
-        volumes.append(str(_btcv_phantom(Path(out_dir) / "btcv_size_phantom.nii.gz")))
-    if autocast == "auto":
-        autocast = "bf16" if dev.type == "cpu" else "fp16"
-    paths = [("batched", "batched", None)]
-    if autocast and autocast != "fp32":
-        paths.append((f"batched+{autocast}", "batched", autocast))
-    if reference:
-        paths.append(("reference", "reference", None))
+    sizes = dict(sizes or (SMOKE_SIZES if smoke else SIZES))
+    out = Path(out_dir)
+    work = Path(tempfile.mkdtemp(prefix="suite-", dir=out if out.exists() else None))
+    data = out / "data"
+    result = {"benchmark": "suite", "smoke": smoke, "machine": machine_info(dev), "sizes": sizes,
+              "weights": {}, "inference": [], "training": [], "scaling": []}  # fmt: skip
+    spacing = SMOKE_SPACING if smoke else None
+    btcv = _phantom_file(data, sizes["btcv"], seed=2024, spacing=spacing)["image"]
+    train_items = [_phantom_file(data, sizes["btcv"], seed=s, with_label=True, spacing=spacing) for s in (11, 12)]
+    for name in bundles:
+        ckpt = (ckpts or {}).get(name)
+        if ckpt is None and not smoke:
+            demo = REPO / "bundles" / name / "demo" / "models" / "model.pt"
+            ckpt = str(demo) if demo.is_file() else None
+        b = _Bundle(name, ckpt, dev, (overrides or {}).get(name, {}))
+        result["weights"][name] = ckpt or "random initialisation (timings do not depend on the weights; agreement does)"
+        print(f"{name} ({b.kind}), weights: {result['weights'][name]}", flush=True)
+        if "inference" in parts:
+            result["inference"] += _inference_part(b, btcv, work)
+        if "training" in parts:
+            result["training"] += _training_part(b, train_items, work, train_iters, train_warmup)
+        if "scaling" in parts:
+            fast_name, fast = variants(b.kind, dev)[-1]
+            for size_name, shape in sizes.items():
+                vol = _phantom_file(data, shape, seed=2024, spacing=spacing)["image"]
+                r = b.infer(vol, fast, work / name / f"scaling_{size_name}")
+                r.update({"bundle": name, "size": size_name, "input_shape": list(shape), "variant": fast_name})
+                result["scaling"].append(r)
+                print(f"  {name} | scaling {size_name}: {r['seconds']:.1f} s, peak RAM {r['peak_rss_mb']:.0f} MB", flush=True)
+    import shutil
 
-    rows = []
-    for vol_path in volumes:
-        t0 = time.perf_counter()
-        data = pre({"image": vol_path})
-        t_pre = time.perf_counter() - t0
-        image = data["image"]
-        shape = tuple(int(s) for s in image.shape[1:])
-        labels: dict[str, np.ndarray] = {}
-        for name, mode, ac in paths:
-            net.slice_mode, net.slice_batch, net.slice_autocast = mode, slice_batch, ac
-            post = Compose(
-                [
-                    _argmax(),
-                    _invert(pre),
-                    _saver(str(work / name)),
-                ]
-            )
-            with PeakMemory(dev) as mem:
-                t0 = time.perf_counter()
-                x = image.unsqueeze(0).to(dev)
-                with torch.no_grad():
-                    pred = net(x)
-                t_inf = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                item = decollate_batch({"image": x, "pred": pred})[0]
-                item["image"] = image
-                out = post(item)
-                t_post = time.perf_counter() - t1
-            labels[name] = np.asarray(out["pred"].cpu())[0].astype(np.uint8)
-            total = t_pre + t_inf + t_post
-            rows.append({
-                "volume": os.path.basename(vol_path), "shape": shape, "path": name,
-                "seconds": total, "preprocess_s": t_pre, "inference_s": t_inf, "forward_s": net.forward_seconds,
-                "postprocess_s": t_post, "outside_forward_share": (total - net.forward_seconds) / total,
-                "peak_rss_mb": mem.peak_rss_mb, "peak_cuda_mb": mem.peak_cuda_mb,
-            })  # fmt: skip
-            del pred, out
-        ref = labels.get("reference")
-        for r in rows:
-            if r["volume"] != os.path.basename(vol_path):
-                continue
-            base = next(x for x in rows if x["volume"] == r["volume"] and x["path"] == "reference") if ref is not None else None
-            r["speedup_vs_reference"] = base["seconds"] / r["seconds"] if base else None
-            r["agreement_vs_reference"] = float((labels[r["path"]] == ref).mean()) if ref is not None else None
-            r["agreement_vs_batched_fp32"] = float((labels[r["path"]] == labels["batched"]).mean())
-    result = {
-        "benchmark": "slicewise", "bundle": bundle, "weights": weights, "slice_batch": slice_batch,
-        "img_size": list(img_size), "machine": machine_info(dev), "rows": rows,
-    }  # fmt: skip
-    _write(result, Path(out_dir) / f"slicewise_{bundle}", _slicewise_markdown(result))
+    shutil.rmtree(work, ignore_errors=True)
+    _write(result, out / ("suite_smoke" if smoke else "suite"), suite_markdown(result))
     return result
 
 
-def _argmax():
-    from monai.transforms import AsDiscreted
-
-    return AsDiscreted(keys="pred", argmax=True)
-
-
-def _invert(pre):
-    from monai.transforms import Invertd
-
-    return Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True, to_tensor=True)
-
-
-def _saver(folder: str):
-    from monai.transforms import SaveImaged
-
-    from .io import AtomicNibabelWriter
-
-    return SaveImaged(keys="pred", output_dir=folder, output_postfix="seg", output_dtype=np.uint8,
-                      separate_folder=False, resample=False, print_log=False, writer=AtomicNibabelWriter)  # fmt: skip
+def suite_markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [
+        "# Benchmark suite" + (" (smoke mode: tiny inputs, figures meaningless)" if res["smoke"] else ""),
+        "",
+        f"Machine: {m['cpu']} ({m['cpu_count']} CPUs, torch threads {m['torch_threads']}), device {m['device']}"
+        + (f", GPU {m['gpu']} (CUDA {m['cuda']})" if "gpu" in m else "")
+        + f"; torch {m['torch']}, MONAI {m['monai']}, Python {m['python']}.",
+        "",
+        "Weights: " + "; ".join(f"{k}: {v}" for k, v in res["weights"].items()) + ".",
+    ]
+    if res["inference"]:
+        shape = "x".join(map(str, res["sizes"]["btcv"]))
+        lines += [
+            "", f"## Inference end to end ({shape} CT phantom at 0.8 x 0.8 x 2.5 mm, file to written label file)", "",
+            "| bundle | path | load s | preprocess s | network s | postprocess s | write s | total s | speed-up | agreement with baseline | peak RAM MB | peak GPU MB |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]  # fmt: skip
+        for r in res["inference"]:
+            st = r["stages_s"]
+            lines.append(
+                f"| {r['bundle']} | {r['variant']} | {_fmt(st['load'])} | {_fmt(st['preprocess'])} | {_fmt(st['network'])} | "
+                f"{_fmt(st['postprocess'])} | {_fmt(st['write'])} | {_fmt(r['seconds'])} | {_fmt(r['speedup_vs_baseline'])}x | "
+                f"{_fmt(100 * r['agreement_vs_baseline'], 2)}% | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['peak_cuda_mb'], 0)} |"
+            )
+    if res["training"]:
+        lines += [
+            "", "## Training throughput (the bundle's batch and crop settings; data time separated from the model step)", "",
+            "| bundle | pipeline | batch | it/s | samples/s | data s/it | step s/it | setup s | speed-up |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]  # fmt: skip
+        for r in res["training"]:
+            lines.append(
+                f"| {r['bundle']} | {r['pipeline']} | {r['batch']} | {_fmt(r['it_per_s'], 3)} | {_fmt(r['samples_per_s'], 2)} | "
+                f"{_fmt(r['data_s_per_it'])} | {_fmt(r['step_s_per_it'])} | {_fmt(r['setup_s'], 1)} | {_fmt(r['speedup_vs_baseline'])}x |"
+            )
+    if res["scaling"]:
+        lines += [
+            "", "## Scaling (fastest path of each bundle; input at 0.8 x 0.8 x 2.5 mm)", "",
+            "| bundle | path | input | network grid | total s | network s | peak RAM MB | peak GPU MB | stitching |",
+            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        ]  # fmt: skip
+        for r in res["scaling"]:
+            lines.append(
+                f"| {r['bundle']} | {r['variant']} | {'x'.join(map(str, r['input_shape']))} | {'x'.join(map(str, r['shape']))} | "
+                f"{_fmt(r['seconds'])} | {_fmt(r['stages_s']['network'])} | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['peak_cuda_mb'], 0)} | "
+                f"{r['stitching'] or '-'} |"
+            )
+    lines += [
+        "",
+        "Inference: one run per path after a warm-up forward; stages are the bundle's own transforms split at the "
+        "loader (load), the rest of `preprocessing` (preprocess), the inferer (network), `postprocessing` without "
+        "the writer (postprocess) and `SaveImaged` (write). Agreement: share of voxels whose label equals the "
+        "baseline's. Peak RAM: resident-memory peak above the start of the path. Training: mean over the timed "
+        "iterations after the warm-up ones; 'setup' is the cache build (bundle pipeline) or the slice-file export "
+        "(2D baseline).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(v, nd=2):
     if v is None:
         return "-"
     return f"{v:.{nd}f}"
-
-
-def _slicewise_markdown(res: dict) -> str:
-    m = res["machine"]
-    lines = [
-        f"# Slice-wise inference benchmark: {res['bundle']}",
-        "",
-        f"Machine: {m['cpu']} ({m['cpu_count']} CPUs, torch threads {m['torch_threads']}), device {m['device']}"
-        + (f", GPU {m['gpu']} (CUDA {m['cuda']})" if "gpu" in m else "")
-        + f"; torch {m['torch']}, MONAI {m['monai']}, Python {m['python']}.",
-        f"Weights: {res['weights']}. Network input {res['img_size'][0]} x {res['img_size'][1]}, "
-        f"batched path {res['slice_batch']} slices per forward.",
-        "",
-        "| volume | shape | path | s / volume | speed-up vs reference | forward s | outside forward | peak RAM MB | peak GPU MB | agreement vs reference | agreement vs batched fp32 |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in res["rows"]:
-        lines.append(
-            f"| {r['volume']} | {'x'.join(map(str, r['shape']))} | {r['path']} | {_fmt(r['seconds'])} | "
-            f"{_fmt(r.get('speedup_vs_reference'))} | {_fmt(r['forward_s'])} | {_fmt(100 * r['outside_forward_share'], 1)}% | "
-            f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['peak_cuda_mb'], 0)} | "
-            f"{_fmt(100 * r['agreement_vs_reference'], 2) + '%' if r.get('agreement_vs_reference') is not None else '-'} | "
-            f"{_fmt(100 * r['agreement_vs_batched_fp32'], 2)}% |"
-        )
-    lines += ["", "Seconds per volume from the CT file to the written label file: loading and preprocessing (RAS, "
-              "HU window; the same for every path), the network over all slices, argmax, inversion to the input "
-              "grid and writing. 'outside forward' is the share of that time not spent in the network's forward "
-              "passes. Peak RAM is the resident-memory peak above the start of each path."]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
 
 def _write(result: dict, stem: Path, markdown: str) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -297,26 +542,29 @@ def _write(result: dict, stem: Path, markdown: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.benchmark", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("slicewise", help="batched vs reference slice-wise inference of a 2D bundle")
-    s.add_argument("--bundle", required=True)
-    s.add_argument("--ckpt", default=None, help="trained weights (model.pt); default: random initialisation")
-    s.add_argument("--volume", action="append", default=None, help="CT file(s); default: the real sample + a BTCV-size phantom")
-    s.add_argument("--out", default="bench")
-    s.add_argument("--slice-batch", type=int, default=16)
-    s.add_argument("--autocast", default="auto", help="reduced-precision switch timed beside fp32: auto (bf16 on CPU, fp16 on GPU), bf16, fp16, fp32 (none)")
-    s.add_argument("--device", default=None)
-    s.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    s.add_argument("--no-reference", action="store_true")
-    s.add_argument("--override", action="append", default=[], help="config override key=json, e.g. img_size=[96,96]")
+    ap.add_argument("--bundle", action="append", default=None, help="bundle(s) to measure (default: all in bundles/)")
+    ap.add_argument("--ckpt", action="append", default=[], help="bundle=path of trained weights (default: bundles/<b>/demo/models/model.pt if present)")
+    ap.add_argument("--parts", default="inference,training,scaling", help="comma-separated: inference, training, scaling")
+    ap.add_argument("--out", default="bench")
+    ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
+    ap.add_argument("--train-iters", type=int, default=3)
+    ap.add_argument("--train-warmup", type=int, default=1)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--override", action="append", default=[], help="bundle:key=json config override, e.g. transunet_btcv:slice_batch=32")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.override)}
-    if args.cmd == "slicewise":
-        slicewise_benchmark(args.bundle, args.ckpt, args.volume, args.out, args.slice_batch, args.autocast,
-                            args.device, overrides, reference=not args.no_reference)  # fmt: skip
+    bundles = args.bundle or sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "inference.json").is_file())
+    overrides: dict[str, dict] = {}
+    for o in args.override:
+        name, kv = o.split(":", 1)
+        k, v = kv.split("=", 1)
+        overrides.setdefault(name, {})[k] = json.loads(v)
+    ckpts = dict(c.split("=", 1) for c in args.ckpt)
+    suite(bundles, args.out, ckpts, tuple(p.strip() for p in args.parts.split(",")), None, args.train_iters,
+          args.train_warmup, args.device, overrides, args.smoke)  # fmt: skip
     return 0
 
 

@@ -1,0 +1,41 @@
+"""The benchmark suite's smoke mode: every part runs for every bundle on tiny inputs and tiny networks."""
+
+from __future__ import annotations
+
+import json
+
+from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
+from test_geometry import random_checkpoint
+
+from common.benchmark import main, suite, variants
+
+
+def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
+    ckpts = {b: random_checkpoint(b, tmp_path / f"{b}.pt") for b in BUNDLE_NAMES}
+    res = suite(BUNDLE_NAMES, str(tmp_path / "bench"), ckpts, train_iters=1, train_warmup=0, overrides=BUNDLE_TINY, smoke=True)
+    md = (tmp_path / "bench" / "suite_smoke.md").read_text(encoding="utf-8")
+    doc = json.loads((tmp_path / "bench" / "suite_smoke.json").read_text(encoding="utf-8"))
+    assert doc["smoke"] and "figures meaningless" in md
+    for b in BUNDLE_NAMES:
+        inf = [r for r in res["inference"] if r["bundle"] == b]
+        assert [r["variant"] for r in inf] == [v for v, _ in variants("2d" if "slice_mode" in inf[1]["switches"] else "3d", __import__("torch").device("cpu"))]
+        assert inf[0]["speedup_vs_baseline"] == 1.0 and inf[0]["agreement_vs_baseline"] == 1.0
+        for r in inf:
+            assert set(r["stages_s"]) == {"load", "preprocess", "network", "postprocess", "write"}
+            assert r["seconds"] > 0 and 0.0 <= r["agreement_vs_baseline"] <= 1.0 and r["peak_rss_mb"] >= 0
+        tr = [r for r in res["training"] if r["bundle"] == b]
+        assert len(tr) == 2 and all(r["it_per_s"] > 0 and r["data_s_per_it"] >= 0 for r in tr)
+        sc = [r for r in res["scaling"] if r["bundle"] == b]
+        assert [r["size"] for r in sc] == ["small", "btcv", "large"]
+        assert sc[0]["shape"] != sc[2]["shape"]
+        assert f"| {b} |" in md
+
+
+def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("common.benchmark.suite", lambda *a: seen.update(args=a) or {})
+    assert main(["--bundle", "unetr_btcv", "--parts", "inference", "--override", 'unetr_btcv:roi_size=[32,32,16]',
+                 "--ckpt", "unetr_btcv=/x.pt", "--smoke", "--out", str(tmp_path)]) == 0  # fmt: skip
+    bundles, out, ckpts, parts, _, _, _, _, overrides, smoke = seen["args"]
+    assert bundles == ["unetr_btcv"] and parts == ("inference",) and smoke
+    assert overrides == {"unetr_btcv": {"roi_size": [32, 32, 16]}} and ckpts == {"unetr_btcv": "/x.pt"}
