@@ -17,6 +17,8 @@ In one run on one machine, for each bundle:
   pipeline (cached deterministic transforms, random transforms per sample) against a plain ``DataLoader``
   with all transforms on the CPU per sample (3D: ``monai.data.Dataset``; 2D: the papers' one file per slice,
   zoomed with SciPy per sample).
+- **MT-UNet module stages** (``mtm``): each official mixed-transformer-module stage, the vectorised form of the
+  network against the loop reference kept in the tests.
 - **Scaling**: the fastest path at three volume sizes (256 x 256 x 80, 512 x 512 x 150, 512 x 512 x 300 at
   the BTCV spacing, so the field of view grows): seconds, peak memory, and where sliding-window outputs were
   stitched (``stitch="auto"`` moves it to the CPU when the GPU would run out).
@@ -421,11 +423,51 @@ def _training_part(b: _Bundle, items: list[dict], work: Path, iters: int, warmup
     return [base, mine]
 
 
+def _mtm_part(repeats: int = 5, smoke: bool = False) -> list[dict]:
+    """MT-UNet's mixed transformer module stages at the official sizes: vectorised (the bundle's network)
+    against the loop reference kept in the tests (``tests/networks/mt_unet_reference.py``), forward only."""
+    import importlib.util
+
+    from .networks.mt_unet import OFFICIAL_MTM_STAGES, build_mtm_stage
+
+    ref_file = REPO / "tests" / "networks" / "mt_unet_reference.py"
+    if not ref_file.is_file():
+        print(f"  mtm: skipped, the loop reference {ref_file} is not here (it lives in the repository's tests)")
+        return []
+    spec = importlib.util.spec_from_file_location("mt_unet_reference", ref_file)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    rows = []
+    stages = {"encoder1 (smoke)": (32, 8)} if smoke else OFFICIAL_MTM_STAGES
+    for name, (dim, grid) in stages.items():
+        torch.manual_seed(0)
+        kw = {"num_heads": 2, "ea_heads": 4, "ea_memory": 8} if smoke else {}
+        fast = build_mtm_stage(dim, depth=2, **kw).eval()
+        loop = ref.to_loop_reference(fast).eval()
+        x = torch.randn(1, grid, grid, dim)
+        times = {}
+        with torch.no_grad():
+            for label, m in (("vectorised", fast), ("loop", loop)):
+                m(x)  # warm-up
+                ts = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    y = m(x)
+                    ts.append(time.perf_counter() - t0)
+                times[label] = (min(ts), y)
+        diff = float((times["vectorised"][1] - times["loop"][1]).abs().max())
+        row = {"stage": name, "channels": dim, "grid": grid, "vectorised_ms": 1000 * times["vectorised"][0],
+               "loop_ms": 1000 * times["loop"][0], "speedup": times["loop"][0] / times["vectorised"][0], "max_abs_diff": diff}  # fmt: skip
+        rows.append(row)
+        print(f"  mt_unet mtm {name}: {row['vectorised_ms']:.1f} ms vs loop {row['loop_ms']:.1f} ms ({row['speedup']:.2f}x)", flush=True)
+    return rows
+
+
 def suite(
     bundles: list[str],
     out_dir: str = "bench",
     ckpts: dict | None = None,
-    parts: tuple[str, ...] = ("inference", "training", "scaling"),
+    parts: tuple[str, ...] = ("inference", "training", "scaling", "mtm"),
     sizes: dict | None = None,
     train_iters: int = 3,
     train_warmup: int = 1,
@@ -440,7 +482,7 @@ def suite(
     work = Path(tempfile.mkdtemp(prefix="suite-", dir=out if out.exists() else None))
     data = out / "data"
     result = {"benchmark": "suite", "smoke": smoke, "machine": machine_info(dev), "sizes": sizes,
-              "weights": {}, "inference": [], "training": [], "scaling": []}  # fmt: skip
+              "weights": {}, "inference": [], "training": [], "scaling": [], "mtm": []}  # fmt: skip
     spacing = SMOKE_SPACING if smoke else None
     btcv = _phantom_file(data, sizes["btcv"], seed=2024, spacing=spacing)["image"]
     train_items = [_phantom_file(data, sizes["btcv"], seed=s, with_label=True, spacing=spacing) for s in (11, 12)]
@@ -464,6 +506,8 @@ def suite(
                 r.update({"bundle": name, "size": size_name, "input_shape": list(shape), "variant": fast_name})
                 result["scaling"].append(r)
                 print(f"  {name} | scaling {size_name}: {r['seconds']:.1f} s, peak RAM {r['peak_rss_mb']:.0f} MB", flush=True)
+    if "mtm" in parts and "mt_unet_btcv" in bundles:
+        result["mtm"] = _mtm_part(smoke=smoke)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
@@ -520,6 +564,17 @@ def suite_markdown(res: dict) -> str:
                 f"{_fmt(r['seconds'])} | {_fmt(r['stages_s']['network'])} | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['peak_cuda_mb'], 0)} | "
                 f"{r['stitching'] or '-'} |"
             )
+    if res.get("mtm"):
+        lines += [
+            "", "## MT-UNet mixed transformer module stages (2 MTMs each, batch 1, forward, minimum of 5 runs)", "",
+            "| stage | channels @ grid | vectorised ms | loop reference ms | speed-up | max abs difference |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]  # fmt: skip
+        for r in res["mtm"]:
+            lines.append(
+                f"| {r['stage']} | {r['channels']} @ {r['grid']} | {_fmt(r['vectorised_ms'], 1)} | {_fmt(r['loop_ms'], 1)} | "
+                f"{_fmt(r['speedup'])}x | {r['max_abs_diff']:.1e} |"
+            )
     lines += [
         "",
         "Inference: one run per path after a warm-up forward; stages are the bundle's own transforms split at the "
@@ -550,7 +605,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.benchmark", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", action="append", default=None, help="bundle(s) to measure (default: all in bundles/)")
     ap.add_argument("--ckpt", action="append", default=[], help="bundle=path of trained weights (default: bundles/<b>/demo/models/model.pt if present)")
-    ap.add_argument("--parts", default="inference,training,scaling", help="comma-separated: inference, training, scaling")
+    ap.add_argument("--parts", default="inference,training,scaling,mtm", help="comma-separated: inference, training, scaling, mtm (MT-UNet's module stages)")
     ap.add_argument("--out", default="bench")
     ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
     ap.add_argument("--train-iters", type=int, default=3)

@@ -26,6 +26,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         tr = [r for r in res["training"] if r["bundle"] == b]
         assert len(tr) == 2 and all(r["it_per_s"] > 0 and r["data_s_per_it"] >= 0 for r in tr)
         sc = [r for r in res["scaling"] if r["bundle"] == b]
+        assert res["mtm"] and res["mtm"][0]["max_abs_diff"] < 1e-4
         assert [r["size"] for r in sc] == ["small", "btcv", "large"]
         assert sc[0]["shape"] != sc[2]["shape"]
         assert f"| {b} |" in md
