@@ -220,9 +220,19 @@ def nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
 
+def _default_file_mode() -> int:
+    """What ``open(path, "w")`` would give a new file: 0o666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _temp_sibling(path: Path, suffix: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _default_file_mode())  # mkstemp makes 0600; the renamed output must not stay private
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 

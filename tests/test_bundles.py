@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import nibabel as nib
 import numpy as np
@@ -181,3 +182,18 @@ def test_configs_are_valid_json():
     for f in BUNDLES.glob("*/configs/*.json"):
         json.loads(f.read_text(encoding="utf-8"))
     assert os.path.isdir(BUNDLES)
+
+
+MODEL_ZOO_LAYOUT = (
+    "configs/metadata.json", "configs/train.json", "configs/inference.json", "configs/evaluate.json",
+    "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_model_zoo_layout_and_finished_docs(bundle):
+    for rel in MODEL_ZOO_LAYOUT:
+        assert (BUNDLES / bundle / rel).is_file(), f"{bundle}: {rel} missing"
+    docs = (BUNDLES / bundle / "docs" / "README.md").read_text(encoding="utf-8")
+    for token in ("SPEED", "BENCHMARK", "DEMO_RESULTS", "TODO", "TBD"):
+        assert not re.search(rf"\b{token}\b", docs), f"{bundle}: docs still hold the placeholder {token}"

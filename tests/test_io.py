@@ -98,3 +98,15 @@ def test_atomic_writers_leave_no_partial_files(tmp_path):
     w.write(str(tmp_path / "b" / "seg.nii.gz"))
     assert nib.load(str(tmp_path / "b" / "seg.nii.gz")).shape == (4, 4, 4)
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["seg.nii.gz"]
+
+
+def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        out = atomic_write_text(tmp_path / "r.csv", "x\n")
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    finally:
+        os.umask(mask)
