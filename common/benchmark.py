@@ -5,7 +5,8 @@
 
 In one run on one machine, for each bundle:
 
-- **Inference end to end** on a BTCV-size CT phantom (512 x 512 x 150 at 0.8 x 0.8 x 2.5 mm), from the file to
+- **Inference end to end** on the real CT sample of ``../shared/data`` (when present) and a BTCV-size CT phantom
+  (512 x 512 x 150 at 0.8 x 0.8 x 2.5 mm), from the file to
   the written label file, split into load / preprocess / network / postprocess / write, with peak RAM (and
   peak GPU memory on CUDA). Every path is the bundle's own ``inference.json`` with switches set
   (:func:`variants`): the baseline is the model-zoo recipe for 3D bundles (CPU transforms, fp32, softmax
@@ -303,19 +304,20 @@ def _agreement(a: str, b: str) -> float:
     return float((x == y).mean())
 
 
-def _inference_part(b: _Bundle, volume: str, work: Path, only: list[str] | None = None) -> list[dict]:
+def _inference_part(b: _Bundle, volumes: list[str], work: Path) -> list[dict]:
     rows = []
-    for i, (name, switches) in enumerate(variants(b.kind, b.dev)):
-        if only and i > 0 and name not in only:
-            continue
-        r = b.infer(volume, switches, work / b.name / f"variant{i}")
-        r.update({"bundle": b.name, "variant": name, "switches": switches})
-        rows.append(r)
-        print(f"  {b.name} | {name}: {r['seconds']:.1f} s", flush=True)
-    base = rows[0]
-    for r in rows:
-        r["speedup_vs_baseline"] = base["seconds"] / r["seconds"]
-        r["agreement_vs_baseline"] = _agreement(base["label_file"], r["label_file"])
+    for v, volume in enumerate(volumes):
+        mine = []
+        for i, (name, switches) in enumerate(variants(b.kind, b.dev)):
+            r = b.infer(volume, switches, work / b.name / f"volume{v}_variant{i}")
+            r.update({"bundle": b.name, "volume": Path(volume).name, "variant": name, "switches": switches})
+            mine.append(r)
+            print(f"  {b.name} | {r['volume']} | {name}: {r['seconds']:.1f} s", flush=True)
+        base = mine[0]
+        for r in mine:
+            r["speedup_vs_baseline"] = base["seconds"] / r["seconds"]
+            r["agreement_vs_baseline"] = _agreement(base["label_file"], r["label_file"])
+        rows += mine
     return rows
 
 
@@ -485,6 +487,7 @@ def suite(
               "weights": {}, "inference": [], "training": [], "scaling": [], "mtm": []}  # fmt: skip
     spacing = SMOKE_SPACING if smoke else None
     btcv = _phantom_file(data, sizes["btcv"], seed=2024, spacing=spacing)["image"]
+    volumes = ([str(DEFAULT_SAMPLE)] if DEFAULT_SAMPLE.is_file() and not smoke else []) + [btcv]
     train_items = [_phantom_file(data, sizes["btcv"], seed=s, with_label=True, spacing=spacing) for s in (11, 12)]
     for name in bundles:
         ckpt = (ckpts or {}).get(name)
@@ -495,7 +498,7 @@ def suite(
         result["weights"][name] = ckpt or "random initialisation (timings do not depend on the weights; agreement does)"
         print(f"{name} ({b.kind}), weights: {result['weights'][name]}", flush=True)
         if "inference" in parts:
-            result["inference"] += _inference_part(b, btcv, work)
+            result["inference"] += _inference_part(b, volumes, work)
         if "training" in parts:
             result["training"] += _training_part(b, train_items, work, train_iters, train_warmup)
         if "scaling" in parts:
@@ -529,14 +532,14 @@ def suite_markdown(res: dict) -> str:
     if res["inference"]:
         shape = "x".join(map(str, res["sizes"]["btcv"]))
         lines += [
-            "", f"## Inference end to end ({shape} CT phantom at 0.8 x 0.8 x 2.5 mm, file to written label file)", "",
-            "| bundle | path | load s | preprocess s | network s | postprocess s | write s | total s | speed-up | outside forward | agreement with baseline | peak RAM MB | peak GPU MB |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "", f"## Inference end to end (file to written label file): the real CT sample and a {shape} phantom at 0.8 x 0.8 x 2.5 mm", "",
+            "| bundle | volume | path | load s | preprocess s | network s | postprocess s | write s | total s | speed-up | outside forward | agreement with baseline | peak RAM MB | peak GPU MB |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]  # fmt: skip
         for r in res["inference"]:
             st = r["stages_s"]
             lines.append(
-                f"| {r['bundle']} | {r['variant']} | {_fmt(st['load'])} | {_fmt(st['preprocess'])} | {_fmt(st['network'])} | "
+                f"| {r['bundle']} | {r['volume']} | {r['variant']} | {_fmt(st['load'])} | {_fmt(st['preprocess'])} | {_fmt(st['network'])} | "
                 f"{_fmt(st['postprocess'])} | {_fmt(st['write'])} | {_fmt(r['seconds'])} | {_fmt(r['speedup_vs_baseline'])}x | "
                 f"{_fmt(100 * r['outside_forward_share'], 1) + '%' if r.get('outside_forward_share') is not None else '-'} | "
                 f"{_fmt(100 * r['agreement_vs_baseline'], 2)}% | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['peak_cuda_mb'], 0)} |"
