@@ -25,7 +25,9 @@ In one run on one machine, for each bundle:
   stitched (``stitch="auto"`` moves it to the CPU when the GPU would run out).
 
 Weights: ``--ckpt bundle=path``, else the bundle's demo checkpoint (``bundles/<b>/demo/models/model.pt``) when
-present, else random (timings do not depend on weights; agreement figures do, and say which were used).
+it fits the bundle's network, else random (timings do not depend on weights; agreement figures do, and say
+which were used). Where the demo trained a reduced network (UNETR's ``demo.json``), the ``agreement`` part
+times the paths on that network in the demo's configuration to give each switch's agreement on trained weights.
 Results: ``<out>/suite.md`` and ``<out>/suite.json`` with the machine, thread count and library versions.
 """
 
@@ -130,12 +132,12 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def _bundle_parser(bundle: str, overrides: dict, config: str = "inference.json"):
+def _bundle_parser(bundle: str, overrides: dict, config: str = "inference.json", extra_configs=()):
     from monai.bundle import ConfigParser
 
     cfg = REPO / "bundles" / bundle / "configs"
     parser = ConfigParser()
-    parser.read_config(str(cfg / config))
+    parser.read_config([str(cfg / config)] + [str(c) for c in extra_configs])
     parser.read_meta(str(cfg / "metadata.json"))
     parser["bundle_root"] = str(REPO / "bundles" / bundle)
     for k, v in overrides.items():
@@ -214,16 +216,16 @@ def _sync(dev: torch.device) -> None:
 class _Bundle:
     """One bundle's configs, weights and device, building each inference path from ``inference.json``."""
 
-    def __init__(self, bundle: str, ckpt: str | None, dev: torch.device, overrides: dict):
+    def __init__(self, bundle: str, ckpt: str | None, dev: torch.device, overrides: dict, configs=()):
         from .bundle import load_weights
 
-        self.name, self.dev, self.overrides = bundle, dev, dict(overrides)
+        self.name, self.dev, self.overrides, self.configs = bundle, dev, dict(overrides), list(configs)
         self.kind = _bundle_kind(_bundle_parser(bundle, self.overrides))
         self.ckpt = ckpt
         self._load_weights = load_weights
 
     def parser(self, extra: dict | None = None, output_dir: str | None = None):
-        p = _bundle_parser(self.name, {**self.overrides, **(extra or {})})
+        p = _bundle_parser(self.name, {**self.overrides, **(extra or {})}, extra_configs=self.configs)
         if output_dir:
             p["output_dir"] = output_dir
         return p
@@ -295,6 +297,15 @@ class _Bundle:
             "stitching": getattr(inferer, "last_stitch_device", None),
             "label_file": str(files[-1]) if files else None,
         }
+
+
+def _fits(b: _Bundle, ckpt: str) -> bool:
+    """Whether ``ckpt`` loads into the bundle's (full-size) network."""
+    try:
+        b._load_weights(b.parser().get_parsed_content("network_def"), ckpt)
+    except Exception:  # a checkpoint of another configuration: shapes or keys differ
+        return False
+    return True
 
 
 def _agreement(a: str, b: str) -> float:
@@ -469,7 +480,7 @@ def suite(
     bundles: list[str],
     out_dir: str = "bench",
     ckpts: dict | None = None,
-    parts: tuple[str, ...] = ("inference", "training", "scaling", "mtm"),
+    parts: tuple[str, ...] = ("inference", "agreement", "training", "scaling", "mtm"),
     sizes: dict | None = None,
     train_iters: int = 3,
     train_warmup: int = 1,
@@ -484,17 +495,26 @@ def suite(
     work = Path(tempfile.mkdtemp(prefix="suite-", dir=out if out.exists() else None))
     data = out / "data"
     result = {"benchmark": "suite", "smoke": smoke, "machine": machine_info(dev), "sizes": sizes,
-              "weights": {}, "inference": [], "training": [], "scaling": [], "mtm": []}  # fmt: skip
+              "weights": {}, "inference": [], "agreement": [], "training": [], "scaling": [], "mtm": []}  # fmt: skip
     spacing = SMOKE_SPACING if smoke else None
     btcv = _phantom_file(data, sizes["btcv"], seed=2024, spacing=spacing)["image"]
     volumes = ([str(DEFAULT_SAMPLE)] if DEFAULT_SAMPLE.is_file() and not smoke else []) + [btcv]
     train_items = [_phantom_file(data, sizes["btcv"], seed=s, with_label=True, spacing=spacing) for s in (11, 12)]
     for name in bundles:
         ckpt = (ckpts or {}).get(name)
-        if ckpt is None and not smoke:
-            demo = REPO / "bundles" / name / "demo" / "models" / "model.pt"
-            ckpt = str(demo) if demo.is_file() else None
-        b = _Bundle(name, ckpt, dev, (overrides or {}).get(name, {}))
+        demo = REPO / "bundles" / name / "demo" / "models" / "model.pt"
+        demo_cfg = REPO / "bundles" / name / "configs" / "demo.json"
+        b = _Bundle(name, None, dev, (overrides or {}).get(name, {}))
+        if ckpt is None and not smoke and demo.is_file():
+            if _fits(b, str(demo)):
+                ckpt = str(demo)
+            elif "agreement" in parts and demo_cfg.is_file():
+                # the demo trained a reduced network: switches' agreement measured on it, in its configuration
+                trained = _Bundle(name, str(demo), dev, b.overrides, configs=[demo_cfg])
+                for r in _inference_part(trained, [btcv], work / "agreement"):
+                    r["configuration"] = f"{demo_cfg.relative_to(REPO)} (the demo's reduced network), weights {demo.relative_to(REPO)}"
+                    result["agreement"].append(r)
+        b.ckpt = ckpt
         result["weights"][name] = ckpt or "random initialisation (timings do not depend on the weights; agreement does)"
         print(f"{name} ({b.kind}), weights: {result['weights'][name]}", flush=True)
         if "inference" in parts:
@@ -509,6 +529,8 @@ def suite(
                 r.update({"bundle": name, "size": size_name, "input_shape": list(shape), "variant": fast_name})
                 result["scaling"].append(r)
                 print(f"  {name} | scaling {size_name}: {r['seconds']:.1f} s, peak RAM {r['peak_rss_mb']:.0f} MB", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "suite.partial.json", json.dumps(result, indent=2, default=str) + "\n")
     if "mtm" in parts and "mt_unet_btcv" in bundles:
         result["mtm"] = _mtm_part(smoke=smoke)
     import shutil
@@ -543,6 +565,17 @@ def suite_markdown(res: dict) -> str:
                 f"{_fmt(st['postprocess'])} | {_fmt(st['write'])} | {_fmt(r['seconds'])} | {_fmt(r['speedup_vs_baseline'])}x | "
                 f"{_fmt(100 * r['outside_forward_share'], 1) + '%' if r.get('outside_forward_share') is not None else '-'} | "
                 f"{_fmt(100 * r['agreement_vs_baseline'], 2)}% | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['peak_cuda_mb'], 0)} |"
+            )
+    if res.get("agreement"):
+        lines += [
+            "", "## Agreement of the switches on a trained model (the demo's reduced network and configuration)", "",
+            "| bundle | volume | path | total s | speed-up | agreement with baseline | configuration |",
+            "| --- | --- | --- | ---: | ---: | ---: | --- |",
+        ]  # fmt: skip
+        for r in res["agreement"]:
+            lines.append(
+                f"| {r['bundle']} | {r['volume']} | {r['variant']} | {_fmt(r['seconds'])} | {_fmt(r['speedup_vs_baseline'])}x | "
+                f"{_fmt(100 * r['agreement_vs_baseline'], 2)}% | {r['configuration']} |"
             )
     if res["training"]:
         lines += [
@@ -608,7 +641,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.benchmark", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", action="append", default=None, help="bundle(s) to measure (default: all in bundles/)")
     ap.add_argument("--ckpt", action="append", default=[], help="bundle=path of trained weights (default: bundles/<b>/demo/models/model.pt if present)")
-    ap.add_argument("--parts", default="inference,training,scaling,mtm", help="comma-separated: inference, training, scaling, mtm (MT-UNet's module stages)")
+    ap.add_argument("--parts", default="inference,agreement,training,scaling,mtm",
+                    help="comma-separated: inference, agreement (switches on a demo-trained reduced network), training, scaling, mtm (MT-UNet's module stages)")
     ap.add_argument("--out", default="bench")
     ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
     ap.add_argument("--train-iters", type=int, default=3)
