@@ -54,33 +54,50 @@ DEFAULT_SAMPLE = REPO.parent / "shared" / "data" / "abdomen_ct_sample" / "image.
 
 
 class PeakMemory:
-    """Peak resident memory (and peak CUDA memory) while the ``with`` block runs, above its start.
+    """Peak resident memory of the process (and peak CUDA memory) while the ``with`` block runs.
 
-    CPU: a thread samples ``VmRSS`` from ``/proc/self/status`` every 10 ms (torch's CPU allocations are
-    invisible to ``tracemalloc``). CUDA: ``torch.cuda.max_memory_allocated``.
+    CPU: the kernel's high-water mark ``VmHWM`` is reset at the start (``/proc/self/clear_refs``) and read at
+    the end, so ``peak_rss_mb`` is the process's largest resident size during the block (what the machine
+    must hold, model and buffers included); where that reset is unavailable a thread samples ``VmRSS``
+    every 10 ms instead (torch's CPU allocations are invisible to ``tracemalloc``). ``start_rss_mb`` is the
+    resident size at the start. CUDA: ``torch.cuda.max_memory_allocated`` (absolute, reset at the start).
     """
 
     def __init__(self, device: torch.device | None = None, interval: float = 0.01):
         self.device, self.interval = device, interval
         self.peak_rss_mb = 0.0
+        self.start_rss_mb = 0.0
         self.peak_cuda_mb = None
 
     @staticmethod
-    def rss_mb() -> float:
+    def _status(field: str) -> float | None:
         try:
-            with open("/proc/self/status") as f:
+            with open("/proc/self/status", encoding="ascii") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         return int(line.split()[1]) / 1024.0
         except OSError:
             pass
+        return None
+
+    @classmethod
+    def rss_mb(cls) -> float:
+        v = cls._status("VmRSS")
+        if v is not None:
+            return v
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     def __enter__(self):
-        self._base = self.rss_mb()
-        self._peak = self._base
+        self.start_rss_mb = self.rss_mb()
+        self._peak = self.start_rss_mb
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")  # reset VmHWM to the current resident size
+            self._hwm = self._status("VmHWM") is not None
+        except OSError:
+            self._hwm = False
         self._stop = threading.Event()
 
         def sample():
@@ -92,16 +109,16 @@ class PeakMemory:
         self._thread.start()
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._cuda_base = torch.cuda.memory_allocated(self.device)
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
         self._peak = max(self._peak, self.rss_mb())
-        self.peak_rss_mb = self._peak - self._base
+        hwm = self._status("VmHWM") if self._hwm else None
+        self.peak_rss_mb = max(self._peak, hwm or 0.0)
         if self.device is not None and self.device.type == "cuda":
-            self.peak_cuda_mb = (torch.cuda.max_memory_allocated(self.device) - self._cuda_base) / 2**20
+            self.peak_cuda_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         return False
 
 
@@ -616,8 +633,8 @@ def suite_markdown(res: dict) -> str:
         "Inference: one run per path after a warm-up forward; stages are the bundle's own transforms split at the "
         "loader (load), the rest of `preprocessing` (preprocess), the inferer (network), `postprocessing` without "
         "the writer (postprocess) and `SaveImaged` (write). Agreement: share of voxels whose label equals the "
-        "baseline's. Outside forward (2D): share of the total not spent in the network's forward passes (resizing, "
-        "stacking, argmax, inversion, loading, writing). Peak RAM: resident-memory peak above the start of the path. Training: mean over the timed "
+        "baseline's. Peak RAM / GPU: the process's largest resident size / CUDA allocation during the path. Outside forward (2D): share of the total not spent in the network's forward passes (resizing, "
+        "stacking, argmax, inversion, loading, writing). Training: mean over the timed "
         "iterations after the warm-up ones; 'setup' is the cache build (bundle pipeline) or the slice-file export "
         "(2D baseline).",
     ]
