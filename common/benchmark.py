@@ -332,11 +332,13 @@ def _agreement(a: str, b: str) -> float:
     return float((x == y).mean())
 
 
-def _inference_part(b: _Bundle, volumes: list[str], work: Path) -> list[dict]:
+def _inference_part(b: _Bundle, volumes: list[str], work: Path, only: tuple[int, ...] | None = None) -> list[dict]:
     rows = []
     for v, volume in enumerate(volumes):
         mine = []
         for i, (name, switches) in enumerate(variants(b.kind, b.dev)):
+            if only is not None and i != 0 and i not in only:
+                continue
             r = b.infer(volume, switches, work / b.name / f"volume{v}_variant{i}")
             r.update({"bundle": b.name, "volume": Path(volume).name, "variant": name, "switches": switches})
             mine.append(r)
@@ -504,6 +506,8 @@ def suite(
     device: str | None = None,
     overrides: dict | None = None,
     smoke: bool = False,
+    volumes: tuple[str, ...] = ("sample", "btcv"),
+    paths: tuple[int, ...] | None = None,
 ) -> dict:
     """Run the benchmark suite (see the module docstring) and write ``<out_dir>/suite.md`` and ``suite.json``."""
     dev = torch.device(device) if device else (torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu"))
@@ -515,7 +519,8 @@ def suite(
               "weights": {}, "inference": [], "agreement": [], "training": [], "scaling": [], "mtm": []}  # fmt: skip
     spacing = SMOKE_SPACING if smoke else None
     btcv = _phantom_file(data, sizes["btcv"], seed=2024, spacing=spacing)["image"]
-    volumes = ([str(DEFAULT_SAMPLE)] if DEFAULT_SAMPLE.is_file() and not smoke else []) + [btcv]
+    use_sample = "sample" in volumes and DEFAULT_SAMPLE.is_file() and not smoke
+    volumes = ([str(DEFAULT_SAMPLE)] if use_sample else []) + ([btcv] if "btcv" in volumes else [])
     train_items = [_phantom_file(data, sizes["btcv"], seed=s, with_label=True, spacing=spacing) for s in (11, 12)]
     for name in bundles:
         ckpt = (ckpts or {}).get(name)
@@ -535,7 +540,7 @@ def suite(
         result["weights"][name] = ckpt or "random initialisation (timings do not depend on the weights; agreement does)"
         print(f"{name} ({b.kind}), weights: {result['weights'][name]}", flush=True)
         if "inference" in parts:
-            result["inference"] += _inference_part(b, volumes, work)
+            result["inference"] += _inference_part(b, volumes, work, paths)
         if "training" in parts:
             result["training"] += _training_part(b, train_items, work, train_iters, train_warmup)
         if "scaling" in parts:
@@ -662,6 +667,8 @@ def main(argv=None) -> int:
                     help="comma-separated: inference, agreement (switches on a demo-trained reduced network), training, scaling, mtm (MT-UNet's module stages)")
     ap.add_argument("--out", default="bench")
     ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
+    ap.add_argument("--volumes", default="sample,btcv", help="inference volumes: sample (the real CT of ../shared, when present), btcv (the BTCV-size phantom)")
+    ap.add_argument("--paths", default=None, help="comma-separated indices of the inference paths beside the baseline (0), e.g. 2 for the fastest only (default: all)")
     ap.add_argument("--train-iters", type=int, default=3)
     ap.add_argument("--train-warmup", type=int, default=1)
     ap.add_argument("--device", default=None)
@@ -679,7 +686,8 @@ def main(argv=None) -> int:
         overrides.setdefault(name, {})[k] = json.loads(v)
     ckpts = dict(c.split("=", 1) for c in args.ckpt)
     suite(bundles, args.out, ckpts, tuple(p.strip() for p in args.parts.split(",")), None, args.train_iters,
-          args.train_warmup, args.device, overrides, args.smoke)  # fmt: skip
+          args.train_warmup, args.device, overrides, args.smoke, tuple(v.strip() for v in args.volumes.split(",")),
+          tuple(int(i) for i in args.paths.split(",")) if args.paths else None)  # fmt: skip
     return 0
 
 

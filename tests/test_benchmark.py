@@ -37,6 +37,7 @@ def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
     monkeypatch.setattr("common.benchmark.suite", lambda *a: seen.update(args=a) or {})
     assert main(["--bundle", "unetr_btcv", "--parts", "inference", "--override", 'unetr_btcv:roi_size=[32,32,16]',
                  "--ckpt", "unetr_btcv=/x.pt", "--smoke", "--out", str(tmp_path)]) == 0  # fmt: skip
-    bundles, out, ckpts, parts, _, _, _, _, overrides, smoke = seen["args"]
+    bundles, out, ckpts, parts, _, _, _, _, overrides, smoke, volumes, paths = seen["args"]
+    assert volumes == ("sample", "btcv") and paths is None
     assert bundles == ["unetr_btcv"] and parts == ("inference",) and smoke
     assert overrides == {"unetr_btcv": {"roi_size": [32, 32, 16]}} and ckpts == {"unetr_btcv": "/x.pt"}
