@@ -248,6 +248,7 @@ class _Bundle:
         return p
 
     def network(self, parser):
+        torch.manual_seed(0)  # without a checkpoint, every path gets the same random weights
         net = parser.get_parsed_content("network_def")
         if self.ckpt:
             self._load_weights(net, self.ckpt)
