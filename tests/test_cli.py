@@ -15,7 +15,7 @@ UNETR = BUNDLES / "unetr_btcv" / "configs"
 
 def bundle_run(*args: str, cwd) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
 
 
 def test_bundle_root_found_from_any_directory(tmp_path):

@@ -57,7 +57,7 @@ def test_two_process_ddp_epoch(bundle, ddp_data, tmp_path):
         "-m", "monai.bundle", "run", "--config_file", str(configs),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     if r.returncode != 0:
         pytest.fail(f"torchrun failed\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}", pytrace=False)
 

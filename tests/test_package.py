@@ -86,7 +86,7 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(decoy)}
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     preds = sorted(out.rglob("*.nii.gz"))
     assert len(preds) == 1, preds
@@ -97,7 +97,7 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path)
     # the vendored copy, not the project, was loaded
     probe = subprocess.run(
         [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(folder)!r}); import {pkg}; print({pkg}.__file__)"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+        cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=120,
     )  # fmt: skip
     assert probe.returncode == 0 and probe.stdout.strip().startswith(str(folder)), probe.stderr
     assert not str(REPO) in probe.stdout
