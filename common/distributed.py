@@ -77,6 +77,10 @@ def rank0_handlers(handlers: list | None) -> list:
 
 
 def cleanup() -> bool:
+    """Wait for every rank, then tear the process group down (a rank leaving early can abort its peers)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
     return True
