@@ -26,6 +26,7 @@ from monai.inferers import SlidingWindowInferer as _MonaiSlidingWindowInferer
 
 __all__ = [
     "AUTOCAST_DTYPES",
+    "NO_AUTOCAST",
     "INVERT_MODES",
     "autocast_dtype",
     "autocast_call",
@@ -34,14 +35,18 @@ __all__ = [
     "SlidingWindowInferer",
 ]
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+NO_AUTOCAST = ("", "none", "null", "fp32", "float32", "false")
 INVERT_MODES = ("probabilities", "labels")
 STITCH_MODES = ("auto", "device", "cpu")
 
 
 def autocast_dtype(autocast: str | None) -> torch.dtype | None:
-    """``None``/``"fp32"``/``"none"`` -> None; ``"bf16"`` / ``"fp16"`` -> the dtype; anything else -> ValueError."""
-    if autocast is None or str(autocast).lower() in ("", "none", "null", "fp32", "false"):
+    """``None``/``"fp32"``/``"none"`` -> None; ``"bf16"`` / ``"fp16"`` -> the dtype; anything else -> ValueError.
+
+    The one reading of the ``autocast`` switch, for the 3D inferer and the 2D slice-wise networks alike.
+    """
+    if autocast is None or str(autocast).lower() in NO_AUTOCAST:
         return None
     try:
         return AUTOCAST_DTYPES[str(autocast).lower()]

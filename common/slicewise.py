@@ -38,6 +38,7 @@ from monai.utils import ensure_tuple
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from .inference import autocast_dtype
 from .labels import BTCV_NUM_CLASSES
 from .transforms import label_map_transform, load_transforms
 
@@ -53,8 +54,6 @@ __all__ = [
 ]
 
 PAPER_HU_WINDOW = (-125.0, 275.0)
-_DTYPES = {None: None, "": None, "fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
 
 
 def slice_preprocessing(
@@ -244,8 +243,7 @@ class SliceDataset(Dataset):
 def _check_slicewise_options(mode: str, autocast, output: str) -> None:
     if mode not in ("batched", "reference"):
         raise ValueError(f"slice mode must be 'batched' or 'reference', got {mode!r}")
-    if autocast not in _DTYPES:
-        raise ValueError(f"autocast must be one of None, 'fp32', 'bf16', 'fp16'; got {autocast!r}")
+    autocast_dtype(autocast)  # raises ValueError for an unknown value
     if output not in ("logits", "onehot"):
         raise ValueError(f"output must be 'logits' or 'onehot', got {output!r}")
 
@@ -291,7 +289,7 @@ class SliceWiseMixin:
         import time
 
         t0 = time.perf_counter()
-        dtype = _DTYPES[self.slice_autocast]
+        dtype = autocast_dtype(self.slice_autocast)
         if dtype is not None:
             with torch.autocast(device_type=x.device.type, dtype=dtype):
                 y = super().forward(x)
