@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import threading
 import time
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bundle import load_weights
 from .io import atomic_write_text
 
 __all__ = ["PeakMemory", "machine_info", "variants", "suite", "suite_markdown", "main"]
@@ -162,16 +164,7 @@ def _bundle_parser(bundle: str, overrides: dict, config: str = "inference.json",
     return parser
 
 
-def _btcv_phantom(path: Path) -> Path:
-    from .io import atomic_write_bytes, nifti_bytes
-    from .phantom import BTCV_SHAPE, BTCV_SPACING, make_phantom
-
-    if not path.exists():
-        ph = make_phantom(seed=2024, shape=BTCV_SHAPE, spacing=BTCV_SPACING)
-        atomic_write_bytes(path, nifti_bytes(ph.image, ph.affine))
-    return path
-
-
+STAGES = ("load", "preprocess", "network", "postprocess", "write")
 LOAD_STAGE = ("LoadCheckedImaged", "LoadImaged", "EnsureChannelFirstd", "CheckInputd")
 
 # Sizes of the scaling part (voxels) at the BTCV spacing 0.8 x 0.8 x 2.5 mm: the field of view grows with them.
@@ -234,12 +227,9 @@ class _Bundle:
     """One bundle's configs, weights and device, building each inference path from ``inference.json``."""
 
     def __init__(self, bundle: str, ckpt: str | None, dev: torch.device, overrides: dict, configs=()):
-        from .bundle import load_weights
-
         self.name, self.dev, self.overrides, self.configs = bundle, dev, dict(overrides), list(configs)
         self.kind = _bundle_kind(_bundle_parser(bundle, self.overrides))
         self.ckpt = ckpt
-        self._load_weights = load_weights
 
     def parser(self, extra: dict | None = None, output_dir: str | None = None):
         p = _bundle_parser(self.name, {**self.overrides, **(extra or {})}, extra_configs=self.configs)
@@ -251,7 +241,7 @@ class _Bundle:
         torch.manual_seed(0)  # without a checkpoint, every path gets the same random weights
         net = parser.get_parsed_content("network_def")
         if self.ckpt:
-            self._load_weights(net, self.ckpt)
+            load_weights(net, self.ckpt)
         return net.to(self.dev).eval()
 
     def warm_up(self, parser, net, inferer) -> None:
@@ -320,7 +310,7 @@ class _Bundle:
 def _fits(b: _Bundle, ckpt: str) -> bool:
     """Whether ``ckpt`` loads into the bundle's (full-size) network."""
     try:
-        b._load_weights(b.parser().get_parsed_content("network_def"), ckpt)
+        load_weights(b.parser().get_parsed_content("network_def"), ckpt)
     except Exception:  # a checkpoint of another configuration: shapes or keys differ
         return False
     return True
@@ -556,8 +546,6 @@ def suite(
         atomic_write_text(out / "suite.partial.json", json.dumps(result, indent=2, default=str) + "\n")
     if "mtm" in parts and "mt_unet_btcv" in bundles:
         result["mtm"] = _mtm_part(smoke=smoke)
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     _write(result, out / ("suite_smoke" if smoke else "suite"), suite_markdown(result))
     return result
@@ -576,64 +564,46 @@ def suite_markdown(res: dict) -> str:
     ]
     if res["inference"]:
         shape = "x".join(map(str, res["sizes"]["btcv"]))
-        lines += [
-            "", f"## Inference end to end (file to written label file): the real CT sample and a {shape} phantom at 0.8 x 0.8 x 2.5 mm", "",
-            "| bundle | volume | path | load s | preprocess s | network s | postprocess s | write s | total s | speed-up | outside forward | agreement with baseline | peak RAM MB | peak GPU MB |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]  # fmt: skip
-        for r in res["inference"]:
-            st = r["stages_s"]
-            lines.append(
-                f"| {r['bundle']} | {r['volume']} | {r['variant']} | {_fmt(st['load'])} | {_fmt(st['preprocess'])} | {_fmt(st['network'])} | "
-                f"{_fmt(st['postprocess'])} | {_fmt(st['write'])} | {_fmt(r['seconds'])} | {_fmt(r['speedup_vs_baseline'])}x | "
-                f"{_fmt(100 * r['outside_forward_share'], 1) + '%' if r.get('outside_forward_share') is not None else '-'} | "
-                f"{_fmt(100 * r['agreement_vs_baseline'], 2)}% | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['peak_cuda_mb'], 0)} |"
-            )
+        lines += _table(
+            f"Inference end to end (file to written label file): the real CT sample and a {shape} phantom at 0.8 x 0.8 x 2.5 mm",
+            ["bundle", "volume", "path", ">load s", ">preprocess s", ">network s", ">postprocess s", ">write s", ">total s",
+             ">speed-up", ">outside forward", ">agreement with baseline", ">peak RAM MB", ">peak GPU MB"],
+            [[r["bundle"], r["volume"], r["variant"], *(_fmt(r["stages_s"][k]) for k in STAGES), _fmt(r["seconds"]),
+              f"{_fmt(r['speedup_vs_baseline'])}x",
+              _fmt(100 * r["outside_forward_share"], 1) + "%" if r.get("outside_forward_share") is not None else "-",
+              f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%", _fmt(r["peak_rss_mb"], 0), _fmt(r["peak_cuda_mb"], 0)]
+             for r in res["inference"]],
+        )  # fmt: skip
     if res.get("agreement"):
-        lines += [
-            "", "## Agreement of the switches on a trained model (the demo's reduced network and configuration)", "",
-            "| bundle | volume | path | total s | speed-up | agreement with baseline | configuration |",
-            "| --- | --- | --- | ---: | ---: | ---: | --- |",
-        ]  # fmt: skip
-        for r in res["agreement"]:
-            lines.append(
-                f"| {r['bundle']} | {r['volume']} | {r['variant']} | {_fmt(r['seconds'])} | {_fmt(r['speedup_vs_baseline'])}x | "
-                f"{_fmt(100 * r['agreement_vs_baseline'], 2)}% | {r['configuration']} |"
-            )
+        lines += _table(
+            "Agreement of the switches on a trained model (the demo's reduced network and configuration)",
+            ["bundle", "volume", "path", ">total s", ">speed-up", ">agreement with baseline", "configuration"],
+            [[r["bundle"], r["volume"], r["variant"], _fmt(r["seconds"]), f"{_fmt(r['speedup_vs_baseline'])}x",
+              f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%", r["configuration"]] for r in res["agreement"]],
+        )  # fmt: skip
     if res["training"]:
-        lines += [
-            "", "## Training throughput (the bundle's batch and crop settings; data time separated from the model step)", "",
-            "| bundle | pipeline | batch | it/s | samples/s | data s/it | step s/it | setup s | speed-up |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]  # fmt: skip
-        for r in res["training"]:
-            lines.append(
-                f"| {r['bundle']} | {r['pipeline']} | {r['batch']} | {_fmt(r['it_per_s'], 3)} | {_fmt(r['samples_per_s'], 2)} | "
-                f"{_fmt(r['data_s_per_it'])} | {_fmt(r['step_s_per_it'])} | {_fmt(r['setup_s'], 1)} | {_fmt(r['speedup_vs_baseline'])}x |"
-            )
+        lines += _table(
+            "Training throughput (the bundle's batch and crop settings; data time separated from the model step)",
+            ["bundle", "pipeline", ">batch", ">it/s", ">samples/s", ">data s/it", ">step s/it", ">setup s", ">speed-up"],
+            [[r["bundle"], r["pipeline"], r["batch"], _fmt(r["it_per_s"], 3), _fmt(r["samples_per_s"], 2),
+              _fmt(r["data_s_per_it"]), _fmt(r["step_s_per_it"]), _fmt(r["setup_s"], 1), f"{_fmt(r['speedup_vs_baseline'])}x"]
+             for r in res["training"]],
+        )  # fmt: skip
     if res["scaling"]:
-        lines += [
-            "", "## Scaling (fastest path of each bundle; input at 0.8 x 0.8 x 2.5 mm)", "",
-            "| bundle | path | input | network grid | total s | network s | peak RAM MB | peak GPU MB | stitching |",
-            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
-        ]  # fmt: skip
-        for r in res["scaling"]:
-            lines.append(
-                f"| {r['bundle']} | {r['variant']} | {'x'.join(map(str, r['input_shape']))} | {'x'.join(map(str, r['shape']))} | "
-                f"{_fmt(r['seconds'])} | {_fmt(r['stages_s']['network'])} | {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['peak_cuda_mb'], 0)} | "
-                f"{r['stitching'] or '-'} |"
-            )
+        lines += _table(
+            "Scaling (fastest path of each bundle; input at 0.8 x 0.8 x 2.5 mm)",
+            ["bundle", "path", "input", "network grid", ">total s", ">network s", ">peak RAM MB", ">peak GPU MB", "stitching"],
+            [[r["bundle"], r["variant"], "x".join(map(str, r["input_shape"])), "x".join(map(str, r["shape"])),
+              _fmt(r["seconds"]), _fmt(r["stages_s"]["network"]), _fmt(r["peak_rss_mb"], 0), _fmt(r["peak_cuda_mb"], 0),
+              r["stitching"] or "-"] for r in res["scaling"]],
+        )  # fmt: skip
     if res.get("mtm"):
-        lines += [
-            "", "## MT-UNet mixed transformer module stages (2 MTMs each, batch 1, forward, minimum of 5 runs)", "",
-            "| stage | channels @ grid | vectorised ms | loop reference ms | speed-up | max abs difference |",
-            "| --- | --- | ---: | ---: | ---: | ---: |",
-        ]  # fmt: skip
-        for r in res["mtm"]:
-            lines.append(
-                f"| {r['stage']} | {r['channels']} @ {r['grid']} | {_fmt(r['vectorised_ms'], 1)} | {_fmt(r['loop_ms'], 1)} | "
-                f"{_fmt(r['speedup'])}x | {r['max_abs_diff']:.1e} |"
-            )
+        lines += _table(
+            "MT-UNet mixed transformer module stages (2 MTMs each, batch 1, forward, minimum of 5 runs)",
+            ["stage", "channels @ grid", ">vectorised ms", ">loop reference ms", ">speed-up", ">max abs difference"],
+            [[r["stage"], f"{r['channels']} @ {r['grid']}", _fmt(r["vectorised_ms"], 1), _fmt(r["loop_ms"], 1),
+              f"{_fmt(r['speedup'])}x", f"{r['max_abs_diff']:.1e}"] for r in res["mtm"]],
+        )  # fmt: skip
     lines += [
         "",
         "Inference: one run per path after a warm-up forward; stages are the bundle's own transforms split at the "
@@ -645,6 +615,14 @@ def suite_markdown(res: dict) -> str:
         "(2D baseline).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> list[str]:
+    """A Markdown section: ``## title`` and a table; a column named ``">x"`` is right-aligned and headed ``x``."""
+    heads = [c.lstrip(">") for c in columns]
+    align = ["---:" if c.startswith(">") else "---" for c in columns]
+    out = ["", f"## {title}", "", "| " + " | ".join(heads) + " |", "| " + " | ".join(align) + " |"]
+    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def _fmt(v, nd=2):
