@@ -281,26 +281,26 @@ class SwinUnet(nn.Module):
         # float32 linspace rounded like the official ``[x.item() for x in torch.linspace(...)]``
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         starts = [sum(depths[:i]) for i in range(self.num_layers)]
-        self.layers = nn.ModuleList(
-            [
-                SwinUnetStage(
-                    dim=embed_dim * 2**i,
-                    resolution=grid // 2**i,
-                    depth=depths[i],
-                    num_heads=num_heads[i],
-                    window_size=window_size,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    drop=drop_rate,
-                    attn_drop=attn_drop_rate,
-                    drop_path=dpr[starts[i] : starts[i] + depths[i]],
-                    downsample=i < self.num_layers - 1,
-                    use_checkpoint=use_checkpoint,
-                    use_flash_attention=use_flash_attention,
-                )
-                for i in range(self.num_layers)
-            ]
-        )
+
+        def stage(i: int, **resample) -> SwinUnetStage:
+            """The Swin stage at level ``i``; the decoder's mirror of encoder stage ``i`` gets the same settings."""
+            return SwinUnetStage(
+                dim=embed_dim * 2**i,
+                resolution=grid // 2**i,
+                depth=depths[i],
+                num_heads=num_heads[i],
+                window_size=window_size,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[starts[i] : starts[i] + depths[i]],
+                use_checkpoint=use_checkpoint,
+                use_flash_attention=use_flash_attention,
+                **resample,
+            )
+
+        self.layers = nn.ModuleList([stage(i, downsample=i < self.num_layers - 1) for i in range(self.num_layers)])
         self.norm = nn.LayerNorm(embed_dim * 2 ** (self.num_layers - 1))
 
         # decoder: layers_up.k mirrors encoder stage i = num_layers - 1 - k
@@ -314,23 +314,7 @@ class SwinUnet(nn.Module):
                 self.concat_back_dim.append(nn.Identity())
                 continue
             self.concat_back_dim.append(nn.Linear(2 * dim, dim))
-            self.layers_up.append(
-                SwinUnetStage(
-                    dim=dim,
-                    resolution=grid // 2**i,
-                    depth=depths[i],
-                    num_heads=num_heads[i],
-                    window_size=window_size,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    drop=drop_rate,
-                    attn_drop=attn_drop_rate,
-                    drop_path=dpr[starts[i] : starts[i] + depths[i]],
-                    upsample=k < self.num_layers - 1,
-                    use_checkpoint=use_checkpoint,
-                    use_flash_attention=use_flash_attention,
-                )
-            )
+            self.layers_up.append(stage(i, upsample=k < self.num_layers - 1))
         self.norm_up = nn.LayerNorm(embed_dim)
         self.up = PatchExpand(embed_dim, embed_dim, scale=patch_size)
         self.output = nn.Conv2d(embed_dim, out_channels, kernel_size=1, bias=False)
