@@ -101,21 +101,24 @@ class PeakMemory:
         except OSError:
             self._hwm = False
         self._stop = threading.Event()
+        self._thread = None
+        if not self._hwm:  # the kernel's high-water mark is exact; sample only without it
 
-        def sample():
-            while not self._stop.is_set():
-                self._peak = max(self._peak, self.rss_mb())
-                time.sleep(self.interval)
+            def sample():
+                while not self._stop.is_set():
+                    self._peak = max(self._peak, self.rss_mb())
+                    time.sleep(self.interval)
 
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         self._peak = max(self._peak, self.rss_mb())
         hwm = self._status("VmHWM") if self._hwm else None
         self.peak_rss_mb = max(self._peak, hwm or 0.0)
