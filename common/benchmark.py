@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import load_weights
+from .bundle import bundle_parser, load_weights
 from .io import atomic_write_text
 
 __all__ = ["PeakMemory", "machine_info", "variants", "suite", "suite_markdown", "main"]
@@ -154,19 +154,6 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def _bundle_parser(bundle: str, overrides: dict, config: str = "inference.json", extra_configs=()):
-    from monai.bundle import ConfigParser
-
-    cfg = REPO / "bundles" / bundle / "configs"
-    parser = ConfigParser()
-    parser.read_config([str(cfg / config)] + [str(c) for c in extra_configs])
-    parser.read_meta(str(cfg / "metadata.json"))
-    parser["bundle_root"] = str(REPO / "bundles" / bundle)
-    for k, v in overrides.items():
-        parser[k] = v
-    return parser
-
-
 STAGES = ("load", "preprocess", "network", "postprocess", "write")
 LOAD_STAGE = ("LoadCheckedImaged", "LoadImaged", "EnsureChannelFirstd", "CheckInputd")
 
@@ -231,11 +218,11 @@ class _Bundle:
 
     def __init__(self, bundle: str, ckpt: str | None, dev: torch.device, overrides: dict, configs=()):
         self.name, self.dev, self.overrides, self.configs = bundle, dev, dict(overrides), list(configs)
-        self.kind = _bundle_kind(_bundle_parser(bundle, self.overrides))
+        self.kind = _bundle_kind(bundle_parser(bundle, self.overrides))
         self.ckpt = ckpt
 
     def parser(self, extra: dict | None = None, output_dir: str | None = None):
-        p = _bundle_parser(self.name, {**self.overrides, **(extra or {})}, extra_configs=self.configs)
+        p = bundle_parser(self.name, {**self.overrides, **(extra or {})}, extra=self.configs)
         if output_dir:
             p["output_dir"] = output_dir
         return p
@@ -390,7 +377,7 @@ def _training_part(b: _Bundle, items: list[dict], work: Path, iters: int, warmup
     """Iterations of the bundle's own training step, fed by its pipeline and by the plain baseline."""
     from monai.data import Dataset, list_data_collate
 
-    parser = _bundle_parser(b.name, {**b.overrides, "datalist": {"training": items, "validation": items[:1]}}, "train.json")
+    parser = bundle_parser(b.name, {**b.overrides, "datalist": {"training": items, "validation": items[:1]}}, "train.json")
     parser["device"] = b.dev
     net = parser.get_parsed_content("network").train()
     loss_fn, opt = parser.get_parsed_content("loss"), parser.get_parsed_content("optimizer")

@@ -31,7 +31,11 @@ __all__ = [
     "load_weights",
     "default_device",
     "file_sha256",
+    "bundle_configs",
+    "bundle_parser",
 ]
+
+BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 
 
 def _root_from_config_path(path: str | os.PathLike) -> str:
@@ -233,3 +237,25 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> dict:
         raise InputError(problems[:50], hint="the checkpoint does not fit this network configuration; nothing was loaded")
     network.load_state_dict(state)
     return {"loaded": sorted(state), "num_tensors": len(state)}
+
+
+def bundle_configs(bundle: str, config: str = "inference.json", extra=()) -> list[str]:
+    """``bundles/<bundle>/configs/<config>`` followed by ``extra`` config files (an unknown bundle is an InputError)."""
+    cfg = BUNDLES_DIR / bundle / "configs"
+    if not (cfg / config).is_file():
+        raise InputError(f"unknown bundle {bundle!r}: {cfg / config} not found")
+    return [str(cfg / config)] + [str(c) for c in extra]
+
+
+def bundle_parser(bundle: str, overrides: dict | None = None, config: str = "inference.json", extra=()):
+    """A ``ConfigParser`` of a bundle of this repository (for the command-line tools): its config (plus ``extra``),
+    its metadata, ``bundle_root`` set to the bundle folder, then ``overrides`` (``key#sub`` ids allowed)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(bundle_configs(bundle, config, extra))
+    parser.read_meta(str(BUNDLES_DIR / bundle / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(BUNDLES_DIR / bundle)
+    for k, v in (overrides or {}).items():
+        parser[k] = v
+    return parser

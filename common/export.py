@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .bundle import load_weights
+from .bundle import bundle_configs, bundle_parser, load_weights
 from .errors import InputError
 
 __all__ = ["build_network", "example_input", "export_torchscript", "export_onnx", "main", "DEFAULT_TOLERANCE"]
@@ -36,22 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOLERANCE = 1e-4
 
 
-def _configs(bundle: str, extra=()) -> list[str]:
-    cfg = REPO / "bundles" / bundle / "configs"
-    if not (cfg / "inference.json").is_file():
-        raise InputError(f"unknown bundle {bundle!r}: {cfg / 'inference.json'} not found")
-    return [str(cfg / "inference.json")] + [str(c) for c in extra]
-
-
 def build_network(bundle: str, ckpt: str | None = None, configs=(), overrides: dict | None = None):
     """The bundle's ``network_def`` (with ``overrides``), weights from ``ckpt`` if given, in eval mode."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(_configs(bundle, configs))
-    parser["bundle_root"] = str(REPO / "bundles" / bundle)
-    for k, v in (overrides or {}).items():
-        parser[k] = v
+    parser = bundle_parser(bundle, overrides, extra=configs)
     net = parser.get_parsed_content("network_def")
     if ckpt:
         load_weights(net, ckpt)
@@ -99,7 +86,7 @@ def export_torchscript(bundle: str, out: str, ckpt: str, configs=(), overrides: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ckpt_export(
-            net_id="network_def", filepath=str(out), ckpt_file=str(ckpt), config_file=_configs(bundle, configs),
+            net_id="network_def", filepath=str(out), ckpt_file=str(ckpt), config_file=bundle_configs(bundle, extra=configs),
             meta_file=str(REPO / "bundles" / bundle / "configs" / "metadata.json"), use_trace=use_trace,
             input_shape=list(x.shape) if use_trace else None, bundle_root=str(REPO / "bundles" / bundle), **kw,
         )  # fmt: skip
