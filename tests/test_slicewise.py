@@ -8,7 +8,16 @@ import torch
 from monai.data import MetaTensor
 
 from common.labels import organ
-from common.slicewise import PaperSliceAugmentd, SliceDataset, slice_preprocessing, slice_weights, slicewise_network
+from common.slicewise import (
+    PaperSliceAugmentd,
+    SliceDataset,
+    _resize_slices,
+    argmax_channels,
+    bilinear_argmax,
+    slice_preprocessing,
+    slice_weights,
+    slicewise_network,
+)
 
 
 class IntensityNet(torch.nn.Module):
@@ -149,9 +158,68 @@ def test_metatensor_in_metatensor_out_and_bf16_switch():
     out = net3d((16, 16), autocast="bf16")(vol)
     assert isinstance(out, MetaTensor) and torch.equal(out.affine, vol.affine)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    onehot = net3d((16, 16), output="onehot")(vol)
-    assert set(torch.unique(onehot).tolist()) <= {0.0, 1.0} and torch.all(onehot.sum(1) == 1)
+    labels = net3d((16, 16), output="labels", autocast="bf16")(vol)
+    assert isinstance(labels, MetaTensor) and labels.shape == (1, 1, 16, 16, 4)
+    torch.testing.assert_close(labels[:, 0], out.argmax(1).float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="autocast"):
         net3d((16, 16), autocast="int8")
     with pytest.raises(ImportError, match="cannot import the network class"):
         slicewise_network("common.networks.nope.Net")
+
+
+@pytest.mark.parametrize("mode", ["batched", "reference"])
+def test_label_output_is_the_argmax_of_the_logits(volume, mode):
+    """``output="labels"`` computes the argmax batch by batch: the same labels, one channel instead of all."""
+    _, d = volume
+    vol = d["image"].unsqueeze(0)
+    logits = net3d((48, 48), mode=mode, slice_batch=5)(vol)
+    labels = net3d((48, 48), mode=mode, slice_batch=5, output="labels")(vol)
+    assert labels.shape == (1, 1, *vol.shape[2:]) and labels.dtype == torch.float32
+    assert len(torch.unique(labels)) > 2, "the phantom's organs must show up, or the comparison proves nothing"
+    torch.testing.assert_close(labels[:, 0], logits.argmax(1).float(), rtol=0, atol=0)
+
+
+def test_argmax_channels_matches_torch_argmax_ties_included():
+    y = torch.randint(0, 3, (2, 6, 9, 7)).float()  # many ties: the first maximum must win, as torch.argmax
+    torch.testing.assert_close(argmax_channels(y), y.argmax(1), rtol=0, atol=0)
+
+
+def test_label_resize_reproduces_the_reference_path(volume):
+    """``resize="labels"`` is the papers' order (cubic zoom, argmax at the network size, nearest zoom back) done
+    in batches: the same labels as the per-slice reference; the default logit resizing differs only at some
+    boundary voxels."""
+    _, d = volume
+    vol = d["image"].unsqueeze(0)
+    assert vol.shape[2:4] != (48, 48)
+    ref = net3d((48, 48), mode="reference", output="labels")(vol)
+    lab = net3d((48, 48), slice_batch=4, output="labels", resize="labels")(vol)
+    assert len(torch.unique(ref)) > 2
+    torch.testing.assert_close(lab, ref, rtol=0, atol=0)
+    logits_order = net3d((48, 48), slice_batch=4, output="labels")(vol)
+    assert 0.95 < (logits_order == ref).float().mean().item() < 1.0
+    with pytest.raises(ValueError, match="resize"):
+        net3d((16, 16), resize="cubic")
+
+
+@pytest.mark.parametrize("shape, size", [((122, 101), (224, 224)), ((512, 300), (224, 224)), ((224, 224), (60, 90))])
+def test_cubic_resize_is_scipys_zoom(shape, size):
+    """The batched path's input resizing is the papers' ``scipy.ndimage.zoom(order=3)``, as matrix products."""
+    from scipy import ndimage
+
+    x = np.random.default_rng(0).random((2, 1, *shape)).astype(np.float32)
+    got = _resize_slices(torch.from_numpy(x), size, "cubic")
+    want = np.stack([ndimage.zoom(s[0], (size[0] / shape[0], size[1] / shape[1]), order=3) for s in x])
+    assert got.shape == (2, 1, *size)
+    np.testing.assert_allclose(got[:, 0].numpy(), want, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("size", [(100, 71), (37, 53), (20, 20), (1, 9), (9, 1), (512, 512)])
+def test_bilinear_argmax_equals_resizing_the_scores(size):
+    """Interpolating only the cells whose corners disagree gives the argmax of the fully resized scores."""
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.randn(3, 6, 9, 11), size=(37, 53), mode="bilinear") * 4
+    for y in (torch.randn(3, 5, 37, 53), smooth, torch.randint(0, 2, (2, 4, 37, 53)).float()):  # ties too
+        expected = torch.nn.functional.interpolate(y, size=size, mode="bilinear", align_corners=True).argmax(1)
+        got = bilinear_argmax(y, size)
+        assert got.shape == expected.shape and got.dtype == torch.uint8
+        torch.testing.assert_close(got.long(), expected, rtol=0, atol=0)
