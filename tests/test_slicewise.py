@@ -223,3 +223,32 @@ def test_bilinear_argmax_equals_resizing_the_scores(size):
         got = bilinear_argmax(y, size)
         assert got.shape == expected.shape and got.dtype == torch.uint8
         torch.testing.assert_close(got.long(), expected, rtol=0, atol=0)
+
+
+class _TinyConvNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 5, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_channels_last_is_a_layout_not_a_change():
+    """Channels-last weights: the same state dict and, to float rounding, the same outputs (2D and volumes)."""
+    torch.manual_seed(0)
+    cl = slicewise_network(_TinyConvNet, roi_size=(24, 24))
+    plain = slicewise_network(_TinyConvNet, roi_size=(24, 24), channels_last=False)
+    plain.load_state_dict(cl.state_dict())
+    assert cl.b.weight.is_contiguous(memory_format=torch.channels_last) and not cl.b.weight.is_contiguous()
+    assert plain.b.weight.is_contiguous() and not plain.b.weight.is_contiguous(memory_format=torch.channels_last)
+    for x in (torch.rand(3, 1, 24, 24), torch.rand(1, 1, 30, 20, 5)):
+        torch.testing.assert_close(cl(x), plain(x), rtol=1e-5, atol=1e-6)
+
+
+def test_default_slice_batch_depends_on_the_device():
+    from common.slicewise import default_slice_batch
+
+    assert default_slice_batch("cpu") == default_slice_batch(None) == 2
+    assert default_slice_batch("cuda:0") == 16
