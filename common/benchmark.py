@@ -172,8 +172,8 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
 
     3D: the model-zoo recipe (fp32, softmax probabilities inverted with bilinear interpolation before the argmax,
     stitching on the input's device), then label inversion alone, then label inversion with reduced precision.
-    2D: the papers' per-slice path, then the batched slice-wise path, then batched with reduced precision, then
-    that with the papers' resizing order (argmax at the network size, nearest zoom of the labels).
+    2D: the papers' per-slice path, then the batched slice-wise path, alone and with the papers' resizing order
+    (argmax at the network size, nearest zoom of the labels), then both with reduced precision.
     """
     fast = _fast_precision(dev)
     if kind == "3d":
@@ -185,6 +185,7 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
     return [
         ("baseline: per-slice", {"slice_mode": "reference", "autocast": None, "slice_resize": "logits"}),
         ("batched", {"slice_mode": "batched", "autocast": None, "slice_resize": "logits"}),
+        ("batched + label resize", {"slice_mode": "batched", "autocast": None, "slice_resize": "labels"}),
         (f"batched + {fast}", {"slice_mode": "batched", "autocast": fast, "slice_resize": "logits"}),
         (f"batched + {fast} + label resize", {"slice_mode": "batched", "autocast": fast, "slice_resize": "labels"}),
     ]

@@ -329,6 +329,7 @@ class SliceDataset(Dataset):
 
 
 SLICE_MODES = ("batched", "reference")
+RESIZE_BLOCK = 16  # slices resized (and argmaxed) together, whatever the forward batch: fewer, larger operations
 SLICE_OUTPUTS = ("logits", "labels")
 SLICE_RESIZES = ("logits", "labels")
 
@@ -423,10 +424,11 @@ class SliceWiseMixin:
                 return labels[None].float()
             return F.one_hot(labels, self._n_classes).permute(3, 0, 1, 2).float()
         step = max(int(self.slice_batch), 1)
+        block = max(step, RESIZE_BLOCK)  # resizing and argmax work on blocks of slices, forwards on batches
         out = None
-        for s in range(0, sz, step):
-            chunk = _resize_slices(slices[s : s + step].float(), self.slice_roi, "cubic")
-            y = self._slice_forward(chunk)  # (n, classes, roi)
+        for s in range(0, sz, block):
+            chunk = _resize_slices(slices[s : s + block].float(), self.slice_roi, "cubic")
+            y = torch.cat([self._slice_forward(chunk[i : i + step]) for i in range(0, chunk.shape[0], step)])
             if self.slice_output == "labels" and self.slice_resize == "labels":
                 y = _nearest_aligned(argmax_channels(y).to(torch.uint8 if y.shape[1] <= 256 else torch.int64), (sx, sy))[:, None]
             elif self.slice_output == "labels":
