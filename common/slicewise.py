@@ -12,14 +12,13 @@ of a volume and stacking the results. Here:
 * :func:`slicewise_network`: the 2D network as a 3D-volume model (:class:`SliceWiseMixin`): 2D slices in
   training, whole volumes in validation and inference. ``slice_mode="batched"`` (default) sends batches of
   slices through the network, resizing each batch in-plane to the network size (the papers' cubic zoom, as two
-  matrix products) and the logits back
-  to the slice size (bilinear) before any argmax (``resize="labels"``: the papers' order, argmax at the network
-  size then nearest zoom, as a switch); ``"reference"`` is the papers' own procedure (one slice at a time,
-  scipy cubic zoom to the network size, argmax there, nearest zoom back), kept so results can be compared
-  with the published protocol. The output is a tensor on the input's grid, (B, classes, X, Y, Z) scores or,
-  with ``output="labels"`` (the bundles' inference), the (B, 1, X, Y, Z) label map computed batch by batch,
-  so the bundles' post-processing (inversion to the original grid, writing) is that of
-  the 3D bundles, and MONAI Label and the bundle tools see a 3D model.
+  matrix products) and the logits back to the slice size (bilinear) before any argmax (``resize="labels"``:
+  the papers' order, argmax at the network size then nearest zoom, as a switch); ``"reference"`` is the
+  papers' own procedure (one slice at a time, scipy cubic zoom to the network size, argmax there, nearest
+  zoom back), kept so results can be compared with the published protocol. The output is a tensor on the
+  input's grid, (B, classes, X, Y, Z) scores or, with ``output="labels"`` (the bundles' inference), the
+  (B, 1, X, Y, Z) label map computed batch by batch, so the bundles' post-processing (inversion to the
+  original grid, writing) is that of the 3D bundles, and MONAI Label and the bundle tools see a 3D model.
 
 MONAI's ``SliceInferer`` runs a 2D network over 3D data but pads instead of resizing, so it cannot reproduce
 the papers' 224 x 224 resizing; and an inferer outside the network would leave the bundle's ``network_def``
@@ -57,6 +56,7 @@ __all__ = [
     "default_slice_batch",
     "slice_weights",
     "argmax_channels",
+    "compact_argmax",
     "bilinear_argmax",
 ]
 
@@ -190,7 +190,6 @@ def _nearest_aligned(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return x[..., idx[0][:, None], idx[1][None, :]]
 
 
-
 def _bilinear_axis(n_in: int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices (i0, i1) and the weight of i1 for each output position, as PyTorch's bilinear kernel with
     ``align_corners=True`` computes them (float32 scale and positions)."""
@@ -226,7 +225,7 @@ def bilinear_argmax(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     H, W = int(size[0]), int(size[1])
     i0, i1, wi = _bilinear_axis(h, H, y.device)
     j0, j1, wj = _bilinear_axis(w, W, y.device)
-    lab = argmax_channels(y).to(torch.uint8 if c <= 256 else torch.int64)
+    lab = compact_argmax(y)
     out = lab[:, i0[:, None], j0[None, :]]
     down = torch.cat([lab[:, 1:], lab[:, -1:]], 1)  # the neighbours each source cell interpolates towards
     right = torch.cat([lab[:, :, 1:], lab[:, :, -1:]], 2)
@@ -250,6 +249,7 @@ def bilinear_argmax(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     bottom = (1 - wl) * ycl[b, a1, b0] + wl * ycl[b, a1, b1]
     out[b, x, z] = ((1 - hl) * top + hl * bottom).argmax(1).to(out.dtype)
     return out
+
 
 class SliceDataset(Dataset):
     """Axial 2D training samples from 3D volumes, cached once per volume at the network's in-plane size.
@@ -354,6 +354,11 @@ def argmax_channels(y: torch.Tensor) -> torch.Tensor:
     return y.contiguous(memory_format=torch.channels_last).argmax(1)
 
 
+def compact_argmax(y: torch.Tensor) -> torch.Tensor:
+    """:func:`argmax_channels` stored as uint8 (up to 256 classes, else int64): 8x less to resize and copy."""
+    return argmax_channels(y).to(torch.uint8 if y.shape[1] <= 256 else torch.int64)
+
+
 class SliceWiseMixin:
     """Makes a 2D segmentation network a 3D-volume model (mixed in by :func:`slicewise_network`).
 
@@ -362,21 +367,21 @@ class SliceWiseMixin:
     ``(B, classes, X, Y, Z)`` on the input's grid:
 
     * ``slice_mode = "batched"`` (default): ``slice_batch`` slices per forward, each batch resized in-plane to
-      ``slice_roi`` (the papers' cubic zoom, as matrix products) and the network's outputs brought back to the slice size as ``slice_resize`` says:
-      ``"logits"`` (default) bilinear interpolation of the logits before any argmax; ``"labels"`` the papers'
-      order, argmax at the network size then nearest-neighbour zoom of the labels (a documented switch: it
-      changes boundary voxels, far cheaper on large slices);
+      ``slice_roi`` (the papers' cubic zoom, as matrix products) and the network's outputs brought back to the
+      slice size as ``slice_resize`` says: ``"logits"`` (default) bilinear interpolation of the logits before
+      any argmax; ``"labels"`` the papers' order, argmax at the network size then nearest-neighbour zoom of the
+      labels (a documented switch: it changes boundary voxels);
     * ``slice_mode = "reference"``: the papers' ``test_single_volume``: one slice at a time, scipy cubic zoom to
       ``slice_roi``, argmax there, nearest zoom back.
 
     ``slice_output``: ``"logits"`` returns ``(B, classes, X, Y, Z)`` scores (the reference path's are one-hot);
     ``"labels"`` returns the argmax as a ``(B, 1, X, Y, Z)`` float label map, computed batch by batch without
     resizing the logits where the result is known (:func:`bilinear_argmax`), so the full-resolution logits are
-    never held: the same labels as the argmax of ``"logits"``, what the bundles' inference uses. ``slice_autocast`` (``None``, ``"bf16"``, ``"fp16"``) runs the 2D forwards under
-    ``torch.autocast`` on the input's device: a documented speed/accuracy switch (on CUDA the evaluator's
-    ``amp`` does the same). ``forward_seconds`` holds the time spent in the 2D forwards by the last volume call
-    (benchmarks). These are plain attributes, so the state dict is exactly the 2D network's: a model trained
-    as 2D loads as is.
+    never held: the same labels as the argmax of ``"logits"``, what the bundles' inference uses.
+    ``slice_autocast`` (``None``, ``"bf16"``, ``"fp16"``) runs the 2D forwards under ``torch.autocast`` on the
+    input's device: a documented speed/accuracy switch (on CUDA the evaluator's ``amp`` does the same).
+    ``forward_seconds`` holds the time spent in the 2D forwards by the last volume call (benchmarks). These are
+    plain attributes, so the state dict is exactly the 2D network's: a model trained as 2D loads as is.
     """
 
     slice_roi: tuple[int, int] = (224, 224)
@@ -386,7 +391,6 @@ class SliceWiseMixin:
     slice_output: str = "logits"
     slice_resize: str = "logits"
     forward_seconds: float = 0.0
-    _n_classes: int = 1
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if x.ndim != 5:
@@ -419,10 +423,10 @@ class SliceWiseMixin:
         _, sx, sy, sz = vol.shape
         slices = vol.permute(3, 0, 1, 2)  # (Z, C, X, Y)
         if self.slice_mode == "reference":
-            labels = self._reference(slices)  # (X, Y, Z)
+            labels, n_classes = self._reference(slices)  # (X, Y, Z)
             if self.slice_output == "labels":
                 return labels[None].float()
-            return F.one_hot(labels, self._n_classes).permute(3, 0, 1, 2).float()
+            return F.one_hot(labels, n_classes).permute(3, 0, 1, 2).float()
         step = max(int(self.slice_batch), 1)
         block = max(step, RESIZE_BLOCK)  # resizing and argmax work on blocks of slices, forwards on batches
         out = None
@@ -430,7 +434,7 @@ class SliceWiseMixin:
             chunk = _resize_slices(slices[s : s + block].float(), self.slice_roi, "cubic")
             y = torch.cat([self._slice_forward(chunk[i : i + step]) for i in range(0, chunk.shape[0], step)])
             if self.slice_output == "labels" and self.slice_resize == "labels":
-                y = _nearest_aligned(argmax_channels(y).to(torch.uint8 if y.shape[1] <= 256 else torch.int64), (sx, sy))[:, None]
+                y = _resize_slices(compact_argmax(y)[:, None], (sx, sy), "nearest")
             elif self.slice_output == "labels":
                 y = bilinear_argmax(y, (sx, sy))[:, None]
             else:
@@ -440,24 +444,25 @@ class SliceWiseMixin:
             out[..., s : s + y.shape[0]] = y.permute(1, 2, 3, 0)
         return out
 
-    def _reference(self, slices: torch.Tensor) -> torch.Tensor:
+    def _reference(self, slices: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The papers' ``test_single_volume``: per slice, cubic zoom to the roi, argmax, nearest zoom back.
 
-        Returns the (X, Y, Z) int64 label map; the number of classes is left in ``_n_classes``.
+        Returns the (X, Y, Z) int64 label map and the number of classes the network scored.
         """
         z, _, sx, sy = slices.shape
         labels = np.zeros((sx, sy, z), dtype=np.int64)
+        n_classes = 1
         arr = slices.detach().float().cpu().numpy()
         roi = self.slice_roi
         for i in range(z):
             zoomed = np.stack([ndimage.zoom(ch, (roi[0] / sx, roi[1] / sy), order=3) for ch in arr[i]])
             logits = self._slice_forward(torch.from_numpy(zoomed).float().unsqueeze(0).to(slices.device))
-            self._n_classes = logits.shape[1]
+            n_classes = logits.shape[1]
             pred = torch.argmax(torch.softmax(logits, dim=1), dim=1)[0].cpu().numpy()
             if pred.shape != (sx, sy):
                 pred = ndimage.zoom(pred, (sx / roi[0], sy / roi[1]), order=0)
             labels[:, :, i] = pred
-        return torch.from_numpy(labels).to(slices.device)
+        return torch.from_numpy(labels).to(slices.device), n_classes
 
 
 _SLICEWISE_CLASSES: dict[type, type] = {}
