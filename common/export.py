@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-from .bundle import bundle_configs, bundle_parser, load_weights
+from .bundle import BUNDLES_DIR, bundle_configs, bundle_parser, load_weights
 from .errors import InputError
 
 __all__ = ["build_network", "example_input", "export_torchscript", "export_onnx", "main", "DEFAULT_TOLERANCE"]
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOLERANCE = 1e-4
 
 
@@ -87,8 +86,8 @@ def export_torchscript(bundle: str, out: str, ckpt: str, configs=(), overrides: 
         warnings.simplefilter("ignore")
         ckpt_export(
             net_id="network_def", filepath=str(out), ckpt_file=str(ckpt), config_file=bundle_configs(bundle, extra=configs),
-            meta_file=str(REPO / "bundles" / bundle / "configs" / "metadata.json"), use_trace=use_trace,
-            input_shape=list(x.shape) if use_trace else None, bundle_root=str(REPO / "bundles" / bundle), **kw,
+            meta_file=str(BUNDLES_DIR / bundle / "configs" / "metadata.json"), use_trace=use_trace,
+            input_shape=list(x.shape) if use_trace else None, bundle_root=str(BUNDLES_DIR / bundle), **kw,
         )  # fmt: skip
     ts = torch.jit.load(str(out), map_location="cpu").eval()
     report = {"format": "torchscript", "file": str(out), "method": "trace" if use_trace else "script",
@@ -133,7 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--override", action="append", default=[], help="config override key=json")
     ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     args = ap.parse_args(argv)
-    root = REPO / "bundles" / args.bundle
+    root = BUNDLES_DIR / args.bundle
     ckpt = args.ckpt or str(root / "models" / "model.pt")
     if not Path(ckpt).is_file():
         print(f"ERROR: {ckpt}: no trained model found (train the bundle or pass --ckpt)", file=sys.stderr)
