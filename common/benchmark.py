@@ -171,19 +171,22 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
     """The inference paths timed for a bundle: the baseline first, then the switches (config overrides).
 
     3D: the model-zoo recipe (fp32, softmax probabilities inverted with bilinear interpolation before the argmax,
-    stitching on the input's device), then label inversion alone, then label inversion with reduced precision.
-    2D: the papers' per-slice path, then the batched slice-wise path, alone and with the papers' resizing order
-    (argmax at the network size, nearest zoom of the labels), then both with reduced precision.
+    stitching on the input's device, the window attention of the Swin networks written out rather than
+    ``scaled_dot_product_attention``), then label inversion alone, then label inversion with reduced precision.
+    2D: the papers' per-slice path (attention written out too), then the batched slice-wise path, alone and with
+    the papers' resizing order (argmax at the network size, nearest zoom of the labels), then both with reduced
+    precision. A switch a bundle's config does not have (``flash_attention`` outside the Swin bundles) is left out
+    by :meth:`_Bundle.applicable`.
     """
     fast = _fast_precision(dev)
     if kind == "3d":
         return [
-            ("baseline: model zoo", {"autocast": None, "invert": "probabilities", "stitch": "device"}),
+            ("baseline: model zoo", {"autocast": None, "invert": "probabilities", "stitch": "device", "flash_attention": False}),
             ("invert labels", {"autocast": None, "invert": "labels", "stitch": "auto"}),
             (f"invert labels + {fast}", {"autocast": fast, "invert": "labels", "stitch": "auto"}),
         ]
     return [
-        ("baseline: per-slice", {"slice_mode": "reference", "autocast": None, "slice_resize": "logits"}),
+        ("baseline: per-slice", {"slice_mode": "reference", "autocast": None, "slice_resize": "logits", "flash_attention": False}),
         ("batched", {"slice_mode": "batched", "autocast": None, "slice_resize": "logits"}),
         ("batched + label resize", {"slice_mode": "batched", "autocast": None, "slice_resize": "labels"}),
         (f"batched + {fast}", {"slice_mode": "batched", "autocast": fast, "slice_resize": "logits"}),
@@ -223,6 +226,11 @@ class _Bundle:
         self.name, self.dev, self.overrides, self.configs = bundle, dev, dict(overrides), list(configs)
         self.kind = _bundle_kind(bundle_parser(bundle, self.overrides))
         self.ckpt = ckpt
+
+    def applicable(self, switches: dict) -> dict:
+        """The switches this bundle's inference config has (the others would be unused keys)."""
+        config = bundle_parser(self.name, self.overrides).config
+        return {k: v for k, v in switches.items() if k in config}
 
     def parser(self, extra: dict | None = None, output_dir: str | None = None):
         p = bundle_parser(self.name, {**self.overrides, **(extra or {})}, extra=self.configs)
@@ -323,6 +331,7 @@ def _inference_part(b: _Bundle, volumes: list[str], work: Path, only: tuple[int,
         for i, (name, switches) in enumerate(variants(b.kind, b.dev)):
             if only is not None and i != 0 and i not in only:
                 continue
+            switches = b.applicable(switches)
             r = b.infer(volume, switches, work / b.name / f"volume{v}_variant{i}")
             r.update({"bundle": b.name, "volume": Path(volume).name, "variant": name, "switches": switches})
             mine.append(r)

@@ -20,6 +20,9 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         inf = [r for r in res["inference"] if r["bundle"] == b]
         assert [r["variant"] for r in inf] == [v for v, _ in variants("2d" if "slice_mode" in inf[1]["switches"] else "3d", __import__("torch").device("cpu"))]
         assert inf[0]["speedup_vs_baseline"] == 1.0 and inf[0]["agreement_vs_baseline"] == 1.0
+        # the baseline computes the Swin window attention written out; bundles without the switch do not get it
+        assert inf[0]["switches"].get("flash_attention", "absent") == (False if b.startswith("swin") else "absent")
+        assert all("flash_attention" not in r["switches"] for r in inf[1:])
         for r in inf:
             assert set(r["stages_s"]) == {"load", "preprocess", "network", "postprocess", "write"}
             assert r["seconds"] > 0 and 0.0 <= r["agreement_vs_baseline"] <= 1.0 and r["peak_rss_mb"] >= 0

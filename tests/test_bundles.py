@@ -166,6 +166,22 @@ def test_verify_net_in_out(bundle):
     )
 
 
+@pytest.mark.parametrize("bundle", ["swin_unet_btcv", "swin_unetr_btcv"])
+@pytest.mark.parametrize("config", ["inference.json", "train.json"])
+def test_flash_attention_switch_reaches_every_window_attention(bundle, config):
+    from monai.networks.nets.swin_unetr import WindowAttention
+
+    from common.bundle import bundle_parser
+
+    for value in (True, False):
+        overrides = dict(BUNDLE_TINY[bundle])
+        if not value:
+            overrides["flash_attention"] = False
+        net = bundle_parser(bundle, overrides, config).get_parsed_content("network_def")
+        flags = {m.use_flash_attention for m in net.modules() if isinstance(m, WindowAttention)}
+        assert flags == {value}, (bundle, config, value, flags)
+
+
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_multi_gpu_config_parses(bundle):
     """multi_gpu_train.json merges with train.json and references only ids that exist."""

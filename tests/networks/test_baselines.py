@@ -81,6 +81,18 @@ def test_swinunetr_bundle_size():
     assert sum(p.numel() for p in net.parameters()) == 62_187_296
 
 
+def test_swinunetr_flash_attention_is_the_same_network():
+    """The bundle's ``flash_attention`` switch: same state dict, same output to float rounding."""
+    kw = dict(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    torch.manual_seed(0)
+    ref = SwinUNETR(**kw).eval()
+    fast = SwinUNETR(use_flash_attention=True, **kw).eval()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
 def test_nnunet_plan_isotropic_and_anisotropic():
     k, s = nnunet_plan.kernels_and_strides([96, 96, 96], [1.5, 1.5, 2.0])
     assert s == [[1, 1, 1]] + [[2, 2, 2]] * 4 and k == [[3, 3, 3]] * 5

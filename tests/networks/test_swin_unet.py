@@ -167,10 +167,12 @@ def test_relative_position_index_and_mask_values():
     assert torch.equal(stage.attn_mask, _expected_mask(14, 7, 3))
 
 
-def test_shifted_window_never_attends_across_boundary():
+@pytest.mark.parametrize("flash", [False, True], ids=["written-out", "sdpa"])
+def test_shifted_window_never_attends_across_boundary(flash):
+    """Both attention paths (MONAI's ``scaled_dot_product_attention`` one runs here: autograd is off)."""
     torch.manual_seed(0)
     res, ws, shift = 8, 4, 2
-    stage = SwinUnetStage(dim=8, resolution=res, depth=2, num_heads=2, window_size=ws).eval()
+    stage = SwinUnetStage(dim=8, resolution=res, depth=2, num_heads=2, window_size=ws, use_flash_attention=flash).eval()
     blk = stage.blocks[1]
     assert tuple(blk.shift_size) == (shift, shift)
     x = torch.randn(1, res, res, 8)
@@ -191,6 +193,19 @@ def test_shifted_window_never_attends_across_boundary():
     with torch.no_grad():
         delta = (blk(x2, torch.zeros_like(stage.attn_mask)) - blk(x, torch.zeros_like(stage.attn_mask))).abs()
     assert delta[0, res - 1, res - 1].amax() > 1e-4
+
+
+def test_flash_attention_is_the_same_network():
+    """``use_flash_attention`` changes how the window attention is computed, not the parameters or the output."""
+    torch.manual_seed(0)
+    ref = SwinUnet(in_channels=1, out_channels=3, **TINY).eval()
+    fast = SwinUnet(in_channels=1, out_channels=3, use_flash_attention=True, **TINY).eval()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), atol=1e-5, rtol=1e-5)
+    # with autograd on (training), MONAI computes the attention written out: identical
+    assert torch.equal(fast(x), ref(x))
 
 
 # ------------------------------------------------------------------------------------------------ tracing, dtype
