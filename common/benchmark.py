@@ -526,7 +526,7 @@ def suite(
             elif "agreement" in parts and demo_cfg.is_file():
                 # the demo trained a reduced network: switches' agreement measured on it, in its configuration
                 trained = _Bundle(name, str(demo), dev, b.overrides, configs=[demo_cfg])
-                for r in _inference_part(trained, [btcv], work / "agreement"):
+                for r in _inference_part(trained, volumes, work / "agreement"):
                     r["configuration"] = f"{demo_cfg.relative_to(REPO)} (the demo's reduced network), weights {demo.relative_to(REPO)}"
                     result["agreement"].append(r)
         b.ckpt = ckpt

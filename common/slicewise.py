@@ -69,9 +69,13 @@ def slice_preprocessing(
     label_map: str = "btcv13",
     image_channels: int = 1,
 ) -> Compose:
-    """Volume preprocessing of the 2D bundles: load, check, RAS (axial = last axis), HU window to [0, 1]."""
+    """Volume preprocessing of the 2D bundles: load, check, RAS (axial = last axis), HU window to [0, 1].
+
+    The arrays keep the file's type (int16 for most CT) until the HU window makes the image float32 (the same
+    values as converting first: the window computes in float32 either way); labels stay integers.
+    """
     keys = ensure_tuple(keys)
-    xs = load_transforms(keys, image_channels=image_channels)
+    xs = load_transforms(keys, image_channels=image_channels, dtype=None)
     xs += [
         Orientationd(keys, axcodes="RAS", labels=None, allow_missing_keys=True),
         ScaleIntensityRanged(keys[0], a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0, b_max=1.0, clip=True),

@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-from monai.config import KeysCollection
+from monai.config import DtypeLike, KeysCollection
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -162,11 +163,19 @@ class SafeSpacingd(Spacingd):
 
 
 def load_transforms(
-    keys: KeysCollection = ("image", "label"), image_channels: int = 1, num_classes: int = BTCV_NUM_CLASSES
+    keys: KeysCollection = ("image", "label"),
+    image_channels: int = 1,
+    num_classes: int = BTCV_NUM_CLASSES,
+    dtype: DtypeLike = np.float32,
 ) -> list:
-    """Load (nibabel for NIfTI, SimpleITK for DICOM folders / .mha / .nrrd), channel first, check."""
+    """Load (nibabel for NIfTI, SimpleITK for DICOM folders / .mha / .nrrd), channel first, check.
+
+    ``dtype``: the arrays' type after loading; ``None`` keeps the file's own (int16 for most CT), for a pipeline
+    whose next value-changing step converts anyway (the 2D bundles' HU window): MONAI copies every NIfTI array
+    into C order on loading, and copying int16 instead of float32 halves that copy.
+    """
     keys = ensure_tuple(keys)
-    loader = LoadCheckedImaged(keys, image_only=True, allow_missing_keys=True)
+    loader = LoadCheckedImaged(keys, dtype=dtype, image_only=True, allow_missing_keys=True)
     loader.register(SimpleITKReader())  # chosen by suffix; NIfTI stays with MONAI's nibabel reader
     label_key = "label" if "label" in keys else None
     return [

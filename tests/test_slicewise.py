@@ -54,6 +54,26 @@ def test_preprocessing_is_ras_with_the_paper_window(volume):
     assert float(img.min()) == 0.0 and float(img.max()) == 1.0
 
 
+def test_preprocessing_loads_the_file_type_and_windows_to_the_same_float_values(volume):
+    """The 2D preprocessing loads int16 and lets the window convert: the same image as loading float32 first."""
+    from monai.transforms import Compose, Orientationd, ScaleIntensityRanged
+
+    from common.slicewise import PAPER_HU_WINDOW
+    from common.transforms import load_transforms
+
+    item, d = volume
+    assert d["image"].dtype == torch.float32 and not d["label"].is_floating_point()
+    lo, hi = PAPER_HU_WINDOW
+    as_float = Compose(load_transforms(("image", "label")) + [
+        Orientationd(("image", "label"), axcodes="RAS", labels=None),
+        ScaleIntensityRanged("image", a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True),
+    ])(item)  # fmt: skip
+    assert as_float["label"].dtype == torch.float32
+    assert torch.equal(d["image"].as_tensor(), as_float["image"].as_tensor())
+    assert torch.equal(d["label"].as_tensor().float(), as_float["label"].as_tensor())
+    assert np.array_equal(d["image"].affine.numpy(), as_float["image"].affine.numpy())
+
+
 def test_slice_dataset_caches_resized_slices(tiny_data, volume):
     item, d = volume
     ds = SliceDataset([item, item], slice_preprocessing(), img_size=(48, 40), augment=False, progress=False)
