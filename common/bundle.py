@@ -168,10 +168,13 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
         from ignite.engine import Events
 
         @trainer.on(Events.EPOCH_COMPLETED)
-        def _drop_older_states(engine):  # a resumed run's saver does not know the files of the run before
-            newest = latest_checkpoint(ckpt_dir)
+        def _drop_older_states(engine):
+            # the saver removes only the files it wrote; the states of an earlier run in the same folder (the
+            # one resumed from, or a longer run's when not resuming) go here. The file just written is kept by
+            # name, not as the highest epoch number: a stale higher-numbered file must not survive it.
+            keep = os.path.join(str(ckpt_dir), f"checkpoint_epoch={engine.state.epoch}.pt")
             for p in glob.glob(os.path.join(glob.escape(str(ckpt_dir)), "checkpoint_epoch=*.pt")):
-                if p != newest:
+                if os.path.abspath(p) != os.path.abspath(keep):
                     os.remove(p)
     latest = latest_checkpoint(ckpt_dir) if resume else ""
     if latest:

@@ -194,6 +194,19 @@ def test_multi_gpu_config_parses(bundle):
     assert p["train"]["trainer"]["train_handlers"].startswith("$common.distributed.rank0_handlers")
 
 
+@pytest.mark.parametrize("bundle", sorted(f.parent.parent.name for f in BUNDLES.glob("*/configs/demo.json")))
+def test_demo_network_is_the_same_for_training_and_inference(bundle):
+    """A demo's ``model.pt`` (trained with train.json + demo.json) loads into inference.json + demo.json."""
+    from common.bundle import bundle_parser
+
+    demo = BUNDLES / bundle / "configs" / "demo.json"
+    shapes = []
+    for config in ("train.json", "inference.json"):
+        net = bundle_parser(bundle, None, config, extra=[demo]).get_parsed_content("network_def")
+        shapes.append({k: tuple(v.shape) for k, v in net.state_dict().items()})
+    assert shapes[0] == shapes[1] and len(shapes[0]) > 0
+
+
 def test_configs_are_valid_json():
     for f in BUNDLES.glob("*/configs/*.json"):
         json.loads(f.read_text(encoding="utf-8"))
@@ -213,3 +226,24 @@ def test_model_zoo_layout_and_finished_docs(bundle):
     docs = (BUNDLES / bundle / "docs" / "README.md").read_text(encoding="utf-8")
     for token in ("SPEED", "BENCHMARK", "DEMO_RESULTS", "TODO", "TBD"):
         assert not re.search(rf"\b{token}\b", docs), f"{bundle}: docs still hold the placeholder {token}"
+
+
+def test_resumable_state_replaces_a_stale_longer_run(tmp_path):
+    """Training afresh (no resume) into a folder holding a longer run's state: the new run's state survives.
+
+    The old file (epoch 4) outnumbers the new run's first ones; keeping 'the highest epoch' deleted the file
+    the saver had just written, and the saver then failed removing it at the next epoch.
+    """
+    import torch
+    from ignite.engine import Engine
+
+    from common.bundle import latest_checkpoint, make_resumable
+
+    (tmp_path / "checkpoint_epoch=4.pt").write_bytes(b"an older run")
+    trainer = Engine(lambda engine, batch: None)
+    make_resumable(trainer, tmp_path, {"model": torch.nn.Linear(2, 2)}, resume=False)
+    trainer.run([0, 1], max_epochs=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt"]
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=3.pt")
+    state = torch.load(tmp_path / "checkpoint_epoch=3.pt", weights_only=True)
+    assert set(state) == {"model", "trainer"}
