@@ -26,8 +26,9 @@ In one run on one machine, for each bundle:
 
 Weights: ``--ckpt bundle=path``, else the bundle's demo checkpoint (``bundles/<b>/demo/models/model.pt``) when
 it fits the bundle's network, else random (timings do not depend on weights; agreement figures do, and say
-which were used). Where the demo trained a reduced network (UNETR's ``demo.json``), the ``agreement`` part
-times the paths on that network in the demo's configuration to give each switch's agreement on trained weights.
+which were used). Where the demo trained a reduced network (every ``demo.json`` but Swin-Unet's), the
+``agreement`` part times the paths on that network in the demo's configuration, on the same volumes, to give
+each switch's agreement on trained weights.
 Results: ``<out>/suite.md`` and ``<out>/suite.json`` with the machine, thread count and library versions.
 """
 
