@@ -195,8 +195,8 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
     ]
 
 
-def _bundle_kind(parser) -> str:
-    return "2d" if "slice_mode" in parser.config else "3d"
+def _bundle_kind(config: dict) -> str:
+    return "2d" if "slice_mode" in config else "3d"
 
 
 def _phantom_file(folder: Path, shape, seed: int, with_label: bool = False, spacing=None) -> dict:
@@ -225,13 +225,14 @@ class _Bundle:
 
     def __init__(self, bundle: str, ckpt: str | None, dev: torch.device, overrides: dict, configs=()):
         self.name, self.dev, self.overrides, self.configs = bundle, dev, dict(overrides), list(configs)
-        self.kind = _bundle_kind(bundle_parser(bundle, self.overrides))
+        config = bundle_parser(bundle, self.overrides).config
+        self.kind = _bundle_kind(config)
+        self.keys = frozenset(config)  # the inference config's top-level ids, read once
         self.ckpt = ckpt
 
     def applicable(self, switches: dict) -> dict:
         """The switches this bundle's inference config has (the others would be unused keys)."""
-        config = bundle_parser(self.name, self.overrides).config
-        return {k: v for k, v in switches.items() if k in config}
+        return {k: v for k, v in switches.items() if k in self.keys}
 
     def parser(self, extra: dict | None = None, output_dir: str | None = None):
         p = bundle_parser(self.name, {**self.overrides, **(extra or {})}, extra=self.configs)
