@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init", "device", "rank", "world_size", "is_rank0", "wrap_ddp", "rank0_handlers", "cleanup"]
+__all__ = ["init", "device", "rank", "world_size", "samples_per_rank", "is_rank0", "wrap_ddp", "rank0_handlers", "cleanup"]
 
 # handlers that write files or print per-epoch summaries: only rank 0 keeps them
 _RANK0_ONLY = ("CheckpointSaver", "TensorBoardStatsHandler", "StatsHandler", "ProgressBar", "SegmentationReport")
@@ -48,6 +48,12 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def samples_per_rank(total: int | None) -> int | None:
+    """Share of ``total`` samples per epoch for each process (rounded up, so the ranks together draw at least
+    ``total``); ``None`` (one pass over the dataset) stays ``None``."""
+    return None if total is None else -(-int(total) // world_size())
 
 
 def is_rank0() -> bool:

@@ -83,3 +83,14 @@ def test_two_process_ddp_epoch(bundle, ddp_data, tmp_path):
         parser[k] = v
     load_weights(parser.get_parsed_content("network_def"), str(tmp_path / "models" / "model.pt"))
     assert "rank 1" not in r.stderr.lower() or "error" not in r.stderr.lower()
+
+
+def test_samples_per_rank_splits_an_epoch_rounding_up(monkeypatch):
+    """The 2D multi-GPU sampler's per-process share of ``slices_per_epoch``."""
+    from common import distributed
+
+    assert distributed.samples_per_rank(None) is None
+    assert distributed.samples_per_rank(160) == 160  # one process
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    assert distributed.samples_per_rank(160) == 54 and distributed.samples_per_rank(159) == 53
+    assert distributed.samples_per_rank(None) is None
