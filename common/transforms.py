@@ -39,7 +39,7 @@ from monai.transforms import (
 from monai.utils import ensure_tuple
 
 from .errors import InputError
-from .io import SimpleITKReader
+from .io import NiftiReader, SimpleITKReader
 from .labels import BTCV_NUM_CLASSES, btcv_to_synapse_lut
 
 __all__ = [
@@ -176,7 +176,8 @@ def load_transforms(
     """
     keys = ensure_tuple(keys)
     loader = LoadCheckedImaged(keys, dtype=dtype, image_only=True, allow_missing_keys=True)
-    loader.register(SimpleITKReader())  # chosen by suffix; NIfTI stays with MONAI's nibabel reader
+    loader.register(SimpleITKReader())  # chosen by suffix: SimpleITK for ITK formats and DICOM folders ...
+    loader.register(NiftiReader())  # ... MONAI's nibabel reader, faster into C order, for NIfTI
     label_key = "label" if "label" in keys else None
     return [
         loader,
