@@ -214,6 +214,9 @@ def _cell_outputs(i0: torch.Tensor, n_in: int) -> tuple[torch.Tensor, torch.Tens
     return first, count
 
 
+DENSE_SHARE = 0.1  # bilinear_argmax interpolates every channel when more of the output than this is boundary
+
+
 def bilinear_argmax(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """The argmax over channels of ``y`` (N, C, h, w) resized bilinearly (corners aligned) to ``size``.
 
@@ -221,9 +224,13 @@ def bilinear_argmax(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     pixels, so where those four share one argmax the resized argmax is that label too (for every class k,
     score_c >= score_k at the four corners implies it for any convex combination). Only output pixels whose
     four source pixels disagree (the boundary bands, well under 1 % of an abdominal slice) are interpolated,
-    with PyTorch's bilinear formula and weights. Returns (N, H, W) integer labels (uint8 up to 256 classes):
-    those of ``F.interpolate(y, size, mode="bilinear", align_corners=True).argmax(1)`` (tested equal), without
-    the (N, C, H, W) resized scores: a fraction of the time and memory on 224 -> 512 slices.
+    with PyTorch's bilinear formula and weights (every pixel, every channel, when boundary cells cover more than
+    ``DENSE_SHARE`` of the output: fragmented predictions). Returns (N, H, W) integer labels (uint8 up to 256 classes):
+    those of ``F.interpolate(y, size, mode="bilinear", align_corners=True).argmax(1)`` (tested equal, but where two
+    classes' interpolated scores tie to float rounding: the kernels add the terms in another order), without
+    the (N, C, H, W) resized scores: a fraction of the time and memory on 224 -> 512 slices. Scores in bf16 or
+    fp16 (autocast) give the labels of ``y.float()`` resized: the argmax reads them as they are, the interpolation
+    converts the values it reads.
     """
     n, c, h, w = y.shape
     H, W = int(size[0]), int(size[1])
@@ -240,6 +247,13 @@ def bilinear_argmax(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     # every output pixel of those cells: the cell's first output row/column plus offsets below its count
     fx, nx = _cell_outputs(i0, h)
     fz, nz = _cell_outputs(j0, w)
+    if int((nx[ci] * nz[cj]).sum()) > DENSE_SHARE * n * H * W:
+        # a fragmented prediction (random or barely trained weights): gathering pixel by pixel would cost far
+        # more than interpolating every channel, which gives the same labels
+        return torch.cat([
+            compact_argmax(F.interpolate(y[k : k + 4].float(), size=(H, W), mode="bilinear", align_corners=True))
+            for k in range(0, n, 4)
+        ]).to(out.dtype)  # fmt: skip
     kx, kz = int(nx.max()), int(nz.max())
     ox = torch.arange(kx, device=y.device)
     oz = torch.arange(kz, device=y.device)
@@ -248,9 +262,9 @@ def bilinear_argmax(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     b, x, z = cb[m], fx[ci][m] + a, fz[cj][m] + e
     ycl = y.permute(0, 2, 3, 1)  # (N, h, w, C): each pixel's scores adjacent
     a0, a1, b0, b1 = i0[x], i1[x], j0[z], j1[z]
-    hl, wl = wi[x, None].to(y.dtype), wj[z, None].to(y.dtype)
-    top = (1 - wl) * ycl[b, a0, b0] + wl * ycl[b, a0, b1]
-    bottom = (1 - wl) * ycl[b, a1, b0] + wl * ycl[b, a1, b1]
+    hl, wl = wi[x, None], wj[z, None]  # float32 arithmetic for bf16 / fp16 scores too: those of y.float() resized
+    top = (1 - wl) * ycl[b, a0, b0].float() + wl * ycl[b, a0, b1].float()
+    bottom = (1 - wl) * ycl[b, a1, b0].float() + wl * ycl[b, a1, b1].float()
     out[b, x, z] = ((1 - hl) * top + hl * bottom).argmax(1).to(out.dtype)
     return out
 
@@ -420,7 +434,7 @@ class SliceWiseMixin:
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         self.forward_seconds += time.perf_counter() - t0
-        return y.float()
+        return y  # bf16 / fp16 under autocast: the argmax needs no conversion, interpolation converts what it reads
 
     def _volume(self, vol: torch.Tensor) -> torch.Tensor:
         """One volume (C, X, Y, Z) -> (classes, X, Y, Z) scores or a (1, X, Y, Z) label map."""
@@ -437,6 +451,8 @@ class SliceWiseMixin:
         for s in range(0, sz, block):
             chunk = _resize_slices(slices[s : s + block].float(), self.slice_roi, "cubic")
             y = torch.cat([self._slice_forward(chunk[i : i + step]) for i in range(0, chunk.shape[0], step)])
+            if self.slice_output == "logits":
+                y = y.float()
             if self.slice_output == "labels" and self.slice_resize == "labels":
                 y = _resize_slices(compact_argmax(y)[:, None], (sx, sy), "nearest")
             elif self.slice_output == "labels":
@@ -460,7 +476,7 @@ class SliceWiseMixin:
         roi = self.slice_roi
         for i in range(z):
             zoomed = np.stack([ndimage.zoom(ch, (roi[0] / sx, roi[1] / sy), order=3) for ch in arr[i]])
-            logits = self._slice_forward(torch.from_numpy(zoomed).float().unsqueeze(0).to(slices.device))
+            logits = self._slice_forward(torch.from_numpy(zoomed).float().unsqueeze(0).to(slices.device)).float()
             n_classes = logits.shape[1]
             pred = torch.argmax(torch.softmax(logits, dim=1), dim=1)[0].cpu().numpy()
             if pred.shape != (sx, sy):
