@@ -234,6 +234,20 @@ def test_cubic_resize_is_scipys_zoom(shape, size):
     np.testing.assert_allclose(got[:, 0].numpy(), want, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("n_in,n_out", [(512, 224), (101, 224), (224, 512), (7, 224), (224, 3)])
+def test_zoom_bands_hold_every_nonzero_of_the_matrix(n_in, n_out):
+    """The banded products skip only exact zeros: the bands put back together are the zoom matrix."""
+    from common.slicewise import cubic_zoom_bands, cubic_zoom_matrix
+
+    m = cubic_zoom_matrix(n_in, n_out)
+    rebuilt = np.zeros_like(m)
+    for o0, o1, i0, i1, w in cubic_zoom_bands(n_in, n_out):
+        rebuilt[o0:o1, i0:i1] = w
+    np.testing.assert_array_equal(rebuilt, m)
+    if min(n_in, n_out) >= 4 * slicewise.ZOOM_BAND_ROWS:  # and they skip most of a large matrix
+        assert sum(w.size for *_, w in cubic_zoom_bands(n_in, n_out)) < 0.5 * m.size
+
+
 @pytest.mark.parametrize("dense_share", [0.0, 2.0], ids=["dense", "boundary-only"])
 @pytest.mark.parametrize("size", [(100, 71), (37, 53), (20, 20), (1, 9), (9, 1), (512, 512)])
 def test_bilinear_argmax_equals_resizing_the_scores(size, dense_share, monkeypatch):
