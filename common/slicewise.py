@@ -200,7 +200,8 @@ def cubic_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
 
     The papers resize slices with that cubic-spline zoom. It is linear and separable (spline prefilter and
     interpolation act axis by axis), so a slice zooms as ``rows @ slice @ cols.T``: SciPy's numbers (to
-    float32 rounding, checked in the tests), computed as two matrix products for a whole batch, on any device (in bands: :func:`cubic_zoom_bands`).
+    float32 rounding, checked in the tests), computed as two matrix products for a whole batch, on any device
+    (in bands that skip the zeros: :func:`cubic_zoom_bands`).
     """
     m = np.stack([ndimage.zoom(e, n_out / n_in, order=3) for e in np.eye(n_in)], axis=1)
     # the prefilter's weights decay geometrically: far entries are float32 denormals, which make matrix
