@@ -9,10 +9,13 @@ from test_geometry import random_checkpoint
 
 from common.benchmark import main, suite, variants
 
+TWO_D = ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv")
+
 
 def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
     ckpts = {b: random_checkpoint(b, tmp_path / f"{b}.pt") for b in BUNDLE_NAMES}
-    res = suite(BUNDLE_NAMES, str(tmp_path / "bench"), ckpts, train_iters=1, train_warmup=0, overrides=BUNDLE_TINY, smoke=True)
+    parts = ("inference", "agreement", "dataset", "fitted", "training", "scaling", "mtm")
+    res = suite(BUNDLE_NAMES, str(tmp_path / "bench"), ckpts, parts, train_iters=1, train_warmup=0, overrides=BUNDLE_TINY, smoke=True)
     md = (tmp_path / "bench" / "suite_smoke.md").read_text(encoding="utf-8")
     doc = json.loads((tmp_path / "bench" / "suite_smoke.json").read_text(encoding="utf-8"))
     assert doc["smoke"] and "figures meaningless" in md
@@ -26,6 +29,16 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         for r in inf:
             assert set(r["stages_s"]) == {"load", "preprocess", "network", "postprocess", "write"}
             assert r["seconds"] > 0 and 0.0 <= r["agreement_vs_baseline"] <= 1.0 and r["peak_rss_mb"] >= 0
+        # the fitted part trained the (tiny) demo network on one labelled phantom, then ran every path on it
+        fit = [r for r in res["fitted"] if r["bundle"] == b]
+        assert [r["variant"] for r in fit] == [r["variant"] for r in inf] and fit[0]["agreement_vs_baseline"] == 1.0
+        assert (tmp_path / "bench" / "fitted" / b / "model.pt").is_file() and 0.0 <= fit[0]["baseline_dice_vs_labels"] <= 1.0
+        assert all((r["machinery_share"] is None) == (b not in TWO_D) for r in inf)
+        # the bundle's own evaluator on a folder of three volumes, in full and in reduced precision
+        ds = [r for r in res["dataset"] if r["bundle"] == b]
+        assert [r["variant"] for r in ds] == [r["variant"] for r in inf if r["switches"].get("slice_resize") != "labels"][1:]
+        assert all(r["volumes"] == 3 and r["seconds_per_volume"] > 0 for r in ds)
+        assert all((r["outside_forward_share"] is None) == (b not in TWO_D) for r in ds)
         tr = [r for r in res["training"] if r["bundle"] == b]
         assert len(tr) == 2 and all(r["it_per_s"] > 0 and r["data_s_per_it"] >= 0 for r in tr)
         sc = [r for r in res["scaling"] if r["bundle"] == b]
