@@ -117,8 +117,10 @@ def test_app_server_serves_inference_over_http(studies, tmp_path):
     (path / "models").mkdir()
     random_checkpoint("unetr_btcv", path / "models" / "model.pt")
     port = _free_port()
+    app = tmp_path / "app"  # MONAI Label writes its logs into the app folder: a copy keeps the source tree clean
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "__pycache__"))
     cmd = [
-        sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP), "--studies", str(studies),
+        sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
         "--host", "127.0.0.1", "--port", str(port),
         "--conf", "models", "unetr_btcv,transunet_btcv", "--conf", "zoo_source", "local",
         "--conf", "bundles_dir", str(bundles_dir),
