@@ -36,14 +36,14 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, Orientationd, Randomizable, ScaleIntensityRanged
+from monai.transforms import Compose, MapTransform, Orientationd, Randomizable
 from monai.utils import ensure_tuple
 from scipy import ndimage
 from torch.utils.data import Dataset
 
 from .inference import autocast_dtype
 from .labels import BTCV_NUM_CLASSES
-from .transforms import label_map_transform, load_transforms
+from .transforms import HUWindowd, label_map_transform, load_transforms
 
 __all__ = [
     "PAPER_HU_WINDOW",
@@ -78,7 +78,7 @@ def slice_preprocessing(
     xs = load_transforms(keys, image_channels=image_channels, dtype=None)
     xs += [
         Orientationd(keys, axcodes="RAS", labels=None, allow_missing_keys=True),
-        ScaleIntensityRanged(keys[0], a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0, b_max=1.0, clip=True),
+        HUWindowd(keys[0], a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0, b_max=1.0, clip=True),
     ]  # fmt: skip
     xs += label_map_transform(label_map)
     return Compose(xs)

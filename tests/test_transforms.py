@@ -94,3 +94,25 @@ def test_monai_label_image_path_does_not_crash_spacing(pair):
     out = btcv_preprocessing(keys=["image"])(dict(data))
     assert out["image_path"] == img
     assert np.allclose(np.diag(out["image"].affine.numpy())[:3], [1.5, 1.5, 2.0])
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.float32, torch.float64])
+@pytest.mark.parametrize("window", [(-125.0, 275.0), (-175.0, 250.0)])
+def test_hu_window_in_one_buffer_is_monais(dtype, window):
+    """The one-buffer HU window gives MONAI's ScaleIntensityRanged bit for bit, as a new tensor with the same
+    metadata, and leaves its input alone."""
+    from monai.data import MetaTensor
+    from monai.transforms import ScaleIntensityRanged
+
+    from common.transforms import HUWindowd
+
+    g = torch.Generator().manual_seed(0)
+    x = MetaTensor((torch.rand(1, 17, 13, 5, generator=g) * 3000 - 1100).to(dtype), affine=torch.diag(torch.tensor([2.0, 2, 3, 1])))
+    x[0, 0, 0, 0] = window[0]  # the window's ends exactly
+    x[0, 0, 0, 1] = window[1]
+    kw = dict(a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True)
+    before = x.clone()
+    ours, theirs = HUWindowd("image", **kw)({"image": x})["image"], ScaleIntensityRanged("image", **kw)({"image": x})["image"]
+    assert ours.dtype == theirs.dtype == torch.float32 and isinstance(ours, MetaTensor)
+    assert torch.equal(ours.as_tensor(), theirs.as_tensor()) and torch.equal(ours.affine, theirs.affine)
+    assert torch.equal(x.as_tensor(), before.as_tensor())
