@@ -30,6 +30,7 @@ __all__ = [
     "as_bool",
     "load_weights",
     "default_device",
+    "default_workers",
     "file_sha256",
     "bundle_configs",
     "bundle_parser",
@@ -133,6 +134,16 @@ def require_checkpoint(path: str | os.PathLike, bundle: str | os.PathLike = "") 
 def default_device() -> torch.device:
     """The first CUDA device if there is one, else the CPU."""
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def default_workers(most: int = 4) -> int:
+    """DataLoader worker processes: ``most`` (the model zoo's training value), at most one per CPU this process
+    may use (more only contend for the cores; PyTorch warns about them)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(most), cpus))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -194,6 +194,15 @@ def test_multi_gpu_config_parses(bundle):
     assert p["train"]["trainer"]["train_handlers"].startswith("$common.distributed.rank0_handlers")
 
 
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_training_workers_fit_the_machine(bundle):
+    """train.json asks for the model zoo's 4 DataLoader workers, no more than this process has CPUs."""
+    from common.bundle import bundle_parser
+
+    workers = bundle_parser(bundle, config="train.json").get_parsed_content("num_workers")
+    assert workers == min(4, len(os.sched_getaffinity(0)))
+
+
 @pytest.mark.parametrize("bundle", sorted(f.parent.parent.name for f in BUNDLES.glob("*/configs/demo.json")))
 def test_demo_network_is_the_same_for_training_and_inference(bundle):
     """A demo's ``model.pt`` (trained with train.json + demo.json) loads into inference.json + demo.json."""
