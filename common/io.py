@@ -319,7 +319,10 @@ class AtomicNibabelWriter(NibabelWriter):
     @classmethod
     def create_backend_obj(cls, data_array, affine=None, dtype=None, **kwargs):
         # as MONAI's NibabelWriter.create_backend_obj, whose array conversion would make the array C order again
-        array = data_array.numpy() if isinstance(data_array, torch.Tensor) else np.asarray(data_array)
+        if isinstance(data_array, torch.Tensor):  # a MetaTensor too; any device; no copy on the CPU
+            array = data_array.detach().cpu().as_subclass(torch.Tensor).numpy()
+        else:
+            array = np.asarray(data_array)
         affine = np.eye(4) if affine is None else convert_data_type(affine, np.ndarray)[0]
         return nib.nifti1.Nifti1Image(
             reorder(array, "F", dtype),

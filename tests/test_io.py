@@ -149,8 +149,10 @@ def test_atomic_writer_writes_what_monais_writer_writes(tmp_path):
     data = rng.integers(0, 14, (1, 9, 7, 5)).astype(np.float32)
     affine = np.array([[-0.8, 0, 0, 10], [0, 0.8, 0, -3], [0, 0, 2.5, 7], [0, 0, 0, 1]])
     files = []
-    for w in (NibabelWriter(output_dtype=np.uint8), AtomicNibabelWriter(output_dtype=np.uint8)):
-        w.set_data_array(data, channel_dim=0)
+    from monai.data import MetaTensor
+
+    for w, given in ((NibabelWriter(output_dtype=np.uint8), data), (AtomicNibabelWriter(output_dtype=np.uint8), MetaTensor(data))):
+        w.set_data_array(given, channel_dim=0)
         w.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
         files.append(tmp_path / f"{type(w).__name__}.nii.gz")
         w.write(str(files[-1]))
