@@ -101,7 +101,7 @@ def reorder(array: np.ndarray, order: str = "C", dtype=None) -> np.ndarray:
         src = torch.from_numpy(array) if array.dtype.isnative else None
         out = np.empty(array.shape, dtype=dtype, order=order)
         dst = torch.from_numpy(out) if src is not None else None
-    except TypeError:  # a NumPy type PyTorch lacks
+    except (TypeError, ValueError):  # a NumPy type PyTorch lacks, negative strides
         src = dst = None
     if src is None or dst is None:
         return np.asarray(array, dtype=dtype, order=order)

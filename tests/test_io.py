@@ -116,9 +116,9 @@ def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_reorder_keeps_values_and_shape(dtype, order):
     """The PyTorch reordering gives NumPy's array, in the asked memory order and type (NumPy for what
-    PyTorch cannot hold, such as big-endian data)."""
+    PyTorch cannot hold: big-endian data, negative strides)."""
     a = np.asfortranarray((np.arange(5 * 6 * 7).reshape(5, 6, 7) % 97).astype(dtype))
-    for src in (a, np.ascontiguousarray(a), a[:, ::2]):
+    for src in (a, np.ascontiguousarray(a), a[:, ::2], a[::-1]):
         for out_dtype in (None, np.uint8, np.float32):
             got = reorder(src, order, out_dtype)
             want = np.asarray(src, dtype=out_dtype or src.dtype)
