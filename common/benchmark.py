@@ -355,6 +355,8 @@ def _inference_part(b: _Bundle, volumes: list[str], work: Path, only: tuple[int,
         for r in mine:
             r["speedup_vs_baseline"] = base["seconds"] / r["seconds"]
             r["agreement_vs_baseline"] = _agreement(base["label_file"], r["label_file"])
+        # how fragmented the baseline's prediction is: the agreement of the paths depends on it
+        base["prediction_geometry"] = _label_geometry(base["label_file"], int(b.parser()["num_classes"]))
         rows += mine
     return rows
 
@@ -401,17 +403,36 @@ def _dataset_part(b: _Bundle, files: list[str], work: Path) -> list[dict]:
     return rows
 
 
-def _dice_vs_labels(pred_file: str, label_file: str, num_classes: int) -> float:
-    """Mean Dice of a written label map against a label file, over the classes present in either."""
+def _dice_vs_labels(pred_file: str, label_file: str, num_classes: int) -> tuple[float, dict[int, float]]:
+    """Dice of a written label map against a label file for every class present in either, and their mean."""
     import nibabel as nib
 
     p, g = np.asarray(nib.load(pred_file).dataobj), np.asarray(nib.load(label_file).dataobj)
-    scores = []
+    scores = {}
     for c in range(1, num_classes):
         n = int((p == c).sum() + (g == c).sum())
         if n:
-            scores.append(2.0 * float(((p == c) & (g == c)).sum()) / n)
-    return float(np.mean(scores)) if scores else float("nan")
+            scores[c] = 2.0 * float(((p == c) & (g == c)).sum()) / n
+    return (float(np.mean(list(scores.values()))) if scores else float("nan")), scores
+
+
+def _label_geometry(label_file: str, num_classes: int) -> dict:
+    """How fragmented a label map is: connected components summed over the organs (26-connectivity in 3D), and
+    the share of voxels on an in-plane label boundary (a neighbour along x or y with another label)."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    lab = np.asarray(nib.load(label_file).dataobj)
+    components = sum(int(ndimage.label(lab == c, structure=np.ones((3, 3, 3)))[1]) for c in range(1, num_classes))
+    edge = np.zeros(lab.shape, dtype=bool)
+    for axis in (0, 1):
+        d = np.diff(lab, axis=axis) != 0
+        lo = [slice(None)] * lab.ndim
+        hi = [slice(None)] * lab.ndim
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        edge[tuple(lo)] |= d
+        edge[tuple(hi)] |= d
+    return {"components": components, "boundary_share": float(edge.mean())}
 
 
 def _fitted_part(
@@ -450,10 +471,14 @@ def _fitted_part(
         train_s = time.perf_counter() - t
     b = _Bundle(name, str(ckpt), dev, overrides, configs=[demo_cfg])
     rows = _inference_part(b, [str(image)], work / "fitted")
-    dice = _dice_vs_labels(rows[0]["label_file"], str(label), int(b.parser()["num_classes"]))
+    num_classes = int(b.parser()["num_classes"])
+    dice, per_class = _dice_vs_labels(rows[0]["label_file"], str(label), num_classes)
+    labels_geometry = _label_geometry(str(label), num_classes)
     for r in rows:
+        r["labels_geometry"] = labels_geometry
         r["configuration"] = f"{demo_cfg.relative_to(REPO)} fitted to {image.name} ({epochs} epochs), weights {ckpt}"
         r["baseline_dice_vs_labels"] = dice
+        r["baseline_dice_per_class"] = per_class
         r["fit_seconds"] = train_s
     return rows
 
@@ -712,10 +737,12 @@ def suite_markdown(res: dict) -> str:
     if res.get("fitted"):
         lines += _table(
             "Agreement on weights fitted to the real CT sample (the demo's network trained on that CT)",
-            ["bundle", "path", ">total s", ">speed-up", ">agreement with baseline", ">baseline Dice vs labels", "configuration"],
+            ["bundle", "path", ">total s", ">speed-up", ">agreement with baseline", ">baseline Dice vs labels",
+             ">components: baseline / labels", "configuration"],
             [[r["bundle"], r["variant"], _fmt(r["seconds"]), f"{_fmt(r['speedup_vs_baseline'])}x",
-              f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%", _fmt(r["baseline_dice_vs_labels"], 3), r["configuration"]]
-             for r in res["fitted"]],
+              f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%", _fmt(r["baseline_dice_vs_labels"], 3),
+              f"{r['prediction_geometry']['components']} / {r['labels_geometry']['components']}" if "prediction_geometry" in r else "",
+              r["configuration"]] for r in res["fitted"]],
         )  # fmt: skip
     if res["training"]:
         lines += _table(

@@ -23,6 +23,8 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         inf = [r for r in res["inference"] if r["bundle"] == b]
         assert [r["variant"] for r in inf] == [v for v, _ in variants("2d" if "slice_mode" in inf[1]["switches"] else "3d", __import__("torch").device("cpu"))]
         assert inf[0]["speedup_vs_baseline"] == 1.0 and inf[0]["agreement_vs_baseline"] == 1.0
+        geometry = inf[0]["prediction_geometry"]  # how fragmented the baseline's labels are
+        assert geometry["components"] >= 0 and 0.0 <= geometry["boundary_share"] <= 1.0
         # the baseline computes the Swin window attention written out; bundles without the switch do not get it
         assert inf[0]["switches"].get("flash_attention", "absent") == (False if b.startswith("swin") else "absent")
         assert all("flash_attention" not in r["switches"] for r in inf[1:])
@@ -33,6 +35,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         fit = [r for r in res["fitted"] if r["bundle"] == b]
         assert [r["variant"] for r in fit] == [r["variant"] for r in inf] and fit[0]["agreement_vs_baseline"] == 1.0
         assert (tmp_path / "bench" / "fitted" / b / "model.pt").is_file() and 0.0 <= fit[0]["baseline_dice_vs_labels"] <= 1.0
+        assert fit[0]["labels_geometry"]["components"] >= 1  # the phantom's labels hold organs
         assert all((r["machinery_share"] is None) == (b not in TWO_D) for r in inf)
         # the bundle's own evaluator on a folder of three volumes, in full and in reduced precision
         ds = [r for r in res["dataset"] if r["bundle"] == b]
