@@ -407,12 +407,11 @@ def _dice_vs_labels(pred_file: str, label_file: str, num_classes: int) -> tuple[
     """Dice of a written label map against a label file for every class present in either, and their mean."""
     import nibabel as nib
 
+    from .metrics import dice
+
     p, g = np.asarray(nib.load(pred_file).dataobj), np.asarray(nib.load(label_file).dataobj)
-    scores = {}
-    for c in range(1, num_classes):
-        n = int((p == c).sum() + (g == c).sum())
-        if n:
-            scores[c] = 2.0 * float(((p == c) & (g == c)).sum()) / n
+    scores = {c: dice(p == c, g == c) for c in range(1, num_classes)}
+    scores = {c: v for c, v in scores.items() if not np.isnan(v)}  # NaN: the class is in neither
     return (float(np.mean(list(scores.values()))) if scores else float("nan")), scores
 
 
