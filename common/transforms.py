@@ -41,7 +41,7 @@ from monai.data.meta_obj import get_track_meta
 from monai.utils import convert_data_type, convert_to_tensor, ensure_tuple
 
 from .errors import InputError
-from .io import NiftiReader, SimpleITKReader
+from .io import register_readers
 from .labels import BTCV_NUM_CLASSES, btcv_to_synapse_lut
 
 __all__ = [
@@ -178,9 +178,7 @@ def load_transforms(
     into C order on loading, and copying int16 instead of float32 halves that copy.
     """
     keys = ensure_tuple(keys)
-    loader = LoadCheckedImaged(keys, dtype=dtype, image_only=True, allow_missing_keys=True)
-    loader.register(SimpleITKReader())  # chosen by suffix: SimpleITK for ITK formats and DICOM folders ...
-    loader.register(NiftiReader())  # ... MONAI's nibabel reader, faster into C order, for NIfTI
+    loader = register_readers(LoadCheckedImaged(keys, dtype=dtype, image_only=True, allow_missing_keys=True))
     label_key = "label" if "label" in keys else None
     return [
         loader,
@@ -197,8 +195,11 @@ class _OneBufferScaleIntensityRange(ScaleIntensityRange):
         img = convert_to_tensor(img, track_meta=get_track_meta())
         if self.a_max - self.a_min == 0.0 or self.b_min is None or self.b_max is None:
             return super().__call__(img)
-        out = img - self.a_min  # a new float tensor (the input is never modified), as MONAI's first step
-        out.div_(self.a_max - self.a_min).mul_(self.b_max - self.b_min).add_(self.b_min)
+        out = img - self.a_min  # a new tensor (the input is never modified), as MONAI's first step
+        span = self.a_max - self.a_min
+        # integer data with integer window ends: the difference is still integer, and the division makes it float
+        out = out.div_(span) if out.is_floating_point() else out / span
+        out.mul_(self.b_max - self.b_min).add_(self.b_min)
         if self.clip:
             out.clamp_(self.b_min, self.b_max)
         return convert_data_type(out, dtype=self.dtype or img.dtype)[0]

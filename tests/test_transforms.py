@@ -97,7 +97,7 @@ def test_monai_label_image_path_does_not_crash_spacing(pair):
 
 
 @pytest.mark.parametrize("dtype", [torch.int16, torch.float32, torch.float64])
-@pytest.mark.parametrize("window", [(-125.0, 275.0), (-175.0, 250.0)])
+@pytest.mark.parametrize("window", [(-125.0, 275.0), (-175.0, 250.0), (-125, 275)])
 def test_hu_window_in_one_buffer_is_monais(dtype, window):
     """The one-buffer HU window gives MONAI's ScaleIntensityRanged bit for bit, as a new tensor with the same
     metadata, and leaves its input alone."""
