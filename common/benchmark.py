@@ -235,9 +235,10 @@ class _Bundle:
 
     def __init__(self, bundle: str, ckpt: str | None, dev: torch.device, overrides: dict, configs=()):
         self.name, self.dev, self.overrides, self.configs = bundle, dev, dict(overrides), list(configs)
-        config = bundle_parser(bundle, self.overrides).config
+        config = bundle_parser(bundle, self.overrides, extra=self.configs).config
         self.kind = _bundle_kind(config)
-        self.keys = frozenset(config)  # the inference config's top-level ids, read once
+        self.keys = frozenset(config)  # the inference config's top-level ids (with the extra configs), read once
+        self.num_classes = int(config["num_classes"])
         self.ckpt = ckpt
 
     def applicable(self, switches: dict) -> dict:
@@ -356,7 +357,7 @@ def _inference_part(b: _Bundle, volumes: list[str], work: Path, only: tuple[int,
             r["speedup_vs_baseline"] = base["seconds"] / r["seconds"]
             r["agreement_vs_baseline"] = _agreement(base["label_file"], r["label_file"])
         # how fragmented the baseline's prediction is: the agreement of the paths depends on it
-        base["prediction_geometry"] = _label_geometry(base["label_file"], int(b.parser()["num_classes"]))
+        base["prediction_geometry"] = _label_geometry(base["label_file"], b.num_classes)
         rows += mine
     return rows
 
@@ -470,9 +471,8 @@ def _fitted_part(
         train_s = time.perf_counter() - t
     b = _Bundle(name, str(ckpt), dev, overrides, configs=[demo_cfg])
     rows = _inference_part(b, [str(image)], work / "fitted")
-    num_classes = int(b.parser()["num_classes"])
-    dice, per_class = _dice_vs_labels(rows[0]["label_file"], str(label), num_classes)
-    labels_geometry = _label_geometry(str(label), num_classes)
+    dice, per_class = _dice_vs_labels(rows[0]["label_file"], str(label), b.num_classes)
+    labels_geometry = _label_geometry(str(label), b.num_classes)
     for r in rows:
         r["labels_geometry"] = labels_geometry
         r["configuration"] = f"{demo_cfg.relative_to(REPO)} fitted to {image.name} ({epochs} epochs), weights {ckpt}"

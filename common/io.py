@@ -38,6 +38,7 @@ __all__ = [
     "ITK_SUFFIXES",
     "NiftiReader",
     "SimpleITKReader",
+    "register_readers",
     "AtomicNibabelWriter",
     "reorder",
     "ImageInfo",
@@ -121,6 +122,14 @@ class NiftiReader(NibabelReader):
         if isinstance(array, np.ndarray):
             array = reorder(array, "C")
         return array, meta
+
+
+def register_readers(loader: LoadImage) -> LoadImage:
+    """Give a MONAI ``LoadImage`` (or ``LoadImaged``) the project's readers, chosen by suffix: SimpleITK for ITK
+    formats and DICOM folders, :class:`NiftiReader` for NIfTI. Returns the loader."""
+    loader.register(SimpleITKReader())
+    loader.register(NiftiReader())
+    return loader
 
 
 def _sitk_affine(img: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
@@ -238,9 +247,7 @@ def load_array(path: str | os.PathLike, dtype=None) -> tuple[np.ndarray, np.ndar
     """
     global _LOADER
     if _LOADER is None:
-        _LOADER = LoadImage(image_only=True)  # chosen by suffix: nibabel for NIfTI ...
-        _LOADER.register(SimpleITKReader())  # ... SimpleITK for ITK formats and DICOM folders
-        _LOADER.register(NiftiReader())
+        _LOADER = register_readers(LoadImage(image_only=True))
     path = str(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: file not found")

@@ -143,14 +143,12 @@ def test_nifti_reader_gives_monais_array(volume):
 
 def test_atomic_writer_writes_what_monais_writer_writes(tmp_path):
     """Handing nibabel the voxels in Fortran order changes nothing in the file (decompressed bytes equal)."""
-    from monai.data import NibabelWriter
+    from monai.data import MetaTensor, NibabelWriter
 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 14, (1, 9, 7, 5)).astype(np.float32)
     affine = np.array([[-0.8, 0, 0, 10], [0, 0.8, 0, -3], [0, 0, 2.5, 7], [0, 0, 0, 1]])
     files = []
-    from monai.data import MetaTensor
-
     for w, given in ((NibabelWriter(output_dtype=np.uint8), data), (AtomicNibabelWriter(output_dtype=np.uint8), MetaTensor(data))):
         w.set_data_array(given, channel_dim=0)
         w.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
