@@ -30,13 +30,22 @@ test: install
 # CUDA build of torch from PyPI (about 8 GB, 5 minutes). `--isolated` keeps pip away from the local CPU wheel
 # (PIP_FIND_LINKS), whose torch would not match torchvision's CUDA ops. MONAI Label 0.8.5 leaves pydicom and
 # the DICOM clients unpinned, and their newest releases no longer fit together (pydicom-seg needs pydicom 2).
+# `--no-cache-dir`: the CUDA wheels would otherwise be kept a second time in pip's cache. The install needs about
+# 11 GB of free disk at its peak (7.5 GB installed plus the wheels being unpacked); MLDISK_GB is checked first so a
+# full disk is named as such instead of failing inside pip with Errno 28.
 MLVENV ?= .venv-monailabel
-MLPIP := $(MLVENV)/bin/pip install --quiet --isolated --cert $(or $(PIP_CERT),/etc/ssl/certs/ca-certificates.crt)
+MLDISK_GB ?= 12
+MLPIP := $(MLVENV)/bin/pip install --quiet --isolated --no-cache-dir --cert $(or $(PIP_CERT),/etc/ssl/certs/ca-certificates.crt)
 
 $(MLVENV)/bin/python:
 	$(PYTHON) -m venv $(MLVENV)
 
 $(MLVENV)/.installed: pyproject.toml | $(MLVENV)/bin/python
+	@for d in $(MLVENV) $${TMPDIR:-/tmp}; do \
+	  free=$$(df -Pk "$$d" | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ "$$free" -lt $(MLDISK_GB) ]; then \
+	    echo "test-monailabel: the MONAI Label environment (CUDA build of torch) needs about $(MLDISK_GB) GB of free disk;" \
+	         "$$free GB free at $$d" >&2; exit 1; fi; done
 	$(MLPIP) torch==2.13.0 torchvision==0.28.0
 	$(MLPIP) monailabel==0.8.5 pydicom==2.4.4 dicomweb-client==0.59.1 pynetdicom==2.0.2 -e ".[test]"
 	touch $@
