@@ -216,6 +216,19 @@ def test_demo_network_is_the_same_for_training_and_inference(bundle):
     assert shapes[0] == shapes[1] and len(shapes[0]) > 0
 
 
+@pytest.mark.parametrize("bundle", sorted(f.parent.parent.name for f in BUNDLES.glob("*/configs/demo.json")))
+def test_demo_training_recipe_builds(bundle):
+    """A demo's overrides of the training recipe (Swin-Unet's swaps the optimizer) build with train.json: the
+    optimizer holds every parameter of the network, at the demo's learning rate."""
+    from common.bundle import bundle_parser
+
+    demo = BUNDLES / bundle / "configs" / "demo.json"
+    parser = bundle_parser(bundle, None, "train.json", extra=[demo])
+    net, opt = parser.get_parsed_content("network"), parser.get_parsed_content("optimizer")
+    assert [g["lr"] for g in opt.param_groups] == [parser.get_parsed_content("learning_rate")]
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in net.parameters()}
+
+
 def test_configs_are_valid_json():
     for f in BUNDLES.glob("*/configs/*.json"):
         json.loads(f.read_text(encoding="utf-8"))
