@@ -58,6 +58,7 @@ __all__ = [
     "argmax_channels",
     "compact_argmax",
     "bilinear_argmax",
+    "zoom_axial_slices",
 ]
 
 PAPER_HU_WINDOW = (-125.0, 275.0)
@@ -170,6 +171,30 @@ def _resize_slices(x: torch.Tensor, size: Sequence[int], mode: str) -> torch.Ten
             out[..., o0:o1] = torch.matmul(rows[..., i0:i1], torch.as_tensor(w.T, dtype=x.dtype, device=x.device))
         return out
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=True)
+
+
+def zoom_axial_slices(vol: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The papers' cubic zoom of every axial slice of ``vol`` (C, X, Y, Z) to ``size``, as (Z, C, H, W) float32.
+
+    The same numbers as ``_resize_slices(vol.permute(3, 0, 1, 2), size, "cubic")`` (tested), computed on the
+    volume's own layout: the X pass is one banded matrix product over contiguous memory, the Y pass a batched one,
+    and only the zoomed slices (a fifth of a 512 x 512 volume at 224) are put in slice order. Gathering every
+    512 x 512 slice across the volume's axial stride first took twice as long as the zoom itself.
+    """
+    c, sx, sy, sz = vol.shape
+    h, w = int(size[0]), int(size[1])
+    vol = vol.float()
+    if (sx, sy) == (h, w):
+        return vol.permute(3, 0, 1, 2)
+    vol = vol.contiguous()
+    rows = torch.empty((c, h, sy, sz), dtype=vol.dtype, device=vol.device)
+    for o0, o1, i0, i1, m in cubic_zoom_bands(sx, h):
+        part = torch.matmul(torch.as_tensor(m, dtype=vol.dtype, device=vol.device), vol[:, i0:i1].reshape(c, i1 - i0, -1))
+        rows[:, o0:o1] = part.reshape(c, o1 - o0, sy, sz)
+    out = torch.empty((c, h, w, sz), dtype=vol.dtype, device=vol.device)
+    for o0, o1, i0, i1, m in cubic_zoom_bands(sy, w):
+        out[:, :, o0:o1] = torch.matmul(torch.as_tensor(m, dtype=vol.dtype, device=vol.device), rows[:, :, i0:i1])
+    return out.permute(3, 0, 1, 2).contiguous()
 
 
 ZOOM_BAND_ROWS = 32  # output rows per band of the zoom matrix
@@ -344,9 +369,8 @@ class SliceDataset(Dataset):
             d = transform(item)
             img = _plain(d["image"]).float()  # (1, X, Y, Z), no metadata: slices are collated as plain tensors
             lab = _plain(d["label"]).float()
-            img_s = img[0].permute(2, 0, 1).unsqueeze(1)  # (Z, 1, X, Y)
-            lab_s = lab[0].permute(2, 0, 1).unsqueeze(1)
-            img_s = _resize_slices(img_s, self.img_size, "cubic").clamp_(0.0, 1.0)
+            lab_s = lab[0].permute(2, 0, 1).unsqueeze(1)  # (Z, 1, X, Y)
+            img_s = zoom_axial_slices(img[:1], self.img_size).clamp_(0.0, 1.0)
             lab_s = _resize_slices(lab_s, self.img_size, "nearest")
             self.images.append(img_s.contiguous())
             self.labels.append(lab_s.to(torch.uint8).contiguous())
@@ -395,9 +419,10 @@ def argmax_channels(y: torch.Tensor) -> torch.Tensor:
 
     Same result (first maximum wins); PyTorch's CPU argmax over the channel axis of a contiguous NCHW
     tensor strides across memory and is about 7x slower than over channels-last memory, where each pixel's
-    scores are adjacent (measured on 14 x 512 x 512 slices).
+    scores are adjacent (measured on 14 x 512 x 512 slices). The indices of ``max`` are argmax's, ties included
+    (tested), and come faster on bf16 scores: 0.08 s instead of 0.13 s for 150 slices of 14 x 224 x 224.
     """
-    return y.contiguous(memory_format=torch.channels_last).argmax(1)
+    return y.contiguous(memory_format=torch.channels_last).max(1).indices
 
 
 def compact_argmax(y: torch.Tensor) -> torch.Tensor:
@@ -474,10 +499,11 @@ class SliceWiseMixin:
                 return labels[None].float()
             return F.one_hot(labels, n_classes).permute(3, 0, 1, 2).float()
         step = max(int(self.slice_batch), 1)
-        block = max(step, RESIZE_BLOCK)  # resizing and argmax work on blocks of slices, forwards on batches
+        block = max(step, RESIZE_BLOCK)  # resizing back and argmax work on blocks of slices, forwards on batches
+        zoomed = zoom_axial_slices(vol, self.slice_roi)  # (Z, C, h, w): a fifth of a 512 x 512 volume at 224
         out = None
         for s in range(0, sz, block):
-            chunk = _resize_slices(slices[s : s + block].float(), self.slice_roi, "cubic")
+            chunk = zoomed[s : s + block]
             y = torch.cat([self._slice_forward(chunk[i : i + step]) for i in range(0, chunk.shape[0], step)])
             if self.slice_output == "logits":
                 y = y.float()

@@ -18,6 +18,7 @@ from common.slicewise import (
     slice_preprocessing,
     slice_weights,
     slicewise_network,
+    zoom_axial_slices,
 )
 
 
@@ -200,8 +201,11 @@ def test_label_output_is_the_argmax_of_the_logits(volume, mode):
     torch.testing.assert_close(labels[:, 0], logits.argmax(1).float(), rtol=0, atol=0)
 
 
-def test_argmax_channels_matches_torch_argmax_ties_included():
-    y = torch.randint(0, 3, (2, 6, 9, 7)).float()  # many ties: the first maximum must win, as torch.argmax
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_argmax_channels_matches_torch_argmax_ties_included(dtype, layout):
+    y = torch.randint(0, 3, (2, 6, 9, 7)).to(dtype)  # many ties: the first maximum must win, as torch.argmax
+    y = y.contiguous(memory_format=layout)
     torch.testing.assert_close(argmax_channels(y), y.argmax(1), rtol=0, atol=0)
 
 
@@ -232,6 +236,18 @@ def test_cubic_resize_is_scipys_zoom(shape, size):
     want = np.stack([ndimage.zoom(s[0], (size[0] / shape[0], size[1] / shape[1]), order=3) for s in x])
     assert got.shape == (2, 1, *size)
     np.testing.assert_allclose(got[:, 0].numpy(), want, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("shape, size", [((122, 101, 7), (224, 224)), ((300, 64, 5), (224, 96)), ((40, 40, 3), (40, 40))])
+def test_axial_zoom_on_the_volume_layout_is_the_slice_zoom(shape, size):
+    """The batched path zooms a (C, X, Y, Z) volume on its own layout: the same numbers, in the same (Z, C, H, W)
+    order, as the per-slice zoom of the slices gathered first; a volume already at the size is passed through."""
+    vol = torch.from_numpy(np.random.default_rng(1).random((2, *shape)).astype(np.float32))
+    want = _resize_slices(vol.permute(3, 0, 1, 2).contiguous(), size, "cubic")
+    got = zoom_axial_slices(vol, size)
+    assert got.shape == (shape[2], 2, *size) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert torch.equal(zoom_axial_slices(vol.to(torch.float64), size), got)  # float32 whatever the input
 
 
 @pytest.mark.parametrize("n_in,n_out", [(512, 224), (101, 224), (224, 512), (7, 224), (224, 3)])
