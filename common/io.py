@@ -98,16 +98,14 @@ def reorder(array: np.ndarray, order: str = "C", dtype=None) -> np.ndarray:
     contiguous = array.flags.c_contiguous if order == "C" else array.flags.f_contiguous
     if contiguous and array.dtype == dtype:
         return array
-    try:
-        src = torch.from_numpy(array) if array.dtype.isnative else None
+    if array.dtype.isnative:
         out = np.empty(array.shape, dtype=dtype, order=order)
-        dst = torch.from_numpy(out) if src is not None else None
-    except (TypeError, ValueError):  # a NumPy type PyTorch lacks, negative strides
-        src = dst = None
-    if src is None or dst is None:
-        return np.asarray(array, dtype=dtype, order=order)
-    dst.copy_(src)
-    return out
+        try:
+            torch.from_numpy(out).copy_(torch.from_numpy(array))
+            return out
+        except (TypeError, ValueError):  # a NumPy type PyTorch lacks, negative strides
+            pass
+    return np.asarray(array, dtype=dtype, order=order)
 
 
 class NiftiReader(NibabelReader):

@@ -484,9 +484,8 @@ class SliceWiseMixin:
     def _volume(self, vol: torch.Tensor) -> torch.Tensor:
         """One volume (C, X, Y, Z) -> (classes, X, Y, Z) scores or a (1, X, Y, Z) label map."""
         _, sx, sy, sz = vol.shape
-        slices = vol.permute(3, 0, 1, 2)  # (Z, C, X, Y)
         if self.slice_mode == "reference":
-            labels, n_classes = self._reference(slices)  # (X, Y, Z)
+            labels, n_classes = self._reference(vol.permute(3, 0, 1, 2))  # (Z, C, X, Y) slices -> (X, Y, Z)
             if self.slice_output == "labels":
                 return labels[None].float()
             return F.one_hot(labels, n_classes).permute(3, 0, 1, 2).float()
