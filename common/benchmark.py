@@ -24,11 +24,12 @@ In one run on one machine, for each bundle:
   on a folder of three BTCV-size phantoms, default path and reduced precision: seconds per volume and the share
   of the wall time outside the forward passes, with loading overlapped by the workers as in real use.
 - **Fitted** (``fitted``, not in the default parts: it trains): the demo's network (``configs/demo.json``) trained
-  on the real CT sample itself through the bundle's own ``train.json`` (:data:`FIT_EPOCHS` epochs), then every
-  inference path on that CT with those weights. The demos learn on generated phantoms, so on the real CT they
-  predict fragments; weights fitted to the CT predict organ-shaped labels, as a model trained on BTCV would, and
-  the agreement of the paths is measured on such a prediction (with its Dice against the CT's labels). The
-  weights are kept in ``<out>/fitted/<bundle>/model.pt`` and reused by later runs (delete them to refit).
+  on the real CT sample itself through the bundle's own ``train.json`` (``--fit-epochs``, :data:`FIT_EPOCHS` by
+  default), then every inference path on that CT with those weights. The demos learn on generated phantoms,
+  so on the real CT they predict fragments; weights fitted to the CT predict organ-shaped labels, as a model
+  trained on BTCV would, and the agreement of the paths is measured on such a prediction (with its Dice against
+  the CT's labels). The weights are kept in ``<out>/fitted/<bundle>/model.pt`` and reused by later runs with
+  the same settings (another epoch count, override or CT fits again).
 - **Scaling**: the fastest path at three volume sizes (256 x 256 x 80, 512 x 512 x 150, 512 x 512 x 300 at
   the BTCV spacing, so the field of view grows): seconds, peak memory, and where sliding-window outputs were
   stitched (``stitch="auto"`` moves it to the CPU when the GPU would run out).
@@ -451,14 +452,18 @@ def _fitted_part(
         return []
     folder = (out / "fitted" / name).resolve()
     ckpt = folder / "model.pt"
+    datalist = folder / "datalist.json"
+    item = {"image": str(image), "label": str(label)}
+    settings = {**overrides, "datalist_file": str(datalist), "max_epochs": epochs, "val_interval": epochs,
+                "ckpt_dir": str(folder), "ckpt_path": str(ckpt), "output_dir": str(folder / "runs")}  # fmt: skip
     train_s = None
-    if not ckpt.is_file():
+    if not (ckpt.is_file() and _same_fit(folder, settings, item)):
+        # no weights yet, or weights of another fit (other epochs, overrides or CT): fit again from scratch
+        if ckpt.is_file():
+            print(f"  {name} | fitted: {ckpt} was fitted with other settings, fitting again", flush=True)
+            ckpt.unlink()
         folder.mkdir(parents=True, exist_ok=True)
-        datalist = folder / "datalist.json"
-        item = {"image": str(image), "label": str(label)}
         atomic_write_text(datalist, json.dumps({"training": [item], "validation": [item]}, indent=2) + "\n")
-        settings = {**overrides, "datalist_file": str(datalist), "max_epochs": epochs, "val_interval": epochs,
-                    "ckpt_dir": str(folder), "ckpt_path": str(ckpt), "output_dir": str(folder / "runs")}  # fmt: skip
         atomic_write_text(folder / "fit.json", json.dumps(settings, indent=2) + "\n")
         configs = [str(REPO / "bundles" / name / "configs" / "train.json"), str(demo_cfg), str(folder / "fit.json")]
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs)]
@@ -480,6 +485,16 @@ def _fitted_part(
         r["baseline_dice_per_class"] = per_class
         r["fit_seconds"] = train_s
     return rows
+
+
+def _same_fit(folder: Path, settings: dict, item: dict) -> bool:
+    """Whether the weights in ``folder`` were fitted with ``settings`` on ``item`` (its fit.json and datalist.json)."""
+    try:
+        fit = json.loads((folder / "fit.json").read_text(encoding="utf-8"))
+        data = json.loads((folder / "datalist.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return fit == settings and data.get("training") == [item]
 
 
 class _PaperSlices(torch.utils.data.Dataset):
@@ -639,6 +654,7 @@ def suite(
     smoke: bool = False,
     volumes: tuple[str, ...] = ("sample", "btcv"),
     paths: tuple[int, ...] | None = None,
+    fit_epochs: int = FIT_EPOCHS,
 ) -> dict:
     """Run the benchmark suite (see the module docstring) and write ``<out_dir>/suite.md`` and ``suite.json``."""
     dev = torch.device(device) if device else (torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu"))
@@ -677,7 +693,7 @@ def suite(
             result["dataset"] += _dataset_part(b, [btcv] + [it["image"] for it in train_items], work)
         if "fitted" in parts and (smoke or use_sample):
             case = train_items[0] if smoke else {"image": DEFAULT_SAMPLE, "label": DEFAULT_SAMPLE.with_name("label.nii.gz")}
-            result["fitted"] += _fitted_part(name, b.overrides, dev, case, out, work, 1 if smoke else FIT_EPOCHS)
+            result["fitted"] += _fitted_part(name, b.overrides, dev, case, out, work, 1 if smoke else fit_epochs)
         if "training" in parts:
             result["training"] += _training_part(b, train_items, work, train_iters, train_warmup)
         if "scaling" in parts:
@@ -819,6 +835,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
     ap.add_argument("--volumes", default="sample,btcv", help="inference volumes: sample (the real CT of ../shared, when present), btcv (the BTCV-size phantom)")
     ap.add_argument("--paths", default=None, help="comma-separated indices of the inference paths beside the baseline (0), e.g. 2 for the fastest only (default: all)")
+    ap.add_argument("--fit-epochs", type=int, default=FIT_EPOCHS, help=f"epochs of the fitted part's training (default {FIT_EPOCHS}); weights fitted with other settings are fitted again")
     ap.add_argument("--train-iters", type=int, default=3)
     ap.add_argument("--train-warmup", type=int, default=1)
     ap.add_argument("--device", default=None)
@@ -837,7 +854,7 @@ def main(argv=None) -> int:
     ckpts = dict(c.split("=", 1) for c in args.ckpt)
     suite(bundles, args.out, ckpts, tuple(p.strip() for p in args.parts.split(",")), None, args.train_iters,
           args.train_warmup, args.device, overrides, args.smoke, tuple(v.strip() for v in args.volumes.split(",")),
-          tuple(int(i) for i in args.paths.split(",")) if args.paths else None)  # fmt: skip
+          tuple(int(i) for i in args.paths.split(",")) if args.paths else None, args.fit_epochs)  # fmt: skip
     return 0
 
 

@@ -7,7 +7,7 @@ import json
 from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
 from test_geometry import random_checkpoint
 
-from common.benchmark import main, suite, variants
+from common.benchmark import FIT_EPOCHS, _same_fit, main, suite, variants
 
 TWO_D = ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv")
 
@@ -56,7 +56,25 @@ def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
     monkeypatch.setattr("common.benchmark.suite", lambda *a: seen.update(args=a) or {})
     assert main(["--bundle", "unetr_btcv", "--parts", "inference", "--override", 'unetr_btcv:roi_size=[32,32,16]',
                  "--ckpt", "unetr_btcv=/x.pt", "--smoke", "--out", str(tmp_path)]) == 0  # fmt: skip
-    bundles, out, ckpts, parts, _, _, _, _, overrides, smoke, volumes, paths = seen["args"]
-    assert volumes == ("sample", "btcv") and paths is None
+    bundles, out, ckpts, parts, _, _, _, _, overrides, smoke, volumes, paths, fit_epochs = seen["args"]
+    assert volumes == ("sample", "btcv") and paths is None and fit_epochs == FIT_EPOCHS
     assert bundles == ["unetr_btcv"] and parts == ("inference",) and smoke
     assert overrides == {"unetr_btcv": {"roi_size": [32, 32, 16]}} and ckpts == {"unetr_btcv": "/x.pt"}
+    assert main(["--parts", "fitted", "--fit-epochs", "80", "--out", str(tmp_path)]) == 0
+    assert seen["args"][-1] == 80
+
+
+def test_fitted_weights_are_reused_only_for_the_same_fit(tmp_path):
+    # the fitted part keeps its weights beside fit.json and datalist.json; another epoch count, override or CT
+    # must fit again rather than report figures of weights fitted otherwise
+    item = {"image": "/data/ct.nii.gz", "label": "/data/label.nii.gz"}
+    settings = {"max_epochs": 30, "val_interval": 30, "ckpt_path": str(tmp_path / "model.pt")}
+    assert not _same_fit(tmp_path, settings, item)  # nothing written yet
+    (tmp_path / "fit.json").write_text(json.dumps(settings), encoding="utf-8")
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [item], "validation": [item]}), encoding="utf-8")
+    assert _same_fit(tmp_path, settings, item)
+    assert not _same_fit(tmp_path, {**settings, "max_epochs": 80}, item)
+    assert not _same_fit(tmp_path, {**settings, "slice_batch": 4}, item)
+    assert not _same_fit(tmp_path, settings, {**item, "image": "/data/other.nii.gz"})
+    (tmp_path / "fit.json").write_text("{not json", encoding="utf-8")
+    assert not _same_fit(tmp_path, settings, item)
