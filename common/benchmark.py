@@ -57,7 +57,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import bundle_parser, load_weights
+from .bundle import bundle_parser
+from .weights import load_weights
 from .io import atomic_write_text
 
 __all__ = ["PeakMemory", "machine_info", "variants", "suite", "suite_markdown", "main"]
@@ -256,7 +257,7 @@ class _Bundle:
         torch.manual_seed(0)  # without a checkpoint, every path gets the same random weights
         net = parser.get_parsed_content("network_def")
         if self.ckpt:
-            load_weights(net, self.ckpt)
+            load_weights(net, self.ckpt, purpose="inference")
         return net.to(self.dev).eval()
 
     def warm_up(self, parser, net, inferer) -> None:
@@ -328,7 +329,7 @@ class _Bundle:
 def _fits(b: _Bundle, ckpt: str) -> bool:
     """Whether ``ckpt`` loads into the bundle's (full-size) network."""
     try:
-        load_weights(b.parser().get_parsed_content("network_def"), ckpt)
+        load_weights(b.parser().get_parsed_content("network_def"), ckpt, purpose="inference")
     except Exception:  # a checkpoint of another configuration: shapes or keys differ
         return False
     return True

@@ -26,9 +26,7 @@ __all__ = [
     "latest_checkpoint",
     "make_resumable",
     "require_checkpoint",
-    "with_pretrained",
     "as_bool",
-    "load_weights",
     "default_device",
     "default_workers",
     "file_sha256",
@@ -194,21 +192,6 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
     return latest
 
 
-def with_pretrained(network: torch.nn.Module, path: str | os.PathLike | None, loader) -> torch.nn.Module:
-    """Load pretrained weights into ``network`` with ``loader(network, path)`` when ``path`` is set.
-
-    Used by the configs' ``network`` entry: ``"$common.bundle.with_pretrained(@network_def,
-    @pretrained_path, <loader>).to(@device)"``; an empty path leaves the network as initialised.
-    """
-    if path:
-        if not os.path.isfile(str(path)):
-            raise InputError(f"{path}: pretrained weights not found", hint="set pretrained_path to the file, or to \"\" to train from scratch")
-        report = loader(network, str(path))
-        n = report.get("num_tensors", len(report.get("loaded", []))) if isinstance(report, dict) else None
-        print(f"loaded pretrained weights from {path}" + (f" ({n} tensors)" if n is not None else ""), flush=True)
-    return network
-
-
 def as_bool(value) -> bool:
     """A config flag as a bool: accepts booleans and the strings a command line gives (``false``, ``0``, ``no``)."""
     if isinstance(value, str):
@@ -219,38 +202,6 @@ def as_bool(value) -> bool:
             return False
         raise InputError(f"not a yes/no value: {value!r}", hint="use true or false")
     return bool(value)
-
-
-def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> dict:
-    """Load a saved state dict into ``network`` strictly (fine-tuning from a bundle's ``model.pt``).
-
-    Accepts a bare state dict or one under ``"state_dict"``/``"model"``, with or without the ``module.``
-    prefix of a DDP-saved model; loads with ``weights_only=True``. Raises :class:`InputError` listing
-    unexpected, missing and mis-shaped keys.
-    """
-    path = str(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e})") from e
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
-    ours = network.state_dict()
-    problems = [f"{path}: unexpected key {k!r}" for k in state if k not in ours]
-    problems += [f"{path}: missing key {k!r}" for k in ours if k not in state]
-    problems += [
-        f"{path}: shape mismatch for {k!r}: checkpoint {tuple(v.shape)}, model {tuple(ours[k].shape)}"
-        for k, v in state.items()
-        if k in ours and tuple(v.shape) != tuple(ours[k].shape)
-    ]
-    if problems:
-        raise InputError(problems[:50], hint="the checkpoint does not fit this network configuration; nothing was loaded")
-    network.load_state_dict(state)
-    return {"loaded": sorted(state), "num_tensors": len(state)}
 
 
 def bundle_configs(bundle: str, config: str = "inference.json", extra=()) -> list[str]:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .bundle import BUNDLES_DIR, bundle_configs, bundle_parser, load_weights
+from .bundle import BUNDLES_DIR, bundle_configs, bundle_parser
+from .weights import load_weights
 from .errors import InputError
 
 __all__ = ["build_network", "example_input", "export_torchscript", "export_onnx", "main", "DEFAULT_TOLERANCE"]
@@ -40,7 +41,7 @@ def build_network(bundle: str, ckpt: str | None = None, configs=(), overrides: d
     parser = bundle_parser(bundle, overrides, extra=configs)
     net = parser.get_parsed_content("network_def")
     if ckpt:
-        load_weights(net, ckpt)
+        load_weights(net, ckpt, purpose="inference")
     return net.eval(), parser
 
 

@@ -14,7 +14,7 @@ from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
 from conftest import BUNDLES, TINY_SHAPE, TINY_SPACING
 from monai.bundle import ConfigParser
 
-from common.bundle import load_weights
+from common.weights import load_weights
 
 # Written by every rank at the end (before the process group goes): which dataset indices the rank's sampler
 # drew from (its partition of the training set), how many it drew, and how many iterations it trained.

@@ -2,8 +2,8 @@
 
 A layer-for-layer re-implementation of the official model (github.com/Dootmaan/MT-UNet,
 ``model/MTUNet.py``): same layers, same computation, same parameter count (79,075,389 with 9
-classes at the paper configuration), and a loader for the official state dicts
-(:func:`load_official_mtunet_checkpoint`). Written independently, with these differences in how
+classes at the paper configuration), and a converter for the official state dicts
+(:func:`convert_official_state_dict`, used by :func:`common.weights.load_weights`). Written independently, with these differences in how
 it computes (never in what it computes):
 
 * no hard-coded ``.cuda()``: runs on any device, in any floating dtype and under autocast;
@@ -38,13 +38,14 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from monai.networks.blocks import Convolution
 from torch import nn
+
+from ..weights import Conversion
 
 __all__ = [
     "ExternalAttention",
@@ -57,7 +58,7 @@ __all__ = [
     "WindowTokenAggregation",
     "build_mtm_stage",
     "convert_official_state_dict",
-    "load_official_mtunet_checkpoint",
+    "CONVERTERS",
     "official_key_to_ours",
     "pad_to_window_multiple",
 ]
@@ -643,49 +644,21 @@ def official_key_to_ours(key: str) -> str | None:
     return None
 
 
-def convert_official_state_dict(
-    official: Mapping[str, torch.Tensor], model: MTUNet
-) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """Rename an official MT-UNet state dict (``model/MTUNet.py`` names) to ours.
-
-    A ``module.`` prefix (``nn.DataParallel`` checkpoints) is stripped. Returns the converted dict and
-    a report with ``unused`` (official keys with no place in ``model``), ``missing`` (our keys that got
-    no value) and ``shape_mismatch`` entries. No layout conversion is needed: every tensor keeps the
-    official layout.
-    """
-    ours = model.state_dict()
-    converted: dict[str, torch.Tensor] = {}
+def convert_official_state_dict(state: Mapping[str, object], model: torch.nn.Module) -> Conversion | None:
+    """An official MT-UNet checkpoint (the ``state_dict`` its training script saves, ``model/MTUNet.py`` names) in
+    our names; ``None`` for another file. No layout conversion is needed: every tensor keeps the official layout.
+    Loaded through :func:`common.weights.load_weights` (which also strips a ``module.`` prefix)."""
+    if "stem.position_embedding" not in state and not any(k.startswith("stem.model.") for k in state):
+        return None
+    tensors: dict[str, torch.Tensor] = {}
     unused: list[str] = []
-    mismatched: list[str] = []
-    for key, value in official.items():
-        plain = key[len("module.") :] if key.startswith("module.") else key
-        target = official_key_to_ours(plain)
-        if target is None or target not in ours:
+    for key, value in state.items():
+        target = official_key_to_ours(key)
+        if target is None:
             unused.append(key)
-        elif ours[target].shape != value.shape:
-            mismatched.append(f"{key} {tuple(value.shape)} -> {target} {tuple(ours[target].shape)}")
         else:
-            converted[target] = value
-    missing = [k for k in ours if k not in converted]
-    return converted, {"unused": unused, "missing": missing, "shape_mismatch": mismatched}
+            tensors[target] = torch.as_tensor(value)
+    return Conversion("official MT-UNet checkpoint", tensors, unused=unused)
 
 
-def load_official_mtunet_checkpoint(model: MTUNet, path: str | Path) -> dict[str, object]:
-    """Load an official MT-UNet checkpoint (a ``state_dict`` saved by the official training script).
-
-    Loads safely (``weights_only=True``, on CPU) and raises ``ValueError`` listing every official key
-    that was not used, every tensor of ``model`` that got no value and every shape mismatch (e.g. a
-    different number of classes). Returns ``{"loaded": n, "names": [our keys]}``.
-    """
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    converted, report = convert_official_state_dict(state, model)
-    problems = {k: v for k, v in report.items() if v}
-    if problems:
-        lines = [f"{k} ({len(v)}): {', '.join(v[:50])}{' ...' if len(v) > 50 else ''}" for k, v in problems.items()]
-        raise ValueError(f"{path} does not match this MTUNet:\n" + "\n".join(lines))
-    model.load_state_dict(converted, strict=True)
-    return {"loaded": len(converted), "names": sorted(converted)}
+CONVERTERS = (convert_official_state_dict,)

@@ -42,13 +42,12 @@ Which MONAI blocks are reused (each checked against the official code, see the n
 * ``monai.networks.blocks.PatchEmbed`` (2D): Conv(k=stride=patch) then LayerNorm over channels, same names
   (``proj``, ``norm``). Its padding never triggers because the input size is validated.
 
-Written here: the patch expanding layers (not in MONAI), the decoder, the stage container and the loader.
+Written here: the patch expanding layers (not in MONAI), the decoder, the stage container and the weight converters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -57,9 +56,16 @@ from monai.networks.blocks import PatchEmbed
 from monai.networks.layers import trunc_normal_
 from monai.networks.nets.swin_unetr import PatchMergingV2, SwinTransformerBlock, compute_mask
 
-from ..errors import InputError
+from ..weights import Conversion
 
-__all__ = ["PatchExpand", "SwinUnetStage", "SwinUnet", "load_swin_unet_pretrained"]
+__all__ = [
+    "PatchExpand",
+    "SwinUnetStage",
+    "SwinUnet",
+    "CONVERTERS",
+    "convert_imagenet_swin",
+    "convert_official_state_dict",
+]
 
 
 class PatchExpand(nn.Module):
@@ -416,7 +422,7 @@ class SwinUnet(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Pretrained encoder (official ImageNet Swin checkpoint, Microsoft key names)
+# Weights: the official ImageNet Swin checkpoint (Microsoft key names) and full official Swin-Unet checkpoints
 # --------------------------------------------------------------------------------------------------------------
 
 _BUFFER_SUFFIXES = ("attn.relative_position_index", "attn_mask")
@@ -427,178 +433,123 @@ def _official_to_ours(key: str) -> str:
     return key.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
 
 
-def load_swin_unet_pretrained(model: SwinUnet, path: str | Path, allow_shape_mismatch: bool = False) -> dict:
-    """Load the official ImageNet ``swin_tiny_patch4_window7_224.pth`` into the encoder and mirror it into the
-    decoder, reproducing the official ``SwinUnet.load_from``.
+def _mask_buffers(model: SwinUnet) -> dict[str, torch.Tensor]:
+    """Our shifted-window masks (non-persistent, one per stage) under the official per-block names."""
+    masks = {}
+    for prefix, stages in (("layers", model.layers), ("layers_up", model.layers_up)):
+        for i, stage in enumerate(stages):
+            if isinstance(stage, SwinUnetStage) and stage.attn_mask is not None:
+                for j in range(1, len(stage.blocks), 2):
+                    masks[f"{prefix}.{i}.blocks.{j}.attn_mask"] = stage.attn_mask
+    return masks
 
-    Official behaviour reproduced (``networks/vision_transformer.py``): the ``"model"`` state dict is loaded
-    into the encoder (``patch_embed``, ``layers.i``, ``norm``) and every ``layers.i.*`` key is also copied to
-    ``layers_up.(L-1-i).*``; keys absent from the model are ignored and keys whose shape differs are dropped.
-    With the paper configuration this means:
+
+def _check_geometry(name: str, value: torch.Tensor, ours: torch.Tensor | None, problems: list[str]) -> bool:
+    """Whether ``value`` is a geometry buffer this model has (same shape); a differing value is a problem."""
+    if ours is None or tuple(ours.shape) != tuple(value.shape):
+        return False
+    if not torch.equal(ours.to(value.dtype), value.to(ours.device)):
+        problems.append(f"{name}: values differ from the window geometry of this model")
+    return True
+
+
+def convert_imagenet_swin(state: Mapping[str, object], model: torch.nn.Module) -> Conversion | None:
+    """The official ImageNet ``swin_tiny_patch4_window7_224.pth`` as our encoder, mirrored into the decoder, as the
+    official ``SwinUnet.load_from`` does; ``None`` for another file. Loaded through
+    :func:`common.weights.load_weights`.
+
+    Official behaviour reproduced (``networks/vision_transformer.py``): the ``"model"`` state dict fills the
+    encoder (``patch_embed``, ``layers.i``, ``norm``) and every ``layers.i.*`` key is also copied to
+    ``layers_up.(L-1-i).*``. With the paper configuration:
 
     * loaded: patch embedding, all blocks of the (2, 2, 2, 2) encoder, the three patch mergings, ``norm``;
     * mirrored: encoder stage i blocks -> decoder ``layers_up.(L-1-i).blocks`` for i < L-1;
-    * dropped by design: ``head.*`` (ImageNet classifier), encoder blocks beyond our depths (Swin-T has 6
-      blocks in stage 2, the paper model 2), and the mirror copies that have no decoder counterpart (the
-      bottleneck stage -> ``layers_up.0``, which is a patch expanding layer; ``downsample`` -> decoder stages
-      have ``upsample`` instead);
-    * not pretrained (left at initialisation): ``layers_up.0``, decoder ``upsample``, ``concat_back_dim``,
-      ``norm_up``, ``up``, ``output``.
+    * ignored by design: ``head.*`` (ImageNet classifier), encoder blocks beyond our depths (Swin-T has 6 blocks
+      in stage 2, the paper model 2), and the mirror copies that have no decoder counterpart (the bottleneck
+      stage -> ``layers_up.0``, a patch expanding layer; ``downsample`` -> decoder stages upsample instead);
+    * kept at initialisation: ``layers_up.0``, decoder ``upsample``, ``concat_back_dim``, ``norm_up``, ``up``,
+      ``output``.
 
-    The index/mask buffers (``attn.relative_position_index``, ``attn_mask``; the latter only in some
-    checkpoint versions) are functions of the window geometry: when our model has a buffer of the same
-    shape its values are checked to be identical, otherwise they are reported as recomputed.
-
-    Unlike the official code nothing is skipped silently: an official key that maps to nothing (and is not in
-    the by-design list), an encoder parameter that received no value or a shape mismatch (unless
-    ``allow_shape_mismatch``, which reproduces the official silent drop but reports it) raise ``InputError``.
-
-    Args:
-        model: the network to initialise (modified in place).
-        path: the ``.pth`` file (a dict with key ``"model"``, or that state dict itself).
-        allow_shape_mismatch: drop (and report) parameters whose shapes differ instead of failing.
-
-    Returns:
-        report dict: ``loaded`` (our encoder names), ``mirrored`` (decoder names), ``verified_buffers``,
-        ``recomputed_buffers``, ``dropped_by_design`` (official key -> reason), ``dropped_shape_mismatch``,
-        ``not_pretrained`` (our parameters left at initialisation) and ``counts``.
+    The index and mask buffers are functions of the window geometry: where our model has one of the same shape its
+    values must be identical, otherwise they are recomputed (reported under ``recomputed_buffers``). Unlike the
+    official code nothing is skipped silently: an unknown key, an encoder or decoder-block parameter left without a
+    value, or a shape that does not fit is an error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(
-            f"pretrained Swin checkpoint not found: {path}", hint="download swin_tiny_patch4_window7_224.pth"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report any unreadable file the same way
-        raise InputError(f"cannot read pretrained Swin checkpoint {path}: {exc}") from exc
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or "patch_embed.proj.weight" not in state:
-        raise InputError(
-            f"{path} is not an official Swin checkpoint (expected a dict with key 'model' holding "
-            "'patch_embed.proj.weight', 'layers.0.blocks.0.attn.qkv.weight', ...)"
-        )
-
-    ours_params = dict(model.named_parameters())
-    ours_buffers = {n: b for n, b in model.named_buffers()}
-    for i, stage in enumerate(model.layers):  # non-persistent per-stage masks, addressed per block like the official
-        if stage.attn_mask is not None:
-            for j in range(1, len(stage.blocks), 2):
-                ours_buffers[f"layers.{i}.blocks.{j}.attn_mask"] = stage.attn_mask
-    for k, stage in enumerate(model.layers_up):
-        if isinstance(stage, SwinUnetStage) and stage.attn_mask is not None:
-            for j in range(1, len(stage.blocks), 2):
-                ours_buffers[f"layers_up.{k}.blocks.{j}.attn_mask"] = stage.attn_mask
-
+    if "patch_embed.proj.weight" not in state or any(k.startswith(("layers_up.", "swin_unet.")) for k in state):
+        return None
+    ours = model.state_dict()
+    masks = _mask_buffers(model)
     num_layers = model.num_layers
-    loaded: list[str] = []
-    mirrored: list[str] = []
-    verified: list[str] = []
-    recomputed: list[str] = []
-    by_design: dict[str, str] = {}
-    shape_dropped: list[str] = []
+    tensors: dict[str, torch.Tensor] = {}
+    ignored: dict[str, str] = {}
+    unused: list[str] = []
     problems: list[str] = []
-    filled: set[str] = set()
+    recomputed: list[str] = []
 
-    def assign(target: str, value: torch.Tensor, source: str) -> bool | None:
-        """Copy a parameter / check a buffer. True: done; False: shape dropped; None: no such target."""
+    def place(target: str, value: torch.Tensor, source: str) -> bool:
         if source.endswith(_BUFFER_SUFFIXES):
-            buf = ours_buffers.get(target)
-            if buf is None or tuple(buf.shape) != tuple(value.shape):
-                return None
-            if not torch.equal(buf.to(value.dtype), value.to(buf.device)):
-                problems.append(f"{source}: values differ from the geometry of this model ({target})")
-            verified.append(target)
+            if _check_geometry(source, value, masks.get(target, ours.get(target)), problems):
+                return True
+            recomputed.append(source)
             return True
-        param = ours_params.get(target)
-        if param is None:
-            return None
-        if tuple(param.shape) != tuple(value.shape):
-            msg = f"{source} {tuple(value.shape)} -> {target} {tuple(param.shape)}"
-            if allow_shape_mismatch:
-                shape_dropped.append(msg)
-                return False
-            problems.append(f"shape mismatch: {msg}")
+        if target not in ours:
             return False
-        with torch.no_grad():
-            param.copy_(value.to(device=param.device, dtype=param.dtype))
-        filled.add(target)
+        tensors[target] = value
         return True
 
     for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            problems.append(f"{key}: not a tensor")
-            continue
+        value = torch.as_tensor(value)
         parts = key.split(".")
         target = _official_to_ours(key)
         if parts[0] == "head":
-            by_design[key] = "ImageNet classification head (no counterpart in the segmentation model)"
+            ignored[key] = "ImageNet classification head (no counterpart in the segmentation model)"
             continue
-        done = assign(target, value, key)
-        is_buffer = key.endswith(_BUFFER_SUFFIXES)
-        if done is None:
-            if parts[0] == "layers" and len(parts) > 3 and parts[2] == "blocks" and int(parts[1]) < num_layers and int(
-                parts[3]
-            ) >= model.depths[int(parts[1])]:
-                by_design[key] = f"encoder stage {parts[1]} has only {model.depths[int(parts[1])]} blocks"
+        if parts[0] == "layers" and len(parts) > 3 and parts[2] == "blocks" and int(parts[1]) < num_layers:
+            stage, block = int(parts[1]), int(parts[3])
+            if block >= model.depths[stage]:
+                ignored[key] = f"encoder stage {stage} has only {model.depths[stage]} blocks"
                 continue
-            if is_buffer:
-                recomputed.append(key)
-                continue
-            problems.append(f"{key}: no matching parameter in SwinUnet (looked for '{target}')")
+        if not place(target, value, key):
+            unused.append(key)
             continue
-        if done and not is_buffer:
-            loaded.append(target)
-        # official mirroring: layers.i.* -> layers_up.(L-1-i).*
-        if parts[0] == "layers":
-            i = int(parts[1])
-            mirror = f"layers_up.{num_layers - 1 - i}." + target.split(".", 2)[2]
-            done_up = assign(mirror, value, key)
-            if done_up is None:
-                if mirror.startswith("layers_up.0."):
-                    by_design[f"{key} (decoder copy)"] = (
-                        f"official mirror target '{mirror}' does not exist: layers_up.0 is a patch expanding layer"
-                    )
-                elif ".downsample." in mirror:
-                    by_design[f"{key} (decoder copy)"] = (
-                        f"official mirror target '{mirror}' does not exist: decoder stages upsample instead"
-                    )
-                elif is_buffer:
-                    recomputed.append(f"{key} (decoder copy)")
-                else:
-                    problems.append(f"{key}: no decoder parameter '{mirror}' for the official mirror copy")
-            elif done_up and not is_buffer:
-                mirrored.append(mirror)
+        if parts[0] == "layers":  # official mirroring: layers.i.* -> layers_up.(L-1-i).*
+            mirror = f"layers_up.{num_layers - 1 - int(parts[1])}." + target.split(".", 2)[2]
+            if mirror.startswith("layers_up.0."):
+                ignored[f"{key} (decoder copy)"] = "no mirror target: layers_up.0 is a patch expanding layer"
+            elif ".downsample." in mirror:
+                ignored[f"{key} (decoder copy)"] = "no mirror target: decoder stages upsample instead"
+            elif not place(mirror, value, key):
+                unused.append(f"{key} (decoder copy to {mirror!r})")
+    params = [n for n, _ in model.named_parameters()]
+    required = [n for n in params if n.startswith(("patch_embed.", "layers.", "norm.", "absolute_pos_embed"))]
+    required += [n for n in params if n.startswith("layers_up.") and ".blocks." in n]
+    return Conversion(
+        "Swin ImageNet (Microsoft)", tensors, ignored=ignored, unused=unused, problems=problems, partial=True,
+        required=required, notes={"recomputed_buffers": recomputed},
+    )  # fmt: skip
 
-    encoder_prefixes = ("patch_embed.", "layers.", "norm.", "absolute_pos_embed")
-    excused = {m.split(" -> ")[1].split(" ")[0] for m in shape_dropped}
-    for name in ours_params:
-        if name.startswith(encoder_prefixes) and name not in filled and name not in excused:
-            problems.append(f"encoder parameter '{name}' received no value from the checkpoint")
-        if name.startswith("layers_up.") and ".blocks." in name and name not in filled and name not in excused:
-            problems.append(f"decoder block parameter '{name}' received no mirrored value from the checkpoint")
-    if problems:
-        raise InputError(
-            problems,
-            hint=f"pretrained Swin checkpoint {path} does not fit this SwinUnet; the loader expects the official "
-            "swin_tiny_patch4_window7_224.pth (Microsoft key names) and a model whose encoder it can fill",
-        )
-    not_pretrained = [n for n in ours_params if n not in filled]
-    return {
-        "loaded": loaded,
-        "mirrored": mirrored,
-        "verified_buffers": verified,
-        "recomputed_buffers": recomputed,
-        "dropped_by_design": by_design,
-        "dropped_shape_mismatch": shape_dropped,
-        "not_pretrained": not_pretrained,
-        "counts": {
-            "checkpoint_keys": len(state),
-            "loaded": len(loaded),
-            "mirrored": len(mirrored),
-            "verified_buffers": len(verified),
-            "dropped_by_design": len(by_design),
-            "dropped_shape_mismatch": len(shape_dropped),
-            "not_pretrained": len(not_pretrained),
-        },
-    }
+
+def convert_official_state_dict(state: Mapping[str, object], model: torch.nn.Module) -> Conversion | None:
+    """A full checkpoint of the official Swin-Unet training script (``torch.save(model.state_dict())`` of its
+    ``SwinUnet``, keys prefixed ``swin_unet.``, key layout of HuCaoFighting/Swin-Unet at commit f48f623) in our
+    names; ``None`` for another file. The per-block ``attn_mask`` buffers are checked against our geometry."""
+    if not state or not all(k.startswith("swin_unet.") for k in state):
+        return None
+    ours = model.state_dict()
+    masks = _mask_buffers(model)
+    tensors: dict[str, torch.Tensor] = {}
+    unused: list[str] = []
+    problems: list[str] = []
+    for key, value in state.items():
+        name = _official_to_ours(key[len("swin_unet.") :])
+        if name.endswith("attn_mask"):
+            if not _check_geometry(key, torch.as_tensor(value), masks.get(name), problems):
+                unused.append(key)
+        elif name in ours:
+            tensors[name] = torch.as_tensor(value)
+        else:
+            unused.append(key)
+    return Conversion("official Swin-Unet checkpoint", tensors, unused=unused, problems=problems)
+
+
+CONVERTERS = (convert_official_state_dict, convert_imagenet_swin)

@@ -26,16 +26,18 @@ The official code's own quirks are reproduced on purpose: the projection shortcu
 weight standardisation divides by ``sqrt(var + 1e-5)`` (JAX: ``std + 1e-5``) and the max-pool has no
 padding (JAX: ``SAME``), which is why the stage-1 skip needs the zero padding.
 
-``load_transunet_npz`` loads the official ImageNet-21k ``R50+ViT-B_16.npz`` (Flax key names, HWIO
-kernels) into the encoder, mapping exactly the keys the official ``load_from`` methods read.
+Weights (through :func:`common.weights.load_weights`): ``convert_imagenet_npz`` reads the official ImageNet-21k
+``R50+ViT-B_16.npz`` (Flax key names, HWIO kernels) into the encoder, mapping exactly the keys the official
+``load_from`` methods read; ``convert_official_state_dict`` reads a full checkpoint saved by the official training
+script.
 """
 
 from __future__ import annotations
 
 import math
-import os
+import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +46,17 @@ import torch.nn.functional as F
 from einops import rearrange
 from monai.networks.blocks import Convolution, MLPBlock, SABlock
 
-__all__ = ["TransUNet", "load_transunet_npz", "transunet_npz_spec", "IGNORED_NPZ_PREFIXES"]
+from ..weights import Conversion
+
+__all__ = [
+    "TransUNet",
+    "CONVERTERS",
+    "convert_imagenet_npz",
+    "convert_official_state_dict",
+    "official_key_to_ours",
+    "transunet_npz_spec",
+    "IGNORED_NPZ_PREFIXES",
+]
 
 # Official geometry: the hybrid ResNet reduces the input by 16, the patch embedding is 1x1 on that grid.
 _ENCODER_STRIDE = 16
@@ -281,7 +293,7 @@ class TransUNet(nn.Module):
     Channels: ``in_channels`` 1 or 3 use the 3-channel root convolution (so that the ImageNet weights fit);
     a 1-channel input is repeated to 3 channels as in the official ``forward``. Any other ``in_channels``
     builds a root convolution with that many input channels (no repetition); such a model cannot take the
-    pretrained ``conv_root`` kernel (``load_transunet_npz`` then raises).
+    pretrained ``conv_root`` kernel (loading the npz then fails).
 
     Sizes: ``img_size`` (an int or an ``(H, W)`` pair) must be a multiple of 16 in each dimension; the
     position embeddings are learned for exactly ``(H/16) * (W/16)`` tokens, so the network takes only
@@ -538,7 +550,7 @@ _POS_KEY = "Transformer/posembed_input/pos_embedding"
 
 
 def transunet_npz_spec(model: TransUNet, pretrain_grid: int = 14) -> dict[str, tuple[int, ...]]:
-    """Key names and shapes of the official npz that ``load_transunet_npz`` reads for ``model``.
+    """Key names and shapes of the official npz that ``convert_imagenet_npz`` reads for ``model``.
 
     The position embedding is listed as ``(1, 1 + pretrain_grid ** 2, hidden)`` (class token first), the
     layout of the ImageNet-21k checkpoint (pretrained at 224, grid 14). Ignored keys are not listed.
@@ -585,40 +597,25 @@ def _resize_pos_embed(posemb: np.ndarray, grid: tuple[int, int]) -> tuple[np.nda
     return resized.reshape(1, n_new, -1), f"class token dropped, grid {gs_old}x{gs_old} -> {grid[0]}x{grid[1]}"
 
 
-def load_transunet_npz(model: TransUNet, path: str | os.PathLike) -> dict:
-    """Load the official ImageNet-21k ``R50+ViT-B_16.npz`` into the encoder of ``model``.
+def convert_imagenet_npz(arrays: Mapping[str, object], model: torch.nn.Module) -> Conversion | None:
+    """The official ImageNet-21k ``R50+ViT-B_16.npz`` (Flax names) as our encoder's tensors; ``None`` for another file.
 
     Reads exactly the keys of the official ``VisionTransformer.load_from`` / ``PreActBottleneck.load_from``:
     ``conv_root``, ``gn_root``, ``block{s}/unit{u}/...``, ``embedding``, ``Transformer/posembed_input``,
     ``Transformer/encoderblock_{i}/...``, ``Transformer/encoder_norm``. Kernels are converted HWIO -> OIHW,
     Dense kernels (in, out) -> (out, in), attention kernels (hidden, heads, head_dim) -> (out, in). The
     position embedding loses its class token and is resized (``scipy.ndimage.zoom``, order 1) to the model's
-    grid when the token counts differ. ``cls``, ``head/*`` and ``pre_logits/*`` are ignored by design.
-
-    Raises:
-        ValueError: listing every npz key that would stay unused, every expected key that is missing, and
-            every array whose shape does not fit; nothing is copied in that case.
-
-    Returns:
-        A report: ``loaded`` (npz keys used), ``ignored`` (keys ignored by design), ``num_tensors``,
-        ``num_values`` (elements copied), ``pos_embed`` (what was done to the position embedding),
-        ``not_loaded`` (our parameters left as they were: the decoder and segmentation head).
+    grid when the token counts differ. ``cls``, ``head/*`` and ``pre_logits/*`` are ignored by design; the
+    decoder and segmentation head keep their initialisation. Loaded through :func:`common.weights.load_weights`.
     """
-    if not isinstance(model, TransUNet):
-        raise TypeError(f"model must be a TransUNet, got {type(model).__name__}.")
+    if "conv_root/kernel" not in arrays and "embedding/kernel" not in arrays:
+        return None
     entries = _encoder_key_map(model)
     expected_keys = set(entries) | {_POS_KEY}
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-
-    ignored = sorted(k for k in arrays if _is_ignored(k))
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    ignored = {k: "not read by the official loader (classifier head, pre-logits, class token)" for k in arrays if _is_ignored(k)}
     unused = sorted(k for k in arrays if k not in expected_keys and not _is_ignored(k))
-    missing = sorted(expected_keys - set(arrays))
-    problems = []
-    if unused:
-        problems.append(f"{len(unused)} key(s) in the file that the model has no place for: {unused}")
-    if missing:
-        problems.append(f"{len(missing)} key(s) the model needs that the file lacks: {missing}")
+    problems = [f"npz key {k!r} is missing" for k in sorted(expected_keys - set(arrays))]
     for key in sorted(set(entries) & set(arrays)):
         _, shape, _ = entries[key]
         if not _shape_ok(tuple(arrays[key].shape), shape):
@@ -626,34 +623,75 @@ def load_transunet_npz(model: TransUNet, path: str | os.PathLike) -> dict:
     pos = arrays.get(_POS_KEY)
     if pos is not None and (pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != model.hidden_size):
         problems.append(f"{_POS_KEY}: file shape {tuple(pos.shape)}, model expects (1, N, {model.hidden_size})")
-    if problems:
-        hint = ""
-        if "conv_root/kernel" in arrays and model.in_channels not in (1, 3):
-            hint = " (pretrained weights need in_channels 1 or 3)"
-        raise ValueError(f"cannot load {os.fspath(path)!r} into TransUNet{hint}:\n  " + "\n  ".join(problems))
+    if problems and "conv_root/kernel" in arrays and model.in_channels not in (1, 3):
+        problems.append(f"the pretrained root convolution takes 3 channels: build the model with in_channels 1 or 3, not {model.in_channels}")
+    tensors: dict[str, torch.Tensor] = {}
+    notes: dict = {}
+    if not problems:
+        params = dict(model.named_parameters())
+        for key, (name, _, conv) in entries.items():
+            tensors[name] = conv(arrays[key]).reshape(params[name].shape)
+        try:
+            pos_array, notes["pos_embed"] = _resize_pos_embed(pos, model.grid_size)  # type: ignore[arg-type]
+        except ValueError as e:
+            problems.append(str(e))
+        else:
+            tensors["pos_embed"] = torch.from_numpy(np.ascontiguousarray(pos_array))
+    return Conversion(
+        "TransUNet ImageNet-21k npz", tensors, ignored=ignored, unused=unused, problems=problems, partial=True,
+        required=model.encoder_parameter_names(), notes=notes,
+    )  # fmt: skip
 
-    params = dict(model.named_parameters())
-    values: dict[str, torch.Tensor] = {}
-    for key, (name, _, convert) in entries.items():
-        values[name] = convert(arrays[key]).reshape(params[name].shape)
-    pos_array, pos_action = _resize_pos_embed(pos, model.grid_size)  # type: ignore[arg-type]
-    values["pos_embed"] = torch.from_numpy(np.ascontiguousarray(pos_array))
-    for name, tensor in values.items():
-        if tuple(tensor.shape) != tuple(params[name].shape):
-            raise ValueError(f"{name}: converted shape {tuple(tensor.shape)} != parameter {tuple(params[name].shape)}")
 
-    unassigned = sorted(set(model.encoder_parameter_names()) - set(values))
-    if unassigned:
-        raise ValueError(f"encoder parameters that received no value from {os.fspath(path)!r}: {unassigned}")
+# official ``VisionTransformer`` (networks/vit_seg_modeling.py) module paths -> ours; tensors keep their layout
+_OFFICIAL_RULES: tuple[tuple[str, str], ...] = (
+    (r"transformer\.embeddings\.position_embeddings$", "pos_embed"),
+    (r"transformer\.embeddings\.hybrid_model\.root\.conv\.", "resnet.root_conv."),
+    (r"transformer\.embeddings\.hybrid_model\.root\.gn\.", "resnet.root_gn."),
+    (r"transformer\.embeddings\.hybrid_model\.body\.block(\d+)\.unit(\d+)\.", "resnet.stages.{0}.{1}."),
+    (r"transformer\.embeddings\.patch_embeddings\.", "patch_embed."),
+    (r"transformer\.encoder\.layer\.(\d+)\.attn\.query\.", "blocks.{0!s}.attn.to_q."),
+    (r"transformer\.encoder\.layer\.(\d+)\.attn\.key\.", "blocks.{0!s}.attn.to_k."),
+    (r"transformer\.encoder\.layer\.(\d+)\.attn\.value\.", "blocks.{0!s}.attn.to_v."),
+    (r"transformer\.encoder\.layer\.(\d+)\.attn\.out\.", "blocks.{0!s}.attn.out_proj."),
+    (r"transformer\.encoder\.layer\.(\d+)\.ffn\.fc(\d)\.", "blocks.{0!s}.mlp.linear{1!s}."),
+    (r"transformer\.encoder\.layer\.(\d+)\.(attention_norm|ffn_norm)\.", "blocks.{0!s}.{1!s}."),
+    (r"transformer\.encoder\.encoder_norm\.", "encoder_norm."),
+    (r"decoder\.conv_more\.0\.", "conv_more.conv."),
+    (r"decoder\.conv_more\.1\.", "conv_more.adn.N."),
+    (r"decoder\.blocks\.(\d+)\.conv(\d)\.0\.", "decoder_blocks.{0!s}.conv{1!s}.conv."),
+    (r"decoder\.blocks\.(\d+)\.conv(\d)\.1\.", "decoder_blocks.{0!s}.conv{1!s}.adn.N."),
+    (r"segmentation_head\.0\.", "seg_head."),
+)
 
-    with torch.no_grad():
-        for name, tensor in values.items():
-            params[name].copy_(tensor)
-    return {
-        "loaded": sorted(expected_keys),
-        "ignored": ignored,
-        "num_tensors": len(values),
-        "num_values": int(sum(t.numel() for t in values.values())),
-        "pos_embed": pos_action,
-        "not_loaded": sorted(set(params) - set(values)),
-    }
+
+def official_key_to_ours(key: str) -> str | None:
+    """Our name for a key of the official ``VisionTransformer.state_dict()`` (``None`` if it has none)."""
+    for pattern, replacement in _OFFICIAL_RULES:
+        m = re.match(pattern, key)
+        if m is not None:
+            groups = m.groups()
+            if replacement.startswith("resnet.stages"):  # the official block / unit numbers start at 1
+                groups = tuple(str(int(g) - 1) for g in groups)
+            return replacement.format(*groups) + key[m.end() :]
+    return None
+
+
+def convert_official_state_dict(state: Mapping[str, object], model: torch.nn.Module) -> Conversion | None:
+    """A full checkpoint of the official TransUNet training script (``torch.save(model.state_dict())`` of its
+    ``VisionTransformer``, key layout of Beckschen/TransUNet at commit 02ef001) in our names; ``None`` for
+    another file. Every key must find its place and every tensor of ours must receive one."""
+    if not any(k.startswith("transformer.embeddings.") for k in state):
+        return None
+    tensors: dict[str, torch.Tensor] = {}
+    unused: list[str] = []
+    for key, value in state.items():
+        ours = official_key_to_ours(key)
+        if ours is None:
+            unused.append(key)
+        else:
+            tensors[ours] = torch.as_tensor(value)
+    return Conversion("official TransUNet checkpoint", tensors, unused=unused)
+
+
+CONVERTERS = (convert_official_state_dict, convert_imagenet_npz)

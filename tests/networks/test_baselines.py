@@ -10,24 +10,10 @@ from monai.networks.nets import DynUNet, SwinUNETR
 from common.errors import InputError
 from common.losses import StackedDeepSupervisionLoss
 from common.networks import nnunet_plan
-from common.networks.swinunetr import load_swinunetr_weights
+from common.weights import load_weights
+from official_layouts import ssl_checkpoint
 
 TINY = dict(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
-
-
-def _ssl_checkpoint(src: SwinUNETR) -> dict:
-    """The SwinUNETR self-supervised encoder layout: module.* keys, MLP named fc1/fc2, pre-training heads."""
-    sd = {}
-    for k, v in src.state_dict().items():
-        if not k.startswith("swinViT."):
-            continue
-        k = "module." + k[len("swinViT.") :]
-        sd[k.replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")] = v.clone()
-    sd["module.rotation_head.weight"] = torch.zeros(4, 8)
-    sd["module.contrastive_head.weight"] = torch.zeros(16, 8)
-    sd["module.convTrans3d.weight"] = torch.zeros(2, 2, 1, 1, 1)
-    sd["module.norm.weight"] = torch.ones(8)
-    return {"state_dict": sd, "epoch": 100}
 
 
 def test_ssl_encoder_lands_in_swinvit_and_leaves_the_decoder(tmp_path):
@@ -35,9 +21,9 @@ def test_ssl_encoder_lands_in_swinvit_and_leaves_the_decoder(tmp_path):
     src, dst = SwinUNETR(**TINY), SwinUNETR(**TINY)
     decoder_before = {k: v.clone() for k, v in dst.state_dict().items() if not k.startswith("swinViT.")}
     path = tmp_path / "model_swinvit.pt"
-    torch.save(_ssl_checkpoint(src), path)
-    report = load_swinunetr_weights(dst, path)
-    assert report["layout"] == "ssl_encoder"
+    torch.save(ssl_checkpoint(src), path)
+    report = load_weights(dst, path)
+    assert report["layout"] == "SwinUNETR self-supervised encoder"
     assert len(report["ignored"]) == 4
     for k, v in dst.state_dict().items():
         if k.startswith("swinViT."):
@@ -52,28 +38,29 @@ def test_full_state_dict_with_ddp_prefix(tmp_path):
     src, dst = SwinUNETR(**TINY), SwinUNETR(**TINY)
     path = tmp_path / "finetuned.pt"
     torch.save({"state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, path)
-    assert load_swinunetr_weights(dst, path)["layout"] == "full"
+    assert load_weights(dst, path)["layout"] == "this network's own"
     for k, v in dst.state_dict().items():
         torch.testing.assert_close(v, src.state_dict()[k])
 
 
 def test_unknown_missing_and_misshaped_keys_are_errors(tmp_path):
     src, dst = SwinUNETR(**TINY), SwinUNETR(**TINY)
-    ck = _ssl_checkpoint(src)
+    ck = ssl_checkpoint(src)
     ck["state_dict"]["module.layers1.0.blocks.0.mystery.weight"] = torch.zeros(1)
     del ck["state_dict"]["module.patch_embed.proj.weight"]
     torch.save(ck, tmp_path / "bad.pt")
     before = {k: v.clone() for k, v in dst.state_dict().items()}
     with pytest.raises(InputError) as e:
-        load_swinunetr_weights(dst, tmp_path / "bad.pt")
-    assert "unexpected key 'module.layers1.0.blocks.0.mystery.weight'" in str(e.value)
-    assert "missing key for 'swinViT.patch_embed.proj.weight'" in str(e.value)
+        load_weights(dst, tmp_path / "bad.pt")
+    assert "converted key 'swinViT.layers1.0.blocks.0.mystery.weight' has no place" in str(e.value)
+    assert "missing key 'swinViT.patch_embed.proj.weight'" in str(e.value)
     for k, v in dst.state_dict().items():
         torch.testing.assert_close(v, before[k])  # nothing copied
     other = SwinUNETR(**{**TINY, "out_channels": 5})
     torch.save(other.state_dict(), tmp_path / "five.pt")
-    with pytest.raises(InputError, match="shape mismatch for 'out.conv.conv.weight'"):
-        load_swinunetr_weights(dst, tmp_path / "five.pt")
+    with pytest.raises(InputError, match="predicts 5 classes, this configuration 3"):
+        load_weights(dst, tmp_path / "five.pt", purpose="inference")
+    assert load_weights(dst, tmp_path / "five.pt")["reinitialised"] == ["out.conv.conv.bias", "out.conv.conv.weight"]
 
 
 def test_swinunetr_bundle_size():

@@ -12,6 +12,7 @@ import pytest
 import torch
 from mt_unet_reference import LoopGaussianAxialAttention, ReferenceLGGSA, to_loop_reference
 
+from common.errors import InputError
 from common.networks.mt_unet import (
     OFFICIAL_MTM_STAGES,
     GaussianAxialAttention,
@@ -19,9 +20,10 @@ from common.networks.mt_unet import (
     MTUNet,
     build_mtm_stage,
     convert_official_state_dict,
-    load_official_mtunet_checkpoint,
     official_key_to_ours,
 )
+from common.weights import load_weights
+from official_layouts import official_mtunet_checkpoint, official_mtunet_keys
 
 # grids 8 / 4 / 2 (the 2x2 bottleneck is padded to 4x4 with window 4)
 TINY = dict(
@@ -137,10 +139,10 @@ def test_official_tensor_shapes(paper_model: MTUNet) -> None:
     }
     state = paper_model.state_dict()
     fake = {k: torch.empty(shape, device="meta") for k, shape in expected.items()}
-    converted, report = convert_official_state_dict(fake, paper_model)
-    assert report["unused"] == [] and report["shape_mismatch"] == []
-    assert len(converted) == len(expected)
-    for ours, t in converted.items():
+    conversion = convert_official_state_dict(fake, paper_model)
+    assert conversion.unused == [] and conversion.problems == []
+    assert len(conversion.tensors) == len(expected)
+    for ours, t in conversion.tensors.items():
         assert state[ours].shape == t.shape
 
 
@@ -237,49 +239,8 @@ def test_bf16_autocast_cpu() -> None:
 # ------------------------------------------------------------------------------------------------
 # official checkpoints
 # ------------------------------------------------------------------------------------------------
-def _official_keys() -> list[str]:
-    """Every state-dict key of the official MTUNet (written from the official module tree)."""
-
-    def bn(p: str) -> list[str]:
-        return [f"{p}.{s}" for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
-
-    def wb(p: str) -> list[str]:
-        return [f"{p}.weight", f"{p}.bias"]
-
-    def conv_bn_relu(p: str) -> list[str]:
-        return [f"{p}.conv.weight", *bn(f"{p}.bn")]
-
-    def double_conv(p: str) -> list[str]:
-        return [*conv_bn_relu(f"{p}.conv.0"), *conv_bn_relu(f"{p}.conv.1"), *wb(f"{p}.conv1"), *bn(f"{p}.bn")]
-
-    def ea_module(p: str) -> list[str]:
-        keys = [*wb(f"{p}.SlayerNorm"), *wb(f"{p}.ElayerNorm")]
-        for branch in ("win_atten.attention", "global_atten"):
-            for layer in ("query_layer", "key_layer", "value_layer", "out"):
-                keys += wb(f"{p}.CSAttention.{branch}.{layer}")
-        keys += wb(f"{p}.CSAttention.dlightconv.linear")
-        keys += [f"{p}.CSAttention.gaussiantrans.bias", f"{p}.CSAttention.gaussiantrans.shift"]
-        keys += wb(f"{p}.CSAttention.queeze")
-        for layer in ("query_liner", "linear_0", "linear_1", "proj"):
-            keys += wb(f"{p}.EAttention.{layer}")
-        return keys
-
-    keys = [k for i in (1, 2, 3) for k in double_conv(f"stem.model.res{i}")]
-    keys += conv_bn_relu("stem.trans_dim") + ["stem.position_embedding"]
-    for i in (0, 1):
-        keys += ea_module(f"encoder.{i}.block.0") + ea_module(f"encoder.{i}.block.1")
-        keys += conv_bn_relu(f"encoder.{i}.block.2")
-    keys += ea_module("bottleneck.0") + ea_module("bottleneck.1")
-    keys += wb("decoder.0.block.0") + wb("decoder.0.block.1")
-    keys += ea_module("decoder.0.block.2") + ea_module("decoder.0.block.3")
-    keys += wb("decoder.1.block.0") + ea_module("decoder.1.block.1") + ea_module("decoder.1.block.2")
-    for i in (1, 2, 3):
-        keys += wb(f"decoder_stem.block.trans{i}") + double_conv(f"decoder_stem.block.res{i}")
-    return keys + wb("SegmentationHead")
-
-
 def test_official_key_list_covers_model(paper_model: MTUNet) -> None:
-    keys = _official_keys()
+    keys = official_mtunet_keys()
     ours = paper_model.state_dict()
     assert len(keys) == len(set(keys)) == len(ours) == 487
     targets = [official_key_to_ours(k) for k in keys]
@@ -288,28 +249,15 @@ def test_official_key_list_covers_model(paper_model: MTUNet) -> None:
     assert official_key_to_ours("encoder.0.block.0.CSAttention.unknown.weight") is None
 
 
-def _official_checkpoint_for(net: MTUNet, prefix: str = "") -> dict[str, torch.Tensor]:
-    """An official-style state dict for ``net``'s configuration: official names, random values."""
-    ours = net.state_dict()
-    gen = torch.Generator().manual_seed(5)
-    state = {}
-    for key in _official_keys():
-        shape = ours[official_key_to_ours(key)].shape  # no layout conversion anywhere
-        if key.endswith("num_batches_tracked"):
-            state[prefix + key] = torch.randint(0, 1000, shape, generator=gen)
-        else:
-            state[prefix + key] = torch.randn(shape, generator=gen)
-    return state
-
-
 @pytest.mark.parametrize("prefix", ["", "module."])  # "module.": saved from nn.DataParallel
 def test_load_official_checkpoint(tmp_path, prefix: str) -> None:
     net = MTUNet(out_channels=9, **{**TINY, "depths": (2, 2, 2, 2, 2)})
-    official = _official_checkpoint_for(net, prefix)
+    official = official_mtunet_checkpoint(net, prefix)
     path = tmp_path / "mtunet_official.pth"
     torch.save(official, path)
-    report = load_official_mtunet_checkpoint(net, path)
-    assert report["loaded"] == len(official) == len(net.state_dict())
+    report = load_weights(net, path, purpose="inference")
+    assert report["num_tensors"] == len(official) == len(net.state_dict())
+    assert report["layout"] == "official MT-UNet checkpoint" and report["not_loaded"] == []
     ours = net.state_dict()
     pairs = {
         "stem.model.res1.conv.0.conv.weight": "cnn_encoder.0.conv1.conv.weight",
@@ -361,18 +309,19 @@ def test_load_official_checkpoint(tmp_path, prefix: str) -> None:
 
 def test_load_official_checkpoint_reports_problems(tmp_path) -> None:
     net = MTUNet(out_channels=9, **{**TINY, "depths": (2, 2, 2, 2, 2)})
-    official = _official_checkpoint_for(net)
+    official = official_mtunet_checkpoint(net)
     official["encoder.0.block.0.CSAttention.extra.weight"] = torch.zeros(1)
     del official["bottleneck.0.CSAttention.gaussiantrans.shift"]
     path = tmp_path / "bad.pth"
     torch.save(official, path)
-    with pytest.raises(ValueError) as err:
-        load_official_mtunet_checkpoint(net, path)
+    with pytest.raises(InputError) as err:
+        load_weights(net, path)
     msg = str(err.value)
     assert "encoder.0.block.0.CSAttention.extra.weight" in msg
     assert "bottleneck.0.lgg_sa.global_attn.shift" in msg
-    # a checkpoint for another number of classes is rejected, naming the head
+    # a checkpoint for another number of classes: refused for inference, the head re-initialised for fine-tuning
     other = MTUNet(out_channels=4, **{**TINY, "depths": (2, 2, 2, 2, 2)})
-    torch.save(_official_checkpoint_for(other), path)
-    with pytest.raises(ValueError, match="SegmentationHead.weight"):
-        load_official_mtunet_checkpoint(net, path)
+    torch.save(official_mtunet_checkpoint(other), path)
+    with pytest.raises(InputError, match="predicts 4 classes, this configuration 9"):
+        load_weights(net, path, purpose="inference")
+    assert load_weights(net, path, purpose="finetune")["reinitialised"] == ["head.bias", "head.weight"]

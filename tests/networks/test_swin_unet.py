@@ -7,7 +7,16 @@ import itertools
 import pytest
 import torch
 
-from common.networks.swin_unet import SwinUnet, SwinUnetStage, load_swin_unet_pretrained
+from common.errors import InputError
+from common.networks.swin_unet import SwinUnet, SwinUnetStage
+from common.weights import load_weights
+from official_layouts import (
+    expected_mask,
+    expected_relative_position_index,
+    official_swin_checkpoint,
+    official_swin_unet_state_dict,
+    shift_region,
+)
 
 TINY = dict(img_size=32, patch_size=4, embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=2)
 # tiny geometry: grids 8, 4, 2 -> window 2 with shift 1 in stages 0-1; stage 2 grid == window -> no shift
@@ -131,40 +140,10 @@ def test_small_grid_uses_full_window_without_shift():
         assert blk.attn.relative_position_bias_table.shape == ((2 * 4 - 1) ** 2, 2)
 
 
-def _expected_relative_position_index(ws: int) -> torch.Tensor:
-    idx = torch.empty(ws * ws, ws * ws, dtype=torch.long)
-    for (a, (ha, wa)), (b, (hb, wb)) in itertools.product(
-        enumerate(itertools.product(range(ws), range(ws))), repeat=2
-    ):
-        idx[a, b] = (ha - hb + ws - 1) * (2 * ws - 1) + (wa - wb + ws - 1)
-    return idx
-
-
-def _region(pos: int, size: int, ws: int, shift: int) -> tuple[int, int]:
-    """(window index, region label) of a coordinate in the cyclically shifted frame."""
-    r = (pos - shift) % size
-    label = 0 if r < size - ws else (1 if r < size - shift else 2)
-    return r // ws, label
-
-
-def _expected_mask(res: int, ws: int, shift: int) -> torch.Tensor:
-    n = res // ws
-    mask = torch.zeros(n * n, ws * ws, ws * ws)
-    for wh, ww in itertools.product(range(n), range(n)):
-        coords = [(wh * ws + a, ww * ws + b) for a in range(ws) for b in range(ws)]  # shifted-frame coordinates
-
-        def label(c):
-            return tuple(0 if v < res - ws else (1 if v < res - shift else 2) for v in c)
-
-        for i, j in itertools.product(range(ws * ws), repeat=2):
-            mask[wh * n + ww, i, j] = 0.0 if label(coords[i]) == label(coords[j]) else -100.0
-    return mask
-
-
 def test_relative_position_index_and_mask_values():
     stage = SwinUnetStage(dim=8, resolution=14, depth=2, num_heads=2, window_size=7)
-    assert torch.equal(stage.blocks[0].attn.relative_position_index, _expected_relative_position_index(7))
-    assert torch.equal(stage.attn_mask, _expected_mask(14, 7, 3))
+    assert torch.equal(stage.blocks[0].attn.relative_position_index, expected_relative_position_index(7))
+    assert torch.equal(stage.attn_mask, expected_mask(14, 7, 3))
 
 
 @pytest.mark.parametrize("flash", [False, True], ids=["written-out", "sdpa"])
@@ -181,10 +160,10 @@ def test_shifted_window_never_attends_across_boundary(flash):
         x2[0, p[0], p[1]] += 3.0 * torch.randn(8)  # not a constant shift: LayerNorm would remove it
         with torch.no_grad():
             delta = (blk(x2, stage.attn_mask) - blk(x, stage.attn_mask)).abs().amax(-1)[0]
-        key_p = (_region(p[0], res, ws, shift), _region(p[1], res, ws, shift))
+        key_p = (shift_region(p[0], res, ws, shift), shift_region(p[1], res, ws, shift))
         same = torch.zeros(res, res, dtype=torch.bool)
         for h, w in itertools.product(range(res), range(res)):
-            same[h, w] = (_region(h, res, ws, shift), _region(w, res, ws, shift)) == key_p
+            same[h, w] = (shift_region(h, res, ws, shift), shift_region(w, res, ws, shift)) == key_p
         assert (delta[~same] < 1e-6).all(), f"token {p} leaked into {(~same & (delta >= 1e-6)).nonzero().tolist()}"
         assert (delta[same] > 1e-4).all(), f"token {p} does not reach its own shifted window"
     # without the mask the wrap-around token (0, 0) does reach tokens across the shifted boundary
@@ -232,68 +211,16 @@ def test_autocast_bfloat16():
 # ------------------------------------------------------------------------------------------------ pretrained loader
 
 
-def _official_swin_checkpoint(
-    embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window=7, img_size=224, patch=4, masks=True, seed=0
-) -> dict[str, torch.Tensor]:
-    """State dict with the key names and shapes of Microsoft's swin_tiny_patch4_window7_224.pth (random values,
-    true geometry buffers)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g)
-
-    sd = {
-        "patch_embed.proj.weight": rnd(embed_dim, 3, patch, patch),
-        "patch_embed.proj.bias": rnd(embed_dim),
-        "patch_embed.norm.weight": rnd(embed_dim),
-        "patch_embed.norm.bias": rnd(embed_dim),
-    }
-    res = img_size // patch
-    for i, (depth, heads) in enumerate(zip(depths, num_heads)):
-        c = embed_dim * 2**i
-        ws, shift = (res, 0) if res <= window else (window, window // 2)
-        for j in range(depth):
-            p = f"layers.{i}.blocks.{j}."
-            sd |= {
-                p + "norm1.weight": rnd(c),
-                p + "norm1.bias": rnd(c),
-                p + "attn.relative_position_bias_table": rnd((2 * ws - 1) ** 2, heads),
-                p + "attn.relative_position_index": _expected_relative_position_index(ws),
-                p + "attn.qkv.weight": rnd(3 * c, c),
-                p + "attn.qkv.bias": rnd(3 * c),
-                p + "attn.proj.weight": rnd(c, c),
-                p + "attn.proj.bias": rnd(c),
-                p + "norm2.weight": rnd(c),
-                p + "norm2.bias": rnd(c),
-                p + "mlp.fc1.weight": rnd(4 * c, c),
-                p + "mlp.fc1.bias": rnd(4 * c),
-                p + "mlp.fc2.weight": rnd(c, 4 * c),
-                p + "mlp.fc2.bias": rnd(c),
-            }
-            if masks and j % 2 == 1 and shift > 0:
-                sd[p + "attn_mask"] = _expected_mask(res, ws, shift)
-        if i < len(depths) - 1:
-            sd |= {
-                f"layers.{i}.downsample.reduction.weight": rnd(2 * c, 4 * c),
-                f"layers.{i}.downsample.norm.weight": rnd(4 * c),
-                f"layers.{i}.downsample.norm.bias": rnd(4 * c),
-            }
-            res //= 2
-    c = embed_dim * 2 ** (len(depths) - 1)
-    sd |= {"norm.weight": rnd(c), "norm.bias": rnd(c), "head.weight": rnd(1000, c), "head.bias": rnd(1000)}
-    return sd
-
-
 def _ours(key: str) -> str:
     return key.replace("mlp.fc1", "mlp.linear1").replace("mlp.fc2", "mlp.linear2")
 
 
 def test_pretrained_loader_full_size(full_model, tmp_path):
-    sd = _official_swin_checkpoint()
+    sd = official_swin_checkpoint()
     path = tmp_path / "swin_tiny_patch4_window7_224.pth"
     torch.save({"model": sd}, path)
     before = {k: v.clone() for k, v in full_model.state_dict().items()}
-    report = load_swin_unet_pretrained(full_model, path)
+    report = load_weights(full_model, path)
     after = full_model.state_dict()
 
     # encoder: every stored block of the (2,2,2,2) encoder, patch embedding, mergings and final norm landed
@@ -315,58 +242,97 @@ def test_pretrained_loader_full_size(full_model, tmp_path):
                  "up.norm.bias", "output.weight"]
     for name in untouched:
         assert torch.equal(after[name], before[name]), name
-    assert sorted({n.rsplit(".", 1)[0] for n in report["not_pretrained"]}) == sorted(
+    params = {n for n, _ in full_model.named_parameters()}
+    assert sorted({n.rsplit(".", 1)[0] for n in report["not_loaded"] if n in params}) == sorted(
         ["concat_back_dim.1", "concat_back_dim.2", "concat_back_dim.3", "layers_up.0.expand", "layers_up.0.norm",
          "layers_up.1.upsample.expand", "layers_up.1.upsample.norm", "layers_up.2.upsample.expand",
          "layers_up.2.upsample.norm", "norm_up", "output", "up.expand", "up.norm"]
     )
     # by design drops: classifier head and stage-2 blocks 2..5 (Swin-T depth 6 vs 2)
-    dropped = report["dropped_by_design"]
+    dropped = report["ignored"]
     assert "head.weight" in dropped and "head.bias" in dropped
     assert all(f"layers.2.blocks.{j}.attn.qkv.weight" in dropped for j in range(2, 6))
     assert "layers.3.blocks.0.attn.qkv.weight (decoder copy)" in dropped
     assert "layers.0.downsample.reduction.weight (decoder copy)" in dropped
-    counts = report["counts"]
-    assert counts["checkpoint_keys"] == len(sd) == 190
-    assert counts["loaded"] == 119 and counts["mirrored"] == 78 and counts["verified_buffers"] == 20
-    assert counts["dropped_shape_mismatch"] == 0
+    assert len(sd) == 190 and report["layout"] == "Swin ImageNet (Microsoft)"
+    assert report["num_tensors"] == 119 + 78 and report["recomputed_buffers"] == []
 
 
 def test_pretrained_loader_without_mask_buffers(tmp_path):
     cfg = dict(embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window=2, img_size=32, patch=4)
-    sd = _official_swin_checkpoint(**cfg, masks=False)
+    sd = official_swin_checkpoint(**cfg, masks=False)
     torch.save({"model": sd}, tmp_path / "w.pth")
     net = SwinUnet(in_channels=1, out_channels=2, **TINY)
-    report = load_swin_unet_pretrained(net, tmp_path / "w.pth")
+    load_weights(net, tmp_path / "w.pth")
     assert torch.equal(net.layers[1].blocks[1].mlp.linear1.weight, sd["layers.1.blocks.1.mlp.fc1.weight"])
     assert torch.equal(net.layers_up[1].blocks[1].mlp.linear1.weight, sd["layers.1.blocks.1.mlp.fc1.weight"])
-    assert report["counts"]["dropped_shape_mismatch"] == 0
 
 
-def test_pretrained_loader_rejects_unknown_and_missing_keys(tmp_path):
+def test_pretrained_loader_rejects_unknown_missing_misshapen_and_wrong_geometry(tmp_path):
     cfg = dict(embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window=2, img_size=32, patch=4)
     net = SwinUnet(in_channels=1, out_channels=2, **TINY)
-    sd = _official_swin_checkpoint(**cfg)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    sd = official_swin_checkpoint(**cfg)
     sd["layers.0.blocks.0.attn.extra"] = torch.zeros(3)
     del sd["layers.1.downsample.norm.bias"]
     torch.save({"model": sd}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match=r"(?s)attn\.extra.*layers\.1\.downsample\.norm\.bias"):
-        load_swin_unet_pretrained(net, tmp_path / "bad.pth")
-    wrong = _official_swin_checkpoint(**{**cfg, "embed_dim": 16, "num_heads": (2, 4, 8)})
+    with pytest.raises(InputError, match=r"(?s)attn\.extra.*layers\.1\.downsample\.norm\.bias"):
+        load_weights(net, tmp_path / "bad.pth")
+    wrong = official_swin_checkpoint(**{**cfg, "embed_dim": 16, "num_heads": (2, 4, 8)})
     torch.save({"model": wrong}, tmp_path / "wrong.pth")
-    with pytest.raises(ValueError, match="shape mismatch"):
-        load_swin_unet_pretrained(net, tmp_path / "wrong.pth")
-    with pytest.raises(ValueError, match="not found"):
-        load_swin_unet_pretrained(net, tmp_path / "missing.pth")
-
-
-def test_pretrained_loader_shape_mismatch_can_be_allowed(tmp_path):
+    with pytest.raises(InputError, match="shape of 'patch_embed.proj.weight'"):
+        load_weights(net, tmp_path / "wrong.pth")
+    mask = official_swin_checkpoint(**cfg)
+    mask["layers.0.blocks.1.attn_mask"] = mask["layers.0.blocks.1.attn_mask"] + 1
+    torch.save({"model": mask}, tmp_path / "mask.pth")
+    with pytest.raises(InputError, match="attn_mask: values differ from the window geometry"):
+        load_weights(net, tmp_path / "mask.pth")
+    with pytest.raises(InputError, match="not found"):
+        load_weights(net, tmp_path / "missing.pth")
     # a 2-channel model has a 2-channel patch embedding: the official loader silently drops the 3-channel kernel
-    cfg = dict(embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window=2, img_size=32, patch=4)
-    torch.save({"model": _official_swin_checkpoint(**cfg)}, tmp_path / "w.pth")
-    net = SwinUnet(in_channels=2, out_channels=2, **TINY)
-    with pytest.raises(ValueError, match="patch_embed.proj.weight"):
-        load_swin_unet_pretrained(net, tmp_path / "w.pth")
-    report = load_swin_unet_pretrained(net, tmp_path / "w.pth", allow_shape_mismatch=True)
-    assert [m.split(" ")[0] for m in report["dropped_shape_mismatch"]] == ["patch_embed.proj.weight"]
-    assert "patch_embed.proj.weight" in report["not_pretrained"]
+    two = SwinUnet(in_channels=2, out_channels=2, **TINY)
+    torch.save({"model": official_swin_checkpoint(**cfg)}, tmp_path / "w.pth")
+    with pytest.raises(InputError, match="patch_embed.proj.weight"):
+        load_weights(two, tmp_path / "w.pth")
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # nothing copied on error
+
+
+def test_official_checkpoint_keys_map_onto_the_full_model(full_model):
+    shapes = official_swin_unet_state_dict()
+    assert len(shapes) == 238 and sum(1 for k in shapes if k.endswith("attn_mask")) == 6
+    ours = {k: tuple(v.shape) for k, v in full_model.state_dict().items()}
+    plain = {_ours(k[len("swin_unet."):]): s for k, s in shapes.items() if not k.endswith("attn_mask")}
+    assert plain == ours
+
+
+def test_official_checkpoint_loads_every_tensor_in_place(tmp_path):
+    """A full checkpoint of the official training script loads strictly (true geometry buffers, random weights):
+    every tensor lands unchanged; a wrong mask is refused."""
+    cfg = dict(embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window=2, img_size=32, patch=4, n_classes=2)
+    net = SwinUnet(in_channels=1, out_channels=2, **TINY)
+    masks = {}
+    for prefix, stages in (("layers", net.layers), ("layers_up", net.layers_up)):
+        for i, stage in enumerate(stages):
+            if isinstance(stage, SwinUnetStage) and stage.attn_mask is not None:
+                masks[f"swin_unet.{prefix}.{i}.blocks.1.attn_mask"] = stage.attn_mask.clone()
+    g = torch.Generator().manual_seed(3)
+    official = {}
+    for i, (k, s) in enumerate(official_swin_unet_state_dict(**cfg).items()):
+        if k.endswith("attn_mask"):
+            official[k] = masks.pop(k)
+        elif k.endswith("relative_position_index"):
+            official[k] = expected_relative_position_index(int(s[0] ** 0.5))
+        else:
+            official[k] = i + 0.5 * torch.rand(s, generator=g)
+    assert masks == {}  # our model has a mask exactly where the official one has
+    torch.save(official, tmp_path / "best_model.pth")
+    report = load_weights(net, tmp_path / "best_model.pth", purpose="inference")
+    assert report["layout"] == "official Swin-Unet checkpoint" and report["not_loaded"] == []
+    ours = net.state_dict()
+    for k, v in official.items():
+        if not k.endswith("attn_mask"):
+            assert torch.equal(ours[_ours(k[len("swin_unet."):])], v), k
+    official["swin_unet.layers.0.blocks.1.attn_mask"] = official["swin_unet.layers.0.blocks.1.attn_mask"] * 0
+    torch.save(official, tmp_path / "bad.pth")
+    with pytest.raises(InputError, match="attn_mask: values differ"):
+        load_weights(net, tmp_path / "bad.pth", purpose="inference")

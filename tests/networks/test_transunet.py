@@ -14,7 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.networks.transunet import TransUNet, load_transunet_npz, transunet_npz_spec
+from common.networks.transunet import TransUNet, official_key_to_ours, transunet_npz_spec
+from common.errors import InputError
+from common.weights import load_weights
+from official_layouts import ignored_npz_shapes, official_npz_shapes, official_transunet_state_dict, write_npz
 
 TINY = dict(
     block_units=(1, 1, 1),
@@ -27,85 +30,6 @@ TINY = dict(
     decoder_channels=(32, 16, 16, 8),
 )
 TINY_DIMS = dict(block_units=(1, 1, 1), width=32, hidden=32, layers=2, heads=4, mlp=64)
-
-
-def official_npz_shapes(
-    block_units=(3, 4, 9), width=64, hidden=768, layers=12, heads=12, mlp=3072, pretrain_grid=14, in_ch=3
-) -> dict[str, tuple[int, ...]]:
-    """Key names and shapes of the official ``R50+ViT-B_16.npz`` that the official loaders read.
-
-    Written independently of the module under test, from the Flax model that produced the checkpoint
-    (google-research/vision_transformer ``vit_jax/models_vit.py``, ``models_resnet.py``: Conv kernels HWIO,
-    Dense kernels (in, out), DenseGeneral q/k/v kernels (hidden, heads, head_dim) with biases
-    (heads, head_dim), out kernel (heads, head_dim, hidden), GroupNorm/LayerNorm scale and bias (C,)) and
-    the names read by Beckschen/TransUNet ``VisionTransformer.load_from``, ``Block.load_from`` and
-    ``PreActBottleneck.load_from``. The class token is part of the position embedding: (1, 1 + 14*14, 768).
-    """
-    shapes: dict[str, tuple[int, ...]] = {
-        "conv_root/kernel": (7, 7, in_ch, width),
-        "gn_root/scale": (width,),
-        "gn_root/bias": (width,),
-    }
-    cin = width
-    for b, n_units in enumerate(block_units, start=1):
-        cmid = width * 2 ** (b - 1)
-        cout = 4 * cmid
-        for u in range(1, n_units + 1):
-            p = f"block{b}/unit{u}/"
-            unit_in = cin if u == 1 else cout
-            shapes[p + "conv1/kernel"] = (1, 1, unit_in, cmid)
-            shapes[p + "conv2/kernel"] = (3, 3, cmid, cmid)
-            shapes[p + "conv3/kernel"] = (1, 1, cmid, cout)
-            for g, c in (("gn1", cmid), ("gn2", cmid), ("gn3", cout)):
-                shapes[p + f"{g}/scale"] = (c,)
-                shapes[p + f"{g}/bias"] = (c,)
-            if u == 1:  # first unit of every stage changes channels (and stride for stages 2, 3)
-                shapes[p + "conv_proj/kernel"] = (1, 1, cin, cout)
-                shapes[p + "gn_proj/scale"] = (cout,)
-                shapes[p + "gn_proj/bias"] = (cout,)
-        cin = cout
-    shapes["embedding/kernel"] = (1, 1, cin, hidden)
-    shapes["embedding/bias"] = (hidden,)
-    shapes["Transformer/posembed_input/pos_embedding"] = (1, 1 + pretrain_grid**2, hidden)
-    hd = hidden // heads
-    for i in range(layers):
-        p = f"Transformer/encoderblock_{i}/"
-        for name in ("query", "key", "value"):
-            shapes[p + f"MultiHeadDotProductAttention_1/{name}/kernel"] = (hidden, heads, hd)
-            shapes[p + f"MultiHeadDotProductAttention_1/{name}/bias"] = (heads, hd)
-        shapes[p + "MultiHeadDotProductAttention_1/out/kernel"] = (heads, hd, hidden)
-        shapes[p + "MultiHeadDotProductAttention_1/out/bias"] = (hidden,)
-        shapes[p + "MlpBlock_3/Dense_0/kernel"] = (hidden, mlp)
-        shapes[p + "MlpBlock_3/Dense_0/bias"] = (mlp,)
-        shapes[p + "MlpBlock_3/Dense_1/kernel"] = (mlp, hidden)
-        shapes[p + "MlpBlock_3/Dense_1/bias"] = (hidden,)
-        for ln in ("LayerNorm_0", "LayerNorm_2"):
-            shapes[p + f"{ln}/scale"] = (hidden,)
-            shapes[p + f"{ln}/bias"] = (hidden,)
-    shapes["Transformer/encoder_norm/scale"] = (hidden,)
-    shapes["Transformer/encoder_norm/bias"] = (hidden,)
-    return shapes
-
-
-def ignored_npz_shapes(hidden: int, n_classes: int = 21843) -> dict[str, tuple[int, ...]]:
-    """Keys of the ImageNet-21k checkpoint that the official code never reads."""
-    return {
-        "cls": (1, 1, hidden),
-        "pre_logits/kernel": (hidden, hidden),
-        "pre_logits/bias": (hidden,),
-        "head/kernel": (hidden, n_classes),
-        "head/bias": (n_classes,),
-    }
-
-
-def write_npz(path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
-    """Write random float32 arrays; array k holds values in [k, k + 0.5) so every value names its key."""
-    rng = np.random.default_rng(seed)
-    arrays = {
-        key: (index + 0.5 * rng.random(shape)).astype(np.float32) for index, (key, shape) in enumerate(shapes.items())
-    }
-    np.savez(path, **arrays)
-    return arrays
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -253,7 +177,7 @@ def test_loader_puts_every_tensor_in_place(tmp_path):
     path, arrays = _tiny_npz(tmp_path)
     net = TransUNet(img_size=224, **TINY)  # 224: the 197 tokens only lose the class token
     decoder_before = {n: p.detach().clone() for n, p in net.named_parameters() if n.startswith("seg_head")}
-    report = load_transunet_npz(net, path)
+    report = load_weights(net, path)
 
     assert sorted(report["ignored"]) == sorted(ignored_npz_shapes(32))
     assert len(report["loaded"]) == len(official_npz_shapes(**TINY_DIMS))
@@ -315,7 +239,7 @@ def test_loader_puts_every_tensor_in_place(tmp_path):
 def test_loader_resizes_position_embedding(tmp_path):
     path, arrays = _tiny_npz(tmp_path)
     net = TransUNet(img_size=(64, 96), **TINY)  # grid 4 x 6 from the pretrained 14 x 14
-    report = load_transunet_npz(net, path)
+    report = load_weights(net, path)
     assert report["pos_embed"] == "class token dropped, grid 14x14 -> 4x6"
     grid = torch.from_numpy(arrays["Transformer/posembed_input/pos_embedding"][0, 1:]).reshape(14, 14, 32)
     # scipy.ndimage.zoom(order=1) samples the corners exactly, as bilinear with align_corners=True
@@ -330,27 +254,81 @@ def test_loader_rejects_unknown_missing_and_misshapen_keys(tmp_path):
     before = net.resnet.root_conv.weight.detach().clone()
 
     path, _ = _tiny_npz(tmp_path, **{"Transformer/encoderblock_2/LayerNorm_0/scale": (32,)})
-    with pytest.raises(ValueError, match=r"no place for.*encoderblock_2/LayerNorm_0/scale"):
-        load_transunet_npz(net, path)
+    with pytest.raises(InputError, match=r"encoderblock_2/LayerNorm_0/scale' has no place"):
+        load_weights(net, path)
 
     shapes = official_npz_shapes(**TINY_DIMS)
     del shapes["block2/unit1/gn_proj/scale"]
     write_npz(path, shapes)
-    with pytest.raises(ValueError, match=r"lacks.*block2/unit1/gn_proj/scale"):
-        load_transunet_npz(net, path)
+    with pytest.raises(InputError, match=r"block2/unit1/gn_proj/scale' is missing"):
+        load_weights(net, path)
 
     shapes = official_npz_shapes(**TINY_DIMS)
     shapes["embedding/kernel"] = (1, 1, 512, 16)
     write_npz(path, shapes)
-    with pytest.raises(ValueError, match=r"embedding/kernel: file shape \(1, 1, 512, 16\)"):
-        load_transunet_npz(net, path)
+    with pytest.raises(InputError, match=r"embedding/kernel: file shape \(1, 1, 512, 16\)"):
+        load_weights(net, path)
 
     assert torch.equal(net.resnet.root_conv.weight, before)  # nothing copied on error
 
 
 def test_loader_needs_three_channel_root(tmp_path):
     path, _ = _tiny_npz(tmp_path)
-    with pytest.raises(ValueError, match="in_channels 1 or 3"):
-        load_transunet_npz(TransUNet(in_channels=4, img_size=64, **TINY), path)
-    report = load_transunet_npz(TransUNet(in_channels=3, img_size=64, **TINY), path)
+    with pytest.raises(InputError, match="in_channels 1 or 3"):
+        load_weights(TransUNet(in_channels=4, img_size=64, **TINY), path)
+    report = load_weights(TransUNet(in_channels=3, img_size=64, **TINY), path)
     assert report["pos_embed"] == "class token dropped, grid 14x14 -> 4x4"
+
+
+# ------------------------------------------------------------------------ checkpoints of the official training code
+
+
+TINY_OFFICIAL = dict(block_units=(1, 1, 1), width=32, hidden=32, layers=2, mlp=64, grid=4, n_classes=9,
+                     decoder_head=32, decoder=(32, 16, 16, 8))  # fmt: skip
+
+
+def test_official_checkpoint_keys_map_onto_the_full_model(full_model_shapes_only):
+    ours = {k: tuple(v.shape) for k, v in full_model_shapes_only.state_dict().items()}
+    official = official_transunet_state_dict()
+    assert len(official) == len(ours) == 409
+    mapped = {official_key_to_ours(k): s for k, s in official.items()}
+    assert mapped == ours  # a bijection onto our keys, every shape equal
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_official_checkpoint_loads_every_tensor_in_place(tmp_path, prefix):
+    """An official full checkpoint (random values; tensor k holds values in [k, k + 0.5)) loads strictly, every
+    tensor lands unchanged at its place, and inference refuses another class count."""
+    shapes = official_transunet_state_dict(**TINY_OFFICIAL)
+    official = {
+        k: (i + 0.5 * torch.rand(s)) if s else torch.tensor(i) for i, (k, s) in enumerate(shapes.items())
+    }
+    torch.save({prefix + k: v for k, v in official.items()}, tmp_path / "epoch_149.pth")
+    net = TransUNet(out_channels=9, img_size=64, **TINY)
+    report = load_weights(net, tmp_path / "epoch_149.pth", purpose="inference")
+    assert report["layout"] == "official TransUNet checkpoint" and report["not_loaded"] == []
+    ours = net.state_dict()
+    by_hand = {  # independent of the converter's rules
+        "transformer.embeddings.hybrid_model.body.block2.unit1.downsample.weight": "resnet.stages.1.0.downsample.weight",
+        "transformer.embeddings.hybrid_model.root.gn.bias": "resnet.root_gn.bias",
+        "transformer.embeddings.position_embeddings": "pos_embed",
+        "transformer.encoder.layer.1.attn.key.weight": "blocks.1.attn.to_k.weight",
+        "transformer.encoder.layer.0.attn.out.bias": "blocks.0.attn.out_proj.bias",
+        "transformer.encoder.layer.1.ffn.fc2.weight": "blocks.1.mlp.linear2.weight",
+        "decoder.conv_more.1.running_var": "conv_more.adn.N.running_var",
+        "decoder.blocks.2.conv1.0.weight": "decoder_blocks.2.conv1.conv.weight",
+        "decoder.blocks.3.conv2.1.num_batches_tracked": "decoder_blocks.3.conv2.adn.N.num_batches_tracked",
+        "segmentation_head.0.weight": "seg_head.weight",
+    }
+    for key, name in by_hand.items():
+        assert torch.equal(ours[name], official[key]), key
+    keys = list(official)
+    for name, value in ours.items():  # every tensor of ours holds exactly one official tensor
+        ids = torch.unique(value.double().floor()).tolist()
+        assert len(ids) == 1 and torch.equal(value, official[keys[int(ids[0])]]), name
+    assert len({int(v.double().floor().unique()[0]) for v in ours.values()}) == len(official)
+    fourteen = TransUNet(out_channels=14, img_size=64, **TINY)
+    with pytest.raises(InputError, match="predicts 9 classes, this configuration 14"):
+        load_weights(fourteen, tmp_path / "epoch_149.pth", purpose="inference")
+    report = load_weights(fourteen, tmp_path / "epoch_149.pth", purpose="finetune")
+    assert report["reinitialised"] == ["seg_head.bias", "seg_head.weight"]

@@ -1,0 +1,318 @@
+"""Network weights: one way to read, convert and load them, for every bundle and every entry point.
+
+* :func:`read_checkpoint` reads a file safely (PyTorch with ``weights_only=True``, NumPy ``.npz`` with
+  ``allow_pickle=False``), unwraps it (a state dict under ``state_dict`` / ``model`` / ``network``, the ``module.``
+  prefix of a DDP or DataParallel save) and turns every failure into one :class:`~common.errors.InputError` that
+  names the file, the problem and the fix: missing, a folder, not a weights file, cut short, or refused for safety
+  because it holds Python objects other than tensors.
+* Each network module keeps only pure *converters* (``CONVERTERS``): functions ``(state, network) ->``
+  :class:`Conversion` ``| None`` that recognise an official layout by its keys and rename / reshape it into ours
+  (the style of timm's ``checkpoint_filter_fn``). A file in our own layout needs no converter.
+* :func:`load_weights` picks the layout, checks every key and shape, and copies all or nothing; the report says
+  what was loaded, what was ignored by design and what kept its initialisation. A file trained for another number
+  of classes is the one tolerated mismatch, and only for fine-tuning (``purpose="finetune"``): the output layer is
+  re-initialised with a one-line notice. Inference and evaluation refuse it.
+
+The configs reach this module through :func:`with_pretrained` (``train.json``) and :class:`CheckpointLoader`
+(``inference.json``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+__all__ = [
+    "Conversion",
+    "read_checkpoint",
+    "converters_for",
+    "convert",
+    "load_weights",
+    "with_pretrained",
+    "CheckpointLoader",
+    "PURPOSES",
+]
+
+PURPOSES = ("finetune", "inference")
+_WRAPPER_KEYS = ("state_dict", "model", "network")
+_MAX_LISTED = 40
+
+# network class name (anywhere in the MRO) -> module holding its CONVERTERS; imported only when needed
+_CONVERTER_MODULES = {
+    "TransUNet": "common.networks.transunet",
+    "SwinUnet": "common.networks.swin_unet",
+    "MTUNet": "common.networks.mt_unet",
+    "SwinUNETR": "common.networks.swinunetr",
+}
+
+
+@dataclass
+class Conversion:
+    """What a converter made of a file in a foreign layout.
+
+    Attributes:
+        layout: a short name for the file's layout (shown in reports and messages).
+        tensors: our state-dict name -> value.
+        ignored: file key -> why it is not used (by design: a classifier head, pre-training heads, ...).
+        unused: file keys that have no place in the network (errors).
+        problems: anything else the converter found wrong (errors).
+        partial: the file initialises only part of the network (a pretrained encoder); the rest keeps its
+            initialisation. With ``partial``, ``required`` lists our names that must receive a value.
+        required: see ``partial``; ignored for full layouts, where every entry of the state dict is required.
+        notes: extra facts for the report (e.g. how a position embedding was resized).
+    """
+
+    layout: str
+    tensors: dict[str, torch.Tensor]
+    ignored: dict[str, str] = field(default_factory=dict)
+    unused: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    partial: bool = False
+    required: Sequence[str] = ()
+    notes: dict = field(default_factory=dict)
+
+
+Converter = Callable[[Mapping[str, object], torch.nn.Module], "Conversion | None"]
+
+
+# ------------------------------------------------------------------------------------------------------- reading
+
+
+def _refuse(path: Path, problem: str, hint: str) -> InputError:
+    return InputError(f"{path}: {problem}", hint=hint)
+
+
+_RESAVE = "re-save it from Python with torch.save(model.state_dict(), path)"
+
+
+def _read_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise _refuse(path, "holds Python objects, not plain arrays: refused for safety (allow_pickle=False)",
+                          "use a .npz of numeric arrays only") from e  # fmt: skip
+        raise _refuse(path, f"not a readable NumPy .npz file ({e})", "check that the file is complete") from e
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise _refuse(path, f"the .npz file is damaged or cut short ({e})", "copy or download it again") from e
+
+
+def _read_torch(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+            raise _refuse(
+                path,
+                "holds Python objects other than tensors, so it was refused for safety (loaded with weights_only=True)",
+                f"if you trust the file, {_RESAVE}",
+            ) from e
+        raise _refuse(path, "not a PyTorch or NumPy weights file", "give a .pt/.pth saved by torch.save or a .npz") from e
+    except Exception as e:  # noqa: BLE001 - torch's legacy reader fails in many ways on a file that is not its own
+        text = str(e)
+        if "zip archive" in text or "central directory" in text or isinstance(e, EOFError):
+            raise _refuse(path, "the file is cut short or damaged (incomplete archive)", "copy or download it again") from e
+        raise _refuse(path, f"not a PyTorch or NumPy weights file ({type(e).__name__})",
+                      "give a .pt/.pth saved by torch.save or a .npz") from e  # fmt: skip
+
+
+def _unwrap(obj, path: Path) -> dict:
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise _refuse(path, f"holds no state dict (found {type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''})",
+                      f"give a file of named tensors; {_RESAVE}")  # fmt: skip
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, (torch.Tensor, np.ndarray))]
+    if bad:
+        raise _refuse(path, f"holds entries that are not tensors: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}",
+                      f"give a file of named tensors; {_RESAVE}")  # fmt: skip
+    if all(k.startswith("module.") for k in obj):  # DDP / DataParallel save
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The named tensors of a weights file (``.pt``/``.pth``/``.ckpt`` or ``.npz``), unwrapped; see the module doc.
+
+    Values are ``torch.Tensor`` (PyTorch files) or ``numpy.ndarray`` (``.npz``). Every failure is an
+    :class:`InputError` naming the file, the problem and the fix.
+    """
+    p = Path(path).expanduser()
+    if not str(path):
+        raise InputError("no checkpoint file given", hint="set the path (--ckpt_path / --pretrained_path)")
+    if not p.exists():
+        raise _refuse(p, "checkpoint not found", "check the path (--ckpt_path / --pretrained_path)")
+    if p.is_dir():
+        raise _refuse(p, "is a folder, not a checkpoint file", "give the weights file itself (e.g. models/model.pt)")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise _refuse(p, "the file is empty", "copy or download it again")
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise _refuse(p, "the file is cut short or damaged (incomplete archive)", "copy or download it again") from e
+        if names and all(n.endswith(".npy") for n in names):
+            return _unwrap(_read_npz(p), p)
+    return _unwrap(_read_torch(p), p)
+
+
+# ---------------------------------------------------------------------------------------------------- converting
+
+
+def converters_for(network: torch.nn.Module) -> tuple[Converter, ...]:
+    """The converters of ``network``'s class (looked up along its MRO, so the slice-wise 2D wrappers match)."""
+    for cls in type(network).__mro__:
+        module = _CONVERTER_MODULES.get(cls.__name__)
+        if module is not None:
+            return tuple(getattr(importlib.import_module(module), "CONVERTERS", ()))
+    return ()
+
+
+def _own_layout(state: Mapping[str, object], network: torch.nn.Module) -> Conversion:
+    ours = network.state_dict()
+    tensors = {k: torch.as_tensor(v) for k, v in state.items() if k in ours}
+    return Conversion("this network's own", tensors, unused=[k for k in state if k not in ours])
+
+
+def convert(state: Mapping[str, object], network: torch.nn.Module) -> Conversion:
+    """The file's content in our names: its own layout when the key sets are equal, else the first converter of
+    the network that recognises it, else our own layout (whose unknown and missing keys are then reported)."""
+    if set(state) == set(network.state_dict()):
+        return _own_layout(state, network)
+    for converter in converters_for(network):
+        conversion = converter(state, network)
+        if conversion is not None:
+            return conversion
+    return _own_layout(state, network)
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+
+
+def _class_count_change(mismatched: list[tuple[str, tuple, tuple]]) -> tuple[int, int] | None:
+    """(classes in the file, classes in the network) when every mismatch is an output layer's class dimension."""
+    if not mismatched:
+        return None
+    pairs = {(f[0], o[0]) for _, f, o in mismatched if len(f) == len(o) and len(f) >= 1 and f[1:] == o[1:]}
+    if len(pairs) != 1 or sum(1 for _, f, o in mismatched if len(f) == len(o) and f[1:] == o[1:]) != len(mismatched):
+        return None
+    return next(iter(pairs))
+
+
+def _listed(items: list[str]) -> list[str]:
+    return items[:_MAX_LISTED] + ([f"... and {len(items) - _MAX_LISTED} more"] if len(items) > _MAX_LISTED else [])
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike, purpose: str = "finetune") -> dict:
+    """Load a weights file into ``network``: read, convert, check every key and shape, copy all or nothing.
+
+    Args:
+        network: the network to fill (modified in place).
+        path: the file; any layout ``converters_for(network)`` knows, or our own.
+        purpose: ``"finetune"`` (training starts from the file: a different class count re-initialises the output
+            layer with a notice) or ``"inference"`` (inference, evaluation, export: every tensor must fit).
+
+    Returns:
+        ``{"file", "layout", "loaded", "num_tensors", "ignored", "not_loaded", "reinitialised", **notes}``.
+
+    Raises:
+        InputError: naming the file, every key or shape that does not fit, and the fix; nothing is copied.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    path = Path(path).expanduser()
+    state = read_checkpoint(path)
+    conv = convert(state, network)
+    ours = network.state_dict()
+    problems = list(conv.problems)
+    problems += [f"key {k!r} has no place in {type(network).__name__}" for k in conv.unused]
+    problems += [f"converted key {k!r} has no place in {type(network).__name__}" for k in conv.tensors if k not in ours]
+    required = set(conv.required) if conv.partial else set(ours)
+    missing = sorted(required - set(conv.tensors))
+    problems += [f"missing key {k!r}" for k in missing]
+    mismatched = [
+        (k, tuple(v.shape), tuple(ours[k].shape))
+        for k, v in conv.tensors.items()
+        if k in ours and tuple(v.shape) != tuple(ours[k].shape)
+    ]
+    change = _class_count_change(mismatched) if not problems else None
+    reinitialised: list[str] = []
+    if change is not None and purpose == "finetune":
+        reinitialised = sorted(k for k, _, _ in mismatched)
+        print(f"{path}: trained for {change[0]} classes, this network has {change[1]}: the output layer "
+              f"({', '.join(reinitialised)}) starts from its initialisation", flush=True)  # fmt: skip
+    elif change is not None:
+        raise InputError(
+            f"{path}: the checkpoint predicts {change[0]} classes, this configuration {change[1]}",
+            hint=f"run with the configuration it was trained with (num_classes {change[0]}; "
+            + ("configs/synapse.json is the 9-class Synapse protocol" if change[0] == 9 else "e.g. --num_classes")
+            + "); nothing was loaded",
+        )
+    else:
+        problems += [f"shape of {k!r}: file {f}, network {o}" for k, f, o in mismatched]
+    if problems:
+        raise InputError(
+            [f"{path}: {p}" for p in _listed(problems)],
+            hint=f"the file ({conv.layout} layout) does not fit this {type(network).__name__} configuration; nothing "
+            "was loaded. Use the configuration it was trained with (for a demo model add configs/demo.json), or the "
+            "file this bundle expects",
+        )
+    values = {k: v for k, v in conv.tensors.items() if k not in reinitialised}
+    with torch.no_grad():
+        for k, v in values.items():
+            ours[k].copy_(torch.as_tensor(v).to(dtype=ours[k].dtype))
+    return {
+        "file": str(path),
+        "layout": conv.layout,
+        "loaded": sorted(values),
+        "num_tensors": len(values),
+        "ignored": dict(conv.ignored),
+        "not_loaded": sorted(k for k in ours if k not in values),
+        "reinitialised": reinitialised,
+        **conv.notes,
+    }
+
+
+def with_pretrained(network: torch.nn.Module, path: str | os.PathLike | None) -> torch.nn.Module:
+    """``network`` initialised from ``path`` for fine-tuning (``train.json``'s ``pretrained_path``), or unchanged
+    when ``path`` is empty. Prints one line: the file, its layout and how much of the network it filled."""
+    if path:
+        report = load_weights(network, path, purpose="finetune")
+        kept = len(report["not_loaded"])
+        print(f"loaded pretrained weights from {path} ({report['layout']} layout): {report['num_tensors']} tensors"
+              + (f", {kept} left as initialised" if kept else ""), flush=True)  # fmt: skip
+    return network
+
+
+class CheckpointLoader:
+    """Ignite handler for ``inference.json``: load the trained weights into ``network`` when the engine starts,
+    through :func:`load_weights` (``purpose="inference"``), so every layout and every error is handled as above.
+    A checkpoint saved by the official TransUNet, Swin-Unet or MT-UNet code loads as it is."""
+
+    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module, purpose: str = "inference") -> None:
+        self.load_path, self.network, self.purpose = str(load_path), network, purpose
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine=None) -> None:
+        load_weights(self.network, self.load_path, purpose=self.purpose)
