@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "anchors", "benchmark", "bundle", "data", "distributed", "errors", "evaluation", "io", "labels", "leaderboard",
     "inference", "losses", "metrics", "package", "stats", "synapse", "export", "weights",
-    "networks", "phantom", "prepare", "slicewise", "transforms",
+    "networks", "phantom", "prepare", "protocols", "slicewise", "transforms",
 }  # fmt: skip
 
 

@@ -30,6 +30,9 @@ from .labels import BTCV_NUM_CLASSES
 __all__ = [
     "BTCV_CASES",
     "SPLITS",
+    "CV_FOLDS",
+    "cv_folds",
+    "split_name",
     "split_cases",
     "find_btcv_raw",
     "btcv_datalist",
@@ -61,11 +64,49 @@ SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
     "model_zoo": {"training": BTCV_CASES[:21], "validation": BTCV_CASES[21:]},
 }
 
+CV_FOLDS, CV_SEED = 5, 12345
 
-def split_cases(split: str) -> dict[str, tuple[str, ...]]:
-    """Case ids of a named split (``dataset_0``, ``synapse``, ``model_zoo``)."""
+
+def cv_folds(cases: Sequence[str] = BTCV_CASES, n_splits: int = CV_FOLDS, seed: int = CV_SEED) -> list[dict]:
+    """nnU-Net v2's default cross-validation split (``do_split`` in its trainer): scikit-learn's
+    ``KFold(n_splits, shuffle=True, random_state=seed)`` over the sorted case identifiers, computed the same way
+    (a ``numpy.random.RandomState(seed)`` shuffle of the indices, folds of ``n // k`` cases, the first ``n % k``
+    folds one larger). Both lists of each fold are in sorted order."""
+    keys = sorted(cases)
+    order = np.arange(len(keys))
+    np.random.RandomState(seed).shuffle(order)
+    sizes = [len(keys) // n_splits + (1 if i < len(keys) % n_splits else 0) for i in range(n_splits)]
+    folds, start = [], 0
+    for size in sizes:
+        held = set(order[start : start + size].tolist())
+        start += size
+        folds.append({"training": tuple(k for i, k in enumerate(keys) if i not in held),
+                      "validation": tuple(k for i, k in enumerate(keys) if i in held)})  # fmt: skip
+    return folds
+
+
+# 5-fold cross-validation on the 30 cases, as nnU-Net Revisited reports BTCV: ``cv5`` with a fold (0..4) trains on
+# four fifths and validates on the rest; ``cv5`` alone is every case once, for scoring the out-of-fold predictions.
+SPLITS["cv5"] = {"training": (), "validation": BTCV_CASES}
+SPLITS.update({f"cv5_fold{k}": f for k, f in enumerate(cv_folds())})
+
+
+def split_name(split: str, fold: int | str | None = None) -> str:
+    """The named split for ``split`` and ``fold`` (``cv5`` + fold 2 -> ``cv5_fold2``); a fold only goes with ``cv5``."""
+    if fold is None or fold == "":
+        return split
+    if split != "cv5":
+        raise InputError(f"--fold {fold} given with split {split!r}", hint="folds belong to --split cv5; drop --fold")
+    if str(fold) not in {str(k) for k in range(CV_FOLDS)}:
+        raise InputError(f"fold {fold!r} does not exist", hint=f"use --fold 0 to {CV_FOLDS - 1} with --split cv5")
+    return f"cv5_fold{int(fold)}"
+
+
+def split_cases(split: str, fold: int | str | None = None) -> dict[str, tuple[str, ...]]:
+    """Case ids of a named split (``dataset_0``, ``synapse``, ``model_zoo``, ``cv5`` with or without a fold)."""
+    split = split_name(split, fold)
     if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}", hint=f"choose one of: {', '.join(SPLITS)}")
+        raise InputError(f"unknown split {split!r}", hint=f"choose one of: dataset_0, synapse, model_zoo, cv5 (with --fold 0..{CV_FOLDS - 1})")
     return SPLITS[split]
 
 
@@ -87,12 +128,15 @@ def _btcv_file(folder: Path, prefix: str, case: str) -> Path:
     return folder / f"{prefix}{case}.nii.gz"  # reported as missing by check_items
 
 
-def btcv_datalist(raw_root: str | os.PathLike, split: str = "dataset_0", relative_to: str | os.PathLike | None = None) -> dict:
+def btcv_datalist(
+    raw_root: str | os.PathLike, split: str = "dataset_0", relative_to: str | os.PathLike | None = None, fold=None
+) -> dict:
     """Datalist of a named split over a BTCV download (``imgXXXX.nii.gz`` / ``labelXXXX.nii.gz``).
 
     Paths are absolute unless ``relative_to`` is given. Files are not checked here (see :func:`check_items`).
     """
-    cases = split_cases(split)
+    cases = split_cases(split, fold)
+    split = split_name(split, fold)
     found = find_btcv_raw(raw_root)
     if found is None:
         raise InputError(
@@ -267,18 +311,24 @@ def get_datalist(
     keys: Sequence[str] = ("training", "validation"),
     check: bool = True,
     require_label: bool = True,
+    fold: int | str | None = None,
 ) -> dict:
     """The datalist a bundle trains and evaluates on, with absolute paths, checked (see module doc).
 
     Args:
         dataset_dir: ``""``/``None`` for the embedded demo data; a BTCV download; or a folder holding
             the datalist file.
-        split: the BTCV split to build from a BTCV download (``dataset_0``, ``synapse``, ``model_zoo``).
+        split: the BTCV split to build from a BTCV download (``dataset_0``, ``synapse``, ``model_zoo``, ``cv5``).
         datalist_file: an explicit datalist JSON (relative to ``dataset_dir`` if not absolute).
         keys: the lists that must be present and non-empty.
         check: check every file (see :func:`check_items`); results are remembered per process while the
             files are unchanged.
+        fold: with ``split="cv5"``, the cross-validation fold (0..4); without one, ``cv5`` has every case for
+            validation (scoring out-of-fold predictions) and none for training.
     """
+    if split == "cv5" and fold in (None, "") and "training" in keys:
+        raise InputError("split 'cv5' needs a fold to train", hint=f"add --fold 0 (one of 0..{CV_FOLDS - 1}); nnU-Net's 5-fold split")
+    split_name(split, fold)  # a fold given with another split, or an unknown fold, stops here
     dataset_dir = str(dataset_dir or "")
     datalist_file = str(datalist_file or "")
     if datalist_file:
@@ -293,9 +343,10 @@ def get_datalist(
         if not root.exists():
             raise InputError(f"{root}: dataset_dir not found", hint="give the folder of your BTCV download or of a datalist JSON")
         if find_btcv_raw(root) is not None:
-            data = btcv_datalist(root, split)
+            data = btcv_datalist(root, split, fold=fold)
         else:
-            candidates = [root / f"datalist_{split}.json", root / f"{split}.json", root / "dataset.json"]
+            name = split_name(split, fold)
+            candidates = [root / f"datalist_{name}.json", root / f"{name}.json", root / "dataset.json"]
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:
                 raise InputError(

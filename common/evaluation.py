@@ -33,8 +33,8 @@ import torch
 
 from .errors import InputError
 from .io import atomic_write_text, image_info, load_array
-from .labels import protocol_organs
-from .metrics import NSD_TOLERANCE_MM, metric_names, score_case, summarize, to_btcv_ids
+from .metrics import score_case, summarize, to_btcv_ids
+from .protocols import NSD_TOLERANCE_MM, get_protocol, metric_names, protocol_organs, protocol_rule
 
 __all__ = [
     "SegmentationReport",
@@ -44,31 +44,11 @@ __all__ = [
     "protocol_rule",
     "run_info",
     "case_id",
+    "card_check",
     "json_clean",
-    "PROTOCOL_RULES",
 ]
 
 logger = logging.getLogger(__name__)
-
-PROTOCOL_RULES = {
-    "btcv13": (
-        "13 BTCV organs; Dice, HD95 in mm (voxel spacing used; MONAI symmetric 95th percentile) and normalised "
-        "surface Dice at a {tol:g} mm tolerance. Organ absent from the ground truth and not predicted: not scored "
-        "(NaN, skipped by means). Present in exactly one of ground truth and prediction: Dice 0, NSD 0, HD95 = "
-        "image diagonal in mm. Mean = mean over organs of the per-organ means over cases."
-    ),
-    "synapse8": (
-        "8 Synapse organs (papers' column order); medpy dc and hd95 without voxel spacing (HD95 in voxels). "
-        "Prediction empty: (0, 0); prediction non-empty and ground truth empty: (1, 0). Mean over cases, then organs."
-    ),
-}
-_UNITS = {"btcv13": {"dice": "", "hd95": " (mm)", "nsd": ""}, "synapse8": {"dice": "", "hd95": " (voxels)"}}
-
-
-def protocol_rule(protocol: str, nsd_tolerance_mm: float = NSD_TOLERANCE_MM) -> str:
-    """The stated rule of a protocol, as recorded in every result file."""
-    return PROTOCOL_RULES[protocol].format(tol=nsd_tolerance_mm)
-
 
 def run_info(checkpoint: str | None = None) -> dict:
     """Library versions and the checkpoint's SHA-256, recorded with every result."""
@@ -95,6 +75,31 @@ def _fmt(v: float, digits: int = 4) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def card_check(card: dict, protocol: str, split: str, measured: float | None) -> dict:
+    """A reproduction card's expected mean Dice beside the measured one: ``{**card, "measured", "verdict", "line"}``.
+
+    The verdict is ``within`` / ``outside`` the card's tolerance, ``no published number`` when the card has none, or
+    ``not comparable`` when the run's protocol or split differs from the card's (then no verdict is given).
+    """
+    exp = card.get("expected") or {}
+    out = dict(card)
+    out["measured_mean_dice"] = measured
+    if card.get("protocol") != protocol or str(split).split(" ")[0] != str(card.get("split", "")):
+        verdict = f"not comparable (card: {card.get('protocol')}, split {card.get('split')}; run: {protocol}, split {split})"
+    elif exp.get("mean_dice") is None:
+        verdict = "no published number under this protocol and split"
+    elif measured is None:
+        verdict = ""
+    else:
+        verdict = "within" if abs(measured - exp["mean_dice"]) <= exp.get("tolerance", 0.0) else "outside"
+        verdict += f" the card's tolerance of +/- {exp.get('tolerance', 0.0):.3f}"
+    expected = "-" if exp.get("mean_dice") is None else f"{exp['mean_dice']:.4f} ({exp.get('source', '')})"
+    out["verdict"] = verdict
+    out["line"] = (f"card {card.get('name', '')}: expected mean Dice {expected}; measured "
+                   f"{_fmt(measured, 4) if measured is not None else '-'}: {verdict}")  # fmt: skip
+    return out
+
+
 def _digits(metric: str) -> int:
     return 2 if metric == "hd95" else 4
 
@@ -105,7 +110,7 @@ def format_summary(summary: dict, title: str = "") -> str:
     metrics = metric_names(protocol)
     head = ["organ"]
     for m in metrics:
-        head += [f"{m.upper() if m != 'dice' else 'Dice'}{_UNITS[protocol][m]}", "std"]
+        head += [f"{m.upper() if m != 'dice' else 'Dice'}{get_protocol(protocol).units()[m]}", "std"]
     rows = [tuple(head + ["n"])]
     for o in summary["organs"].values():
         r = [o["name"]]
@@ -126,7 +131,8 @@ def format_summary(summary: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-_META_KEYS = ("bundle", "bundle_version", "protocol", "split", "checkpoint", "checkpoint_sha256", "num_cases", "created")
+_META_KEYS = ("bundle", "bundle_version", "protocol", "split", "hd95_definition", "checkpoint", "checkpoint_sha256",
+              "num_cases", "created")  # fmt: skip
 
 
 def _meta_lines(meta: dict) -> list[tuple[str, str]]:
@@ -135,6 +141,8 @@ def _meta_lines(meta: dict) -> list[tuple[str, str]]:
         lines.append(("inference", json.dumps(meta["inference"], sort_keys=True)))
     if meta.get("versions"):
         lines.append(("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())))
+    if meta.get("card"):
+        lines.append(("card", meta["card"]["line"]))
     return lines
 
 
@@ -144,7 +152,7 @@ def _markdown(summary: dict, meta: dict, rule: str) -> str:
     out = [f"# Evaluation: {meta.get('bundle', '')}".rstrip(": "), ""]
     out += [f"- {k}: `{v}`" for k, v in _meta_lines(meta)]
     out += [f"- rule: {rule}", ""]
-    head = ["organ"] + [f"{m if m != 'dice' else 'Dice'} mean{_UNITS[protocol][m]} | {m if m != 'dice' else 'Dice'} std" for m in metrics]
+    head = ["organ"] + [f"{m if m != 'dice' else 'Dice'} mean{get_protocol(protocol).units()[m]} | {m if m != 'dice' else 'Dice'} std" for m in metrics]
     out.append("| " + " | ".join(head) + " | n |")
     out.append("| --- |" + " ---: | ---: |" * len(metrics) + " ---: |")
     for o in summary["organs"].values():
@@ -166,11 +174,14 @@ def _csv_text(rows: list[list], meta: dict) -> str:
     return buf.getvalue()
 
 
-def write_report(output_dir: str | os.PathLike, cases: dict, protocol: str, meta: dict | None = None) -> dict:
+def write_report(
+    output_dir: str | os.PathLike, cases: dict, protocol: str, meta: dict | None = None, card: dict | None = None
+) -> dict:
     """Write ``metrics_per_case.csv``, ``summary.csv``, ``summary.md`` and ``results.json``; return paths.
 
     Every file records the protocol and its rule, the split, bundle name and version, checkpoint and its
-    SHA-256, library versions and the inference settings given in ``meta``.
+    SHA-256, library versions and the inference settings given in ``meta``; with a reproduction ``card``, its
+    expected number beside the measured one (``meta["card"]``, see :func:`card_check`).
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,10 +190,13 @@ def write_report(output_dir: str | os.PathLike, cases: dict, protocol: str, meta
     meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     for k, v in run_info(meta.get("checkpoint")).items():
         meta.setdefault(k, v)
-    tol = float(meta.setdefault("nsd_tolerance_mm", NSD_TOLERANCE_MM)) if protocol == "btcv13" else NSD_TOLERANCE_MM
+    tol = float(meta.setdefault("nsd_tolerance_mm", NSD_TOLERANCE_MM)) if "nsd" in metric_names(protocol) else NSD_TOLERANCE_MM
+    meta["hd95_definition"] = f"{get_protocol(protocol).hd95}, in {get_protocol(protocol).hd95_unit}"
     rule = protocol_rule(protocol, tol)
     summary = summarize({c: v["scores"] for c, v in cases.items()}, protocol)
     meta["num_cases"] = summary["num_cases"]
+    if card:
+        meta["card"] = card_check(card, protocol, str(meta.get("split", "")), summary["mean"]["dice"])
     organs = protocol_organs(protocol)
     metrics = metric_names(protocol)
 
@@ -242,7 +256,7 @@ class SegmentationReport:
 
     Args:
         output_dir: where the report files go.
-        protocol: ``btcv13`` or ``synapse8`` (see :mod:`common.metrics`).
+        protocol: ``btcv13``, ``synapse8`` or ``synapse8_3d`` (see :mod:`common.protocols`).
         pred_key: key of the argmax prediction (1, X, Y, Z), already inverted to the input's grid.
         label_key: key holding the ground-truth label path (see :func:`evaluation_items`), or an already
             loaded label on the same grid.
@@ -250,6 +264,8 @@ class SegmentationReport:
         label_ids: id space of the label files (``btcv13`` for BTCV data).
         meta: extra run information recorded in the result files (bundle name, split, settings).
         print_table: print the summary table and file paths when done.
+        card: the reproduction card of the run (a bundle's ``card_*.json``), if any: its expected number is printed
+            and recorded beside the measured one (see :func:`card_check`).
     """
 
     def __init__(
@@ -264,6 +280,7 @@ class SegmentationReport:
         meta: dict | None = None,
         print_table: bool = True,
         nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
+        card: dict | None = None,
     ):
         self.output_dir = str(output_dir)
         self.protocol = protocol
@@ -272,6 +289,7 @@ class SegmentationReport:
         self.meta = dict(meta or {})
         self.meta["nsd_tolerance_mm"] = float(nsd_tolerance_mm)
         self.print_table = print_table
+        self.card = card
         self.cases: dict[str, dict] = {}
         self.result: dict | None = None
 
@@ -342,10 +360,12 @@ class SegmentationReport:
         """Write the report of the cases added so far (and print the table); return its summary and paths."""
         if not self.cases:
             raise InputError("evaluation produced no cases", hint="check the evaluation datalist")
-        self.result = write_report(self.output_dir, self.cases, self.protocol, self.meta)
+        self.result = write_report(self.output_dir, self.cases, self.protocol, self.meta, card=self.card)
         if self.print_table:
             title = f"{self.meta.get('bundle', 'evaluation')} - protocol {self.protocol}, {len(self.cases)} case(s)"
             text = format_summary(self.result["summary"], title)
+            if self.card:
+                text += "\n" + self.result["meta"]["card"]["line"]
             paths = "\n".join(f"  {k}: {v}" for k, v in self.result["paths"].items())
             print(f"\n{text}\n\nreport written to {self.output_dir}:\n{paths}\n", flush=True)
         return self.result

@@ -22,7 +22,7 @@ __all__ = [
     "btcv_to_synapse_lut",
     "synapse_to_btcv_lut",
     "remap_labels",
-    "protocol_organs",
+    "organ",
 ]
 
 
@@ -141,21 +141,6 @@ def remap_labels(label, lut: np.ndarray):
     if idx.size and (idx.min() < 0 or idx.max() >= len(lut)):
         raise ValueError(f"label values must lie in 0..{len(lut) - 1}, got {idx.min()}..{idx.max()}")
     return lut[idx].astype(arr.dtype)
-
-
-def protocol_organs(protocol: str) -> list[tuple[str, str, int]]:
-    """Organs scored under a protocol, in report column order: (key, name, class id in the label map).
-
-    ``btcv13``: the 13 BTCV organs in id order (ids of the BTCV map).
-    ``synapse8``: the 8 Synapse organs in the papers' column order, with their BTCV ids (ground truth and
-    predictions are compared in the BTCV id space; a 9-class prediction is mapped back first with
-    ``synapse_to_btcv_lut``).
-    """
-    if protocol == "btcv13":
-        return [(o.key, o.name, o.id) for o in BTCV_ORGANS]
-    if protocol == "synapse8":
-        return [(k, _BY_KEY[k].name, _BY_KEY[k].id) for k in SYNAPSE_ORGAN_ORDER]
-    raise ValueError(f"unknown protocol {protocol!r}: expected 'btcv13' or 'synapse8'")
 
 
 def organ(key_or_id) -> Organ:

@@ -6,8 +6,10 @@
 For every bundle the command runs the bundle's own ``inference.json`` (its ``models/model.pt``, or
 ``--ckpt NAME=PATH``, extra config files with ``--config NAME=FILE``, overrides with
 ``--override NAME:key=json``) on the evaluation cases of the datalist, or takes an existing folder of
-predictions (``--predictions NAME=DIR`` holding ``<image name>_seg.nii.gz``). All predictions are scored
-under one protocol (``btcv13`` or ``synapse8``, see ``common/metrics.py``) on each label's original grid.
+predictions (``--predictions NAME=DIR`` holding ``<image name>_seg.nii.gz``). With ``--split cv5`` and
+``--ckpt NAME=.../fold{fold}/model.pt`` each of the five fold models predicts its own validation cases and the
+30 out-of-fold predictions are scored as one entry (nnU-Net's cross-validation protocol). All predictions are scored
+under one protocol (``btcv13``, ``synapse8`` or ``synapse8_3d``, see ``common/protocols.py``) on each label's original grid.
 It writes to ``--out``:
 
 * ``leaderboard.md``: mean and per-organ Dice (and HD95) per bundle, the published numbers of ANCHORS.md
@@ -37,10 +39,11 @@ from monai.data import MetaTensor
 
 from .anchors import anchors_for
 from .errors import InputError
-from .evaluation import SegmentationReport, case_id, json_clean, protocol_rule
+from .evaluation import SegmentationReport, case_id, json_clean
 from .io import atomic_write_bytes, atomic_write_text, load_array
-from .labels import BTCV_ORGANS, organ, protocol_organs
-from .metrics import metric_names, to_btcv_ids
+from .labels import BTCV_ORGANS, organ
+from .metrics import to_btcv_ids
+from .protocols import PROTOCOLS, get_protocol, metric_names, protocol_organs, protocol_rule
 from .stats import describe, paired_comparison
 
 __all__ = ["leaderboard", "bar_chart", "overlay_png", "main", "PANEL", "CHART_WIDTH"]
@@ -105,6 +108,8 @@ def run_bundle_inference(bundle: str, items: list[dict], out_dir: Path, ckpt: st
     num_classes = int(wf.parser.get_parsed_content("num_classes"))
     settings = {k: wf.parser.get_parsed_content(k) for k in ("roi_size", "img_size", "sw_overlap", "slice_mode", "slice_batch", "autocast", "spacing", "amp") if k in wf.parser}
     settings["checkpoint"] = str(wf.parser.get_parsed_content("ckpt_path")) if wf.parser.get_parsed_content("load_pretrain") else "untrained"
+    if "card" in wf.parser and wf.parser.get_parsed_content("card"):  # a reproduction card among the configs
+        settings["card"] = wf.parser.get_parsed_content("card")
     wf.run()
     wf.finalize()
     return out_dir, ("synapse8" if num_classes == 9 else "btcv13"), settings
@@ -223,19 +228,22 @@ def leaderboard(
     max_cases: int | None = None,
     overlay_cases: int | None = None,
     progress: bool = True,
+    fold: int | None = None,
 ) -> dict:
     """Run, score and compare bundles; see the module docstring. Returns the leaderboard as a dict."""
     from tqdm import tqdm
 
-    from .data import get_datalist
+    from .data import CV_FOLDS, get_datalist, split_name
 
-    if protocol not in ("btcv13", "synapse8"):
-        raise InputError(f"unknown protocol {protocol!r}", hint="use btcv13 or synapse8")
+    get_protocol(protocol)  # an unknown name stops here, before any work
     predictions = dict(predictions or {})
     names = list(bundles) + [n for n in predictions if n not in bundles]
     if not names:
         raise InputError("nothing to compare", hint="give --bundles and/or --predictions NAME=DIR")
-    items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"])["validation"]
+    items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"], fold=fold)["validation"]
+    split_label = split_name(split, fold) if not datalist_file else f"{datalist_file} [validation]"
+    if split == "cv5" and fold in (None, ""):
+        split_label = f"cv5 (out-of-fold predictions of the {CV_FOLDS} folds, every case once)"
     if max_cases:
         items = items[: int(max_cases)]
     out_dir = Path(out)
@@ -252,16 +260,33 @@ def leaderboard(
             settings = {"predictions": str(folder)}
         else:
             bar.set_description(f"inference {name}")
-            folder, ids, settings = run_bundle_inference(
-                name, items, out_dir / name / "predictions", (ckpts or {}).get(name), (configs or {}).get(name, ()),
-                (overrides or {}).get(name),
-            )  # fmt: skip
+            ckpt = (ckpts or {}).get(name)
+            if ckpt and "{fold}" in ckpt:  # out-of-fold: each fold's model predicts its own validation cases
+                if split != "cv5" or fold not in (None, ""):
+                    raise InputError(f"--ckpt {name}={ckpt}: a {{fold}} pattern needs --split cv5 without --fold")
+                folds = []
+                for k in range(CV_FOLDS):
+                    fold_items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"], fold=k)["validation"]
+                    folder, ids, settings = run_bundle_inference(
+                        name, fold_items, out_dir / name / "predictions", ckpt.format(fold=k),
+                        (configs or {}).get(name, ()), (overrides or {}).get(name),
+                    )  # fmt: skip
+                    folds.append(settings.pop("checkpoint"))
+                settings["checkpoint"] = ckpt
+                settings["fold_checkpoints"] = folds
+            else:
+                folder, ids, settings = run_bundle_inference(
+                    name, items, out_dir / name / "predictions", ckpt, (configs or {}).get(name, ()),
+                    (overrides or {}).get(name),
+                )  # fmt: skip
             bar.update(1)
         bar.set_description(f"scoring {name}")
-        meta = {"bundle": name, "split": split if not datalist_file else f"{datalist_file} [validation]", "inference": settings}
+        meta = {"bundle": name, "split": split_label, "inference": settings}
         if settings.get("checkpoint"):
             meta["checkpoint"] = settings["checkpoint"]
-        report = SegmentationReport(out_dir / name, protocol=protocol, pred_ids=ids, label_ids=label_ids, meta=meta, print_table=False)
+        card = settings.pop("card", None)
+        report = SegmentationReport(out_dir / name, protocol=protocol, pred_ids=ids, label_ids=label_ids, meta=meta,
+                                    print_table=False, card=card)  # fmt: skip
         files = {}
         for it in items:
             pf = _pred_file(folder, it["image"])
@@ -288,6 +313,7 @@ def leaderboard(
         for key, _, _ in organs:
             row["organs"][key] = {m: describe([(c["scores"][key][m] if c["scores"][key][m] is not None else math.nan) for c in cases.values()]) for m in metrics}
         row["anchors"] = anchors_for(name, protocol)
+        row["card"] = res["meta"].get("card")
         table[name] = row
     comparison = None
     if len(results) >= 2:
@@ -318,7 +344,7 @@ def leaderboard(
         overlay_paths.append(str(atomic_write_bytes(out_dir / "overlays" / f"{cid}.png", png)))
     paths["overlays"] = str(out_dir / "overlays")
 
-    doc = {"protocol": protocol, "rule": protocol_rule(protocol), "split": split, "num_cases": len(items),
+    doc = {"protocol": protocol, "rule": protocol_rule(protocol), "split": split_label, "num_cases": len(items),
            "bundles": table, "comparison": comparison,
            "reports": {n: r["paths"] for n, r in results.items()}}  # fmt: skip
     paths["json"] = str(atomic_write_text(out_dir / "leaderboard.json", json.dumps(json_clean(doc), indent=2) + "\n"))
@@ -355,12 +381,17 @@ def _csv(table: dict, protocol: str) -> str:
 
 def _markdown_table(table: dict, protocol: str) -> str:
     organs = protocol_organs(protocol)
-    unit = "mm" if protocol == "btcv13" else "voxels"
+    unit = get_protocol(protocol).hd95_unit
     head = "| bundle | mean Dice | HD95 (" + unit + ") | " + " | ".join(n for _, n, _ in organs) + " |"
     lines = [head, "| --- | ---: | ---: |" + " ---: |" * len(organs)]
     for name, row in table.items():
         lines.append(f"| {name} | {_fmt(row['mean']['mean_over_organs'])} | {_fmt(row['mean_hd95'], 2)} | "
                      + " | ".join(_fmt(row["organs"][k]["dice"]["mean"]) for k, _, _ in organs) + " |")  # fmt: skip
+        card = row.get("card")
+        if card:
+            exp = card.get("expected") or {}
+            lines.append(f"| -> card {card['name']}: {card['verdict']} | {_fmt(exp.get('mean_dice'))} | "
+                         f"{_fmt(exp.get('mean_hd95'), 2)} |" + " |" * len(organs))  # fmt: skip
         for a in row["anchors"]:
             organ_cells = " | ".join(_fmt(a.get("organs", {}).get(k)) for k, _, _ in organs)
             lines.append(f"| -> published: {a['source']} ({a['split']}) | {_fmt(a['mean_dice'])} | {_fmt(a.get('mean_hd95'), 2)} | {organ_cells} |")
@@ -371,7 +402,7 @@ def _markdown(doc: dict, results: dict) -> str:
     protocol, table = doc["protocol"], doc["bundles"]
     organs = protocol_organs(protocol)
     out = [f"# Leaderboard: protocol `{protocol}`, split `{doc['split']}`, {doc['num_cases']} case(s)", "",
-           f"Rule: {doc['rule']}", "",
+           f"Rule: {doc['rule']}", "", f"HD95: {get_protocol(protocol).hd95}, in {get_protocol(protocol).hd95_unit}.", "",
            "Published numbers (rows marked `-> published`) come from ANCHORS.md with their own protocol and split: they are "
            "comparable with the measured row above them only where protocol and split are the same.", "",
            _markdown_table(table, protocol), "## Per-organ statistics (Dice over cases)", "",
@@ -403,12 +434,15 @@ def main(argv=None) -> int:
     ap.add_argument("--bundles", nargs="*", default=[], help="bundles to run (names under bundles/)")
     ap.add_argument("--predictions", action="append", default=[], help="NAME=DIR of existing predictions")
     ap.add_argument("--dataset_dir", default="", help="data as for the bundles ('' = the demo phantoms)")
-    ap.add_argument("--split", default="dataset_0")
+    ap.add_argument("--split", default="dataset_0", help="dataset_0, synapse, model_zoo or cv5")
+    ap.add_argument("--fold", type=int, default=None, help="with --split cv5: score one fold's validation cases")
     ap.add_argument("--datalist_file", default="")
-    ap.add_argument("--protocol", default="btcv13", choices=["btcv13", "synapse8"])
+    ap.add_argument("--protocol", default="btcv13", choices=list(PROTOCOLS))
     ap.add_argument("--label-ids", default="btcv13", choices=["btcv13", "synapse8"], help="id space of the label files")
     ap.add_argument("--pred-ids", action="append", default=[], help="NAME=btcv13|synapse8 for --predictions folders")
-    ap.add_argument("--ckpt", action="append", default=[], help="NAME=PATH of a bundle's weights")
+    ap.add_argument("--ckpt", action="append", default=[],
+                    help="NAME=PATH of a bundle's weights; with --split cv5, PATH may hold {fold} (each fold's model "
+                    "predicts its own validation cases: out-of-fold scoring)")  # fmt: skip
     ap.add_argument("--config", action="append", default=[], help="NAME=FILE extra config merged after inference.json")
     ap.add_argument("--override", action="append", default=[], help="NAME:key=json config override")
     ap.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"), help="paired comparison A minus B")
@@ -427,7 +461,7 @@ def main(argv=None) -> int:
     try:
         leaderboard(args.bundles, _split_pairs(args.predictions), args.dataset_dir, args.split, args.datalist_file,
                     args.protocol, args.out, _split_pairs(args.ckpt), configs, overrides, _split_pairs(args.pred_ids),
-                    args.label_ids, args.compare, args.max_cases, args.overlay_cases)  # fmt: skip
+                    args.label_ids, args.compare, args.max_cases, args.overlay_cases, fold=args.fold)  # fmt: skip
     except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1

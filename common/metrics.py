@@ -24,6 +24,11 @@
     voxel spacing (HD95 in voxels)**: both present -> (dice, hd95); prediction non-empty and ground truth
     empty -> (1, 0); prediction empty -> (0, 0). Mean over cases, then over organs.
 
+``synapse8_3d`` (the 3D Synapse papers)
+    As ``synapse8``, with medpy's ``hd95`` given the voxel spacing (HD95 in mm).
+
+The protocols themselves (organs, metrics, units, rules) are defined in :mod:`common.protocols`.
+
 Label arrays are compared in the BTCV id space: use :func:`to_btcv_ids` first for 9-class Synapse labels.
 """
 
@@ -38,10 +43,10 @@ import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
 
-from .labels import protocol_organs, synapse_to_btcv_lut
+from .labels import synapse_to_btcv_lut
+from .protocols import NSD_TOLERANCE_MM, get_protocol, metric_names, protocol_organs
 
 __all__ = [
-    "PROTOCOLS",
     "to_btcv_ids",
     "dice",
     "hd95_mm",
@@ -50,12 +55,8 @@ __all__ = [
     "medpy_hd95",
     "score_case",
     "summarize",
-    "metric_names",
-    "NSD_TOLERANCE_MM",
 ]
 
-PROTOCOLS = ("btcv13", "synapse8")
-NSD_TOLERANCE_MM = 2.0  # normalised surface Dice tolerance of the btcv13 protocol
 
 
 def to_btcv_ids(label: np.ndarray, id_space: str = "btcv13") -> np.ndarray:
@@ -163,20 +164,22 @@ def score_case(
     """Score one case: ``{organ_key: {"dice": .., "hd95": .., ["nsd": ..,] "status": ..}}``.
 
     ``pred`` and ``gt`` are integer label arrays of the same shape in BTCV ids (see :func:`to_btcv_ids`).
-    ``spacing`` (mm) is used by ``btcv13`` only (which also reports NSD at ``nsd_tolerance_mm``);
-    ``synapse8`` measures HD95 in voxels like the papers.
+    ``spacing`` (mm) is used where the protocol measures in mm (``btcv13``, which also reports NSD at
+    ``nsd_tolerance_mm``; ``synapse8_3d``); ``synapse8`` measures HD95 in voxels like the papers.
     """
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
     out: dict[str, dict[str, float]] = {}
     worst = _diagonal_mm(gt.shape, spacing)
+    proto = get_protocol(protocol)
     for key, _name, oid in protocol_organs(protocol):
         p, g = pred == oid, gt == oid
         has_p, has_g = bool(p.any()), bool(g.any())
-        if protocol == "synapse8":
+        if proto.papers_rule:
             if has_p and has_g:
-                out[key] = {"dice": medpy_dc(p, g), "hd95": medpy_hd95(p, g), "status": "scored"}
+                hd = medpy_hd95(p, g, [float(s) for s in spacing] if proto.hd95_mm else None)
+                out[key] = {"dice": medpy_dc(p, g), "hd95": hd, "status": "scored"}
             elif has_p:
                 out[key] = {"dice": 1.0, "hd95": 0.0, "status": "false_positive"}
             else:
@@ -226,8 +229,3 @@ def summarize(cases: dict[str, dict[str, dict[str, float]]], protocol: str = "bt
         "case_mean_dice": case_means,
         "mean": mean,
     }
-
-
-def metric_names(protocol: str) -> tuple[str, ...]:
-    """The per-organ metrics a protocol reports, in column order."""
-    return ("dice", "hd95", "nsd") if protocol == "btcv13" else ("dice", "hd95")

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.protocols import protocol_organs
 from common.labels import (
     BTCV_NUM_CLASSES,
     BTCV_ORGANS,
@@ -9,7 +10,6 @@ from common.labels import (
     btcv_to_synapse_lut,
     channel_def,
     organ,
-    protocol_organs,
     remap_labels,
     synapse_to_btcv_lut,
 )
