@@ -74,14 +74,19 @@ def _read_sitk(path: str) -> sitk.Image:
     if os.path.isdir(path):
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
         if not series:
-            raise InputError(f"{path}: folder holds no DICOM series")
+            raise InputError(
+                f"{path}: folder holds no DICOM series",
+                "give an image file (NIfTI, .mha, .nrrd) or a folder holding the DICOM files of one series",
+            )
+        files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, uid) for uid in series}
         if len(series) > 1:
             raise InputError(
-                f"{path}: folder holds {len(series)} DICOM series ({', '.join(series)}); "
-                "put each series in its own folder"
+                f"{path}: folder holds {len(series)} DICOM series: "
+                + ", ".join(f"SeriesInstanceUID {uid} ({len(files[uid])} files)" for uid in series),
+                "move the files of each series into a folder of its own and give the folder of the series to read",
             )
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, series[0]))
+        reader.SetFileNames(files[series[0]])
         return reader.Execute()
     return sitk.ReadImage(path)
 
@@ -158,7 +163,8 @@ class SimpleITKReader(ImageReader):
 
     def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
         names = ensure_tuple(filename)
-        return all(_lower_name(f).endswith(ITK_SUFFIXES) or _is_dicom_dir(f) for f in names)
+        # every folder, DICOM or not: read() then names the folder that holds no (or several) series
+        return all(_lower_name(f).endswith(ITK_SUFFIXES) or os.path.isdir(f) for f in names)
 
     def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs):
         imgs = [_read_sitk(str(Path(f).expanduser())) for f in ensure_tuple(data)]
@@ -251,6 +257,8 @@ def load_array(path: str | os.PathLike, dtype=None) -> tuple[np.ndarray, np.ndar
         raise InputError(f"{path}: file not found")
     try:
         img = _LOADER(path)
+    except InputError:
+        raise
     except Exception as e:
         raise InputError(f"{path}: cannot read the image ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     arr = np.asarray(img.array if hasattr(img, "array") else img)
