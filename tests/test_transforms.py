@@ -30,10 +30,65 @@ def test_preprocessing_orientation_spacing_window_crop(pair):
     x, y = out["image"], out["label"]
     assert x.shape[0] == 1 and x.shape == y.shape
     aff = x.affine.numpy()
-    assert np.allclose(np.diag(aff)[:3], [1.5, 1.5, 2.0])  # RAS, resampled
-    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0  # HU window -> [0, 1], clipped
-    assert x.shape[1] <= int(np.ceil(30 / 1.5)) + 1  # cropped to the body (foreground), not the air
+    assert np.allclose(aff[:3, :3], np.diag([1.5, 1.5, 2.0]))  # RAS, resampled
+    # HU window [-175, 250] -> [0, 1]: the 40 HU body is (40 + 175) / 425 wherever resampling did not mix in air
+    assert float(x.max()) == pytest.approx(215 / 425, abs=1e-6)
+    assert float((x - 215 / 425).abs().lt(1e-6).float().mean()) > 0.5
+    # cropped to the body (foreground: 30 x 25 x 8 voxels of 1 x 1 x 2.5 mm), not the 40 x 36 x 12 grid with its air
+    body_mm = np.array([30.0, 25.0, 20.0])
+    assert (np.abs(np.array(x.shape[1:]) - body_mm / [1.5, 1.5, 2.0]) <= 1.5).all(), x.shape
     assert set(torch.unique(y).tolist()) == {0.0, 6.0}
+
+
+# HU values placed in a body of 0 HU, and where they must land after each path's window
+HU_PROBES = (-1000.0, -175.0, -125.0, 0.0, 100.0, 250.0, 275.0, 1000.0)
+
+
+def _windowed(hu, low, high):
+    """(HU - low) / (high - low), clipped to [0, 1], in float64: the value every voxel must get."""
+    return np.clip((np.asarray(hu, np.float64) - low) / (high - low), 0.0, 1.0)
+
+
+def _probe_volume(tmp_path):
+    """An LPS CT already at the 3D target spacing (1.5 x 1.5 x 2.0 mm): air around a 0 HU body holding HU_PROBES
+    at known voxels, and a label. Returns the paths, the arrays, the affine and the probes' voxel indices."""
+    aff = np.diag([-1.5, -1.5, 2.0, 1.0])
+    aff[:3, 3] = [30.0, -20.0, 5.0]
+    img = np.full((40, 36, 14), -1000, np.int16)
+    img[4:36, 4:32, 2:12] = 0
+    probes = [(8 + 3 * n, 18, 7) for n in range(len(HU_PROBES))]
+    for p, hu in zip(probes, HU_PROBES):
+        img[p] = hu
+    lab = np.zeros(img.shape, np.uint8)
+    lab[10:20, 10:20, 4:8] = 6
+    paths = _save(tmp_path / "probe_img.nii.gz", img, aff), _save(tmp_path / "probe_lab.nii.gz", lab, aff)
+    return *paths, img, lab, aff, probes
+
+
+def _input_index(out_affine, in_affine, out_shape):
+    """For every output voxel, the input voxel at the same world position (asserted to be on the input grid)."""
+    ijk = np.indices(out_shape).reshape(3, -1)
+    uvw = (np.linalg.inv(in_affine) @ out_affine @ np.vstack([ijk, np.ones(ijk.shape[1])]))[:3]
+    idx = np.rint(uvw).astype(np.int64)
+    assert np.abs(uvw - idx).max() < 1e-4, "the output grid is not the input grid"
+    return tuple(idx)
+
+
+def test_3d_preprocessing_windows_known_hu_to_the_window_values(tmp_path):
+    """UNETR/SwinUNETR/UNet's window [-175, 250]: every voxel becomes (HU + 175) / 425 clipped to [0, 1], at its own
+    world position (spacing already the target's, so no interpolation; the crop only removes the air)."""
+    img_path, lab_path, img, lab, aff, probes = _probe_volume(tmp_path)
+    out = btcv_preprocessing()({"image": img_path, "label": lab_path})
+    x, y = out["image"], out["label"]
+    assert x.dtype == torch.float32 and tuple(x.shape[1:]) == (32, 28, 10)  # the body, air cropped off
+    out_aff = x.affine.numpy().astype(np.float64)
+    src = _input_index(out_aff, aff, x.shape[1:])
+    np.testing.assert_allclose(x[0].numpy().ravel(), _windowed(img[src], -175.0, 250.0), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(y[0].numpy().ravel(), lab[src])
+    inv = np.linalg.inv(out_aff) @ aff
+    got = [float(x[0][tuple(np.rint(inv @ [*p, 1.0])[:3].astype(int))]) for p in probes]
+    want = [0.0, 0.0, 50 / 425, 175 / 425, 275 / 425, 1.0, 1.0, 1.0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"HU {HU_PROBES}")
 
 
 def test_train_transforms_sample_rois(pair):
