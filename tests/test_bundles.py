@@ -60,16 +60,55 @@ def test_train_saves_best_and_resumable_state(trained):
     assert any((work / "runs").iterdir()), "no TensorBoard log"
 
 
+def _equal_states(a, b) -> bool:
+    """Nested state dicts (tensors, numbers, lists, dicts) equal value for value."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a.cpu(), b.cpu())
+    if isinstance(a, dict):
+        return isinstance(b, dict) and set(a) == set(b) and all(_equal_states(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal_states(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def test_training_resumes_after_interruption(trained, tiny_data, capsys):
+    """Resumed, not restarted: the second call runs one epoch only, and its first iteration starts from exactly the
+    model, optimizer and iteration count saved after epoch 1."""
+    import copy
+
+    import torch
+    from ignite.engine import Events
+
     bundle, work, tiny = trained
-    wf = run_workflow(
-        bundle, ("train.json",), "train",
+    saved = torch.load(work / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    wf = ConfigWorkflow(
+        config_file=configs(bundle, "train.json")[0], workflow_type="train",
         dataset_dir=str(tiny_data), ckpt_dir=str(work / "models"), output_dir=str(work / "runs"),
         max_epochs=2, val_interval=1, **tiny,
     )  # fmt: skip
+    wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")
-    assert trainer.state.epoch == 2
+    seen: dict = {"epochs": 0}
+
+    @trainer.on(Events.ITERATION_STARTED(once=saved["trainer"]["iteration"] + 1))
+    def _at_first_step(engine):
+        seen["model"] = {k: v.detach().clone() for k, v in wf.parser.get_parsed_content("network").state_dict().items()}
+        seen["optimizer"] = copy.deepcopy(wf.parser.get_parsed_content("optimizer").state_dict())  # live tensors
+        seen["epoch"] = engine.state.epoch
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _count(engine):
+        seen["epochs"] += 1
+
+    wf.run()
+    wf.finalize()
     assert "resuming training from" in capsys.readouterr().out
+    assert trainer.state.epoch == 2 and seen["epochs"] == 1, "the second call must run epoch 2 only"
+    assert seen.get("epoch") == 2, "the first step of the second call is not the step after the saved iteration"
+    assert _equal_states(seen["model"], saved["model"]), "the model did not start from the saved state"
+    assert _equal_states(seen["optimizer"], saved["optimizer"]), "the optimizer did not start from the saved state"
     assert (work / "models" / "checkpoint_epoch=2.pt").is_file()
     assert not (work / "models" / "checkpoint_epoch=1.pt").exists()
 

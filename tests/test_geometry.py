@@ -12,11 +12,11 @@ from monai.bundle import ConfigParser
 from test_bundles import BUNDLE_NAMES, run_workflow
 
 
-def random_checkpoint(bundle: str, path) -> str:
+def random_checkpoint(bundle: str, path, extra_configs=(), overrides=None) -> str:
     """Weights of the bundle's tiny network, perturbed so the untrained model predicts many classes."""
     parser = ConfigParser()
-    parser.read_config(str(BUNDLES / bundle / "configs" / "inference.json"))
-    for k, v in BUNDLE_TINY[bundle].items():
+    parser.read_config([str(BUNDLES / bundle / "configs" / "inference.json"), *map(str, extra_configs)])
+    for k, v in {**BUNDLE_TINY[bundle], **(overrides or {})}.items():
         parser[k] = v
     net = parser.get_parsed_content("network_def")
     g = torch.Generator().manual_seed(0)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from bundle_cases import BUNDLE_TINY
 from test_bundles import run_workflow
+from conftest import BUNDLES
 from test_geometry import random_checkpoint
 
 from common.inference import SlidingWindowInferer, autocast_call, autocast_dtype, invert_labels, stitching_plan
@@ -35,37 +36,92 @@ def test_stitching_plan_moves_large_outputs_to_the_cpu():
     assert stitching_plan((512, 512, 300), 14, free_bytes=8 * 2**30) == "cpu"
 
 
-def test_inferer_switches_change_nothing_but_precision():
+def _record_stitching(monkeypatch) -> list[tuple]:
+    """Record (stitching device, buffer_steps) of every call MONAI's sliding-window inference receives."""
+    import monai.inferers.inferer as monai_inferer
+
+    calls: list[tuple] = []
+    real = monai_inferer.sliding_window_inference
+
+    def spy(*args, **kwargs):
+        calls.append((args[10], args[14]))  # positional: device, buffer_steps (MONAI 1.6 SlidingWindowInferer)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(monai_inferer, "sliding_window_inference", spy)
+    return calls
+
+
+def test_stitch_switch_decides_where_windows_are_stitched(monkeypatch):
+    """``stitch="cpu"`` hands MONAI a CPU stitching device, ``"device"`` none (the input's); the numbers are equal."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 1)).eval()
     x = torch.rand(1, 1, 20, 18, 12)
+    calls = _record_stitching(monkeypatch)
+    with torch.no_grad():
+        out = {s: SlidingWindowInferer((8, 8, 8), sw_batch_size=2, overlap=0.5, stitch=s)(x, net) for s in ("device", "cpu", "auto")}
+    assert [str(c[0]) if c[0] is not None else None for c in calls] == [None, "cpu", None]  # auto: a CPU input stays
+    assert torch.equal(out["device"], out["cpu"]) and torch.equal(out["device"], out["auto"])
+
+
+def test_autocast_switch_reduces_the_network_only():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 1)).eval()
+    seen: list[torch.dtype] = []
+    net[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.rand(1, 1, 20, 18, 12)
     with torch.no_grad():
         ref = SlidingWindowInferer((8, 8, 8), sw_batch_size=2, overlap=0.5)(x, net)
-        on_cpu = SlidingWindowInferer((8, 8, 8), sw_batch_size=2, overlap=0.5, stitch="cpu")(x, net)
+        n = len(seen)
         bf16 = SlidingWindowInferer((8, 8, 8), sw_batch_size=2, overlap=0.5, autocast="bf16")(x, net)
-    assert torch.equal(ref, on_cpu)
+    assert set(seen[:n]) == {torch.float32} and set(seen[n:]) == {torch.bfloat16}
     assert bf16.dtype == torch.float32 and ref.shape == bf16.shape
     assert 0 < (bf16 - ref).abs().max() < 0.05  # reduced precision inside, float32 outside
     out = autocast_call(lambda t: (t * 2, {"a": t}), "bf16")(x)
     assert out[0].dtype == torch.float32 and out[1]["a"].dtype == torch.float32
 
 
+def _bundle_inference(bundle, image, out, ckpt, monkeypatch, **switches) -> tuple[np.ndarray, dict]:
+    """Run the bundle's inference.json on one image; return the labels and what the switches did: the dtype of the
+    network's first convolution output, and the channel count of the prediction Invertd received."""
+    from monai.bundle import ConfigWorkflow
+    from monai.transforms import Invertd
+
+    seen: dict = {"conv_dtype": set(), "inverted_channels": set()}
+    real_invert = Invertd.__call__
+
+    def invert_spy(self, data):
+        seen["inverted_channels"].add(int(data["pred"].shape[0]))
+        return real_invert(self, data)
+
+    monkeypatch.setattr(Invertd, "__call__", invert_spy)
+    overrides = {**BUNDLE_TINY[bundle], "spacing": [4.5, 4.5, 7.0], **switches}  # finer than the data: inversion resamples
+    wf = ConfigWorkflow(config_file=str(BUNDLES / bundle / "configs" / "inference.json"), workflow_type="infer",
+                        dataset_dir=str(image), output_dir=str(out), ckpt_path=ckpt, **overrides)  # fmt: skip
+    wf.initialize()
+    net = wf.parser.get_parsed_content("network")
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+    conv.register_forward_hook(lambda m, i, o: seen["conv_dtype"].add(o.dtype))
+    wf.run()
+    wf.finalize()
+    (pred,) = sorted(out.glob("*.nii.gz"))
+    img, seg = nib.load(str(image)), nib.load(str(pred))
+    assert seg.shape[:3] == img.shape and np.allclose(seg.affine, img.affine, atol=1e-4)
+    labels = np.asarray(seg.dataobj)
+    assert set(np.unique(labels)) <= set(range(14))
+    return labels, seen
+
+
 @pytest.mark.parametrize("bundle", BUNDLES_3D)
-def test_fast_switches_in_the_bundle(bundle, tiny_data, tmp_path):
-    """`--autocast bf16 --invert labels` runs through the bundle and keeps the input's grid and label set."""
+def test_each_fast_switch_acts_alone_in_the_bundle(bundle, tiny_data, tmp_path, monkeypatch):
+    """``--autocast bf16`` runs the network in bf16 and nothing else changes; ``--invert labels`` inverts the one-channel
+    label map instead of the 14 probabilities. Each switch alone, each required to act, each close to the default."""
     ckpt = random_checkpoint(bundle, tmp_path / "w.pt")
     image = tiny_data / "imagesTr" / "phantom0000.nii.gz"
-    labels = {}
-    for name, switches in {"default": {}, "fast": {"autocast": "bf16", "invert": "labels"}}.items():
-        out = tmp_path / name
-        run_workflow(
-            bundle, ("inference.json",), "infer", dataset_dir=str(image), output_dir=str(out), ckpt_path=ckpt,
-            **BUNDLE_TINY[bundle], **switches,
-        )  # fmt: skip
-        (pred,) = sorted(out.glob("*.nii.gz"))
-        img, seg = nib.load(str(image)), nib.load(str(pred))
-        assert seg.shape[:3] == img.shape and np.allclose(seg.affine, img.affine, atol=1e-4)
-        labels[name] = np.asarray(seg.dataobj)
-        assert set(np.unique(labels[name])) <= set(range(14))
-    # a random network's near-ties flip under bf16; most voxels must still agree
-    assert (labels["default"] == labels["fast"]).mean() > 0.8
+    default, d = _bundle_inference(bundle, image, tmp_path / "default", ckpt, monkeypatch)
+    assert d == {"conv_dtype": {torch.float32}, "inverted_channels": {14}}
+    bf16, a = _bundle_inference(bundle, image, tmp_path / "bf16", ckpt, monkeypatch, autocast="bf16")
+    assert a == {"conv_dtype": {torch.bfloat16}, "inverted_channels": {14}}
+    labels, i = _bundle_inference(bundle, image, tmp_path / "labels", ckpt, monkeypatch, invert="labels")
+    assert i == {"conv_dtype": {torch.float32}, "inverted_channels": {1}}
+    # a random network's near-ties flip under bf16, and the two inversion orders differ on label boundaries
+    assert 0.8 < (default == bf16).mean() and 0.8 < (default == labels).mean() < 1.0

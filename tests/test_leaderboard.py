@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from bundle_cases import BUNDLE_TINY
@@ -69,19 +71,100 @@ def test_leaderboard_end_to_end(tiny_data, oracle, tmp_path, capsys):
     assert "leaderboard written to" in printed and str(out / "leaderboard.md") in printed
 
 
-def test_leaderboard_synapse_protocol_with_a_9_class_bundle(tiny_data, oracle, tmp_path):
+def _two_case_datalist(tiny_data, tmp_path) -> tuple[str, list[dict]]:
+    """A datalist whose validation list holds two phantoms (absolute paths)."""
+    dl = json.loads((tiny_data / "dataset.json").read_text(encoding="utf-8"))
+    items = [{k: str(tiny_data / v) for k, v in it.items()} for it in (dl["training"] + dl["validation"])[-2:]]
+    path = tmp_path / "two_cases.json"
+    path.write_text(json.dumps({"training": items, "validation": items}), encoding="utf-8")
+    return str(path), items
+
+
+def _dice(p: np.ndarray, g: np.ndarray) -> float:
+    return 2.0 * np.logical_and(p, g).sum() / (p.sum() + g.sum()) if p.sum() + g.sum() else float("nan")
+
+
+def test_leaderboard_statistics_on_two_cases_with_known_predictions(tiny_data, tmp_path):
+    """An oracle and a corrupted copy of the ground truth on two cases: every per-case Dice, the paired differences
+    and the Wilcoxon p-value are known exactly."""
+    from scipy.stats import wilcoxon
+
+    from common.labels import organ
+
+    datalist, items = _two_case_datalist(tiny_data, tmp_path)
+    oracle, corrupted = tmp_path / "oracle", tmp_path / "corrupted"
+    oracle.mkdir()
+    corrupted.mkdir()
+    expected: dict[str, float] = {}
+    for n, it in enumerate(items):
+        img = nib.load(it["label"])
+        gt = np.asarray(img.dataobj).astype(np.uint8)
+        bad = gt.copy()
+        gone = ("liver", "spleen")[n]  # case 0 loses the liver, case 1 the spleen; both lose half of the stomach
+        bad[bad == organ(gone).id] = 0
+        stomach = np.argwhere(bad == organ("stomach").id)
+        half = stomach[: len(stomach) // 2]
+        bad[tuple(half.T)] = 0
+        name = Path(it["image"]).name.replace(".nii.gz", "_seg.nii.gz")
+        nib.save(nib.Nifti1Image(gt, img.affine), str(oracle / name))
+        nib.save(nib.Nifti1Image(bad, img.affine), str(corrupted / name))
+        per_organ = [_dice(bad == o.id, gt == o.id) for o in BTCV_ORGANS]
+        expected[Path(it["label"]).name.replace(".nii.gz", "")] = float(np.nanmean(per_organ))
+    doc = leaderboard(predictions={"oracle": str(oracle), "corrupted": str(corrupted)}, dataset_dir=str(tiny_data),
+                      datalist_file=datalist, protocol="btcv13", out=str(tmp_path / "board"),
+                      compare=["oracle", "corrupted"], overlay_cases=0, progress=False)  # fmt: skip
+    res = json.loads((tmp_path / "board" / "corrupted" / "results.json").read_text(encoding="utf-8"))
+    got = res["summary"]["case_mean_dice"]
+    assert set(got) == set(expected) and len(got) == 2
+    for cid, value in expected.items():
+        assert got[cid] == pytest.approx(value, abs=1e-12), cid
+    assert doc["bundles"]["oracle"]["mean"]["mean"] == 1.0
+    comp = doc["comparison"]["mean_dice"]
+    diffs = [1.0 - expected[c] for c in sorted(expected)]
+    assert comp["n"] == 2 and list(comp["differences"].values()) == pytest.approx(diffs, abs=1e-12)
+    assert comp["mean_difference"] == pytest.approx(np.mean(diffs), abs=1e-12)
+    assert comp["wilcoxon_p"] == pytest.approx(wilcoxon(diffs).pvalue)
+    liver = doc["comparison"]["organs"]["liver"]
+    assert liver["differences"] == pytest.approx(dict(zip(sorted(expected), [1.0, 0.0])))
+
+
+def test_leaderboard_synapse_protocol_with_a_9_class_bundle(tiny_data, tmp_path):
+    """A 9-class bundle's predictions are read in Synapse ids: its scores equal an independent scoring of its own
+    prediction files mapped back to BTCV ids; a Synapse-id oracle scores 1 everywhere."""
+    from common.labels import btcv_to_synapse_lut, organ, synapse_to_btcv_lut
+
     b = "transunet_btcv"
+    synapse = BUNDLES / b / "configs" / "synapse.json"
+    ckpt = random_checkpoint(b, tmp_path / "w9.pt", extra_configs=[synapse])
+    datalist, items = _two_case_datalist(tiny_data, tmp_path)
+    oracle = tmp_path / "synapse_oracle"
+    oracle.mkdir()
+    for it in items:
+        img = nib.load(it["label"])
+        ids = btcv_to_synapse_lut()[np.asarray(img.dataobj).astype(np.int64)].astype(np.uint8)
+        nib.save(nib.Nifti1Image(ids, img.affine), str(oracle / Path(it["image"]).name.replace(".nii.gz", "_seg.nii.gz")))
     out = tmp_path / "syn"
     doc = leaderboard(
-        bundles=[b], predictions={"oracle": str(oracle)}, dataset_dir=str(tiny_data), protocol="synapse8",
-        out=str(out), ckpts={}, configs={b: [str(BUNDLES / b / "configs" / "synapse.json")]},
-        overrides={b: {**BUNDLE_TINY[b], "load_pretrain": False}}, progress=False,
+        bundles=[b], predictions={"oracle9": str(oracle)}, pred_ids={"oracle9": "synapse8"}, dataset_dir=str(tiny_data),
+        datalist_file=datalist, protocol="synapse8", out=str(out), ckpts={b: ckpt}, configs={b: [str(synapse)]},
+        overrides={b: BUNDLE_TINY[b]}, overlay_cases=0, progress=False,
     )  # fmt: skip
-    assert json.loads((out / b / "results.json").read_text(encoding="utf-8"))["meta"]["protocol"] == "synapse8"
-    assert doc["bundles"]["oracle"]["mean"]["mean_over_organs"] == pytest.approx(1.0)
+    assert doc["bundles"]["oracle9"]["mean"]["mean_over_organs"] == 1.0
+    res = json.loads((out / b / "results.json").read_text(encoding="utf-8"))
+    assert res["meta"]["protocol"] == "synapse8" and len(res["cases"]) == 2
+    organs = ("aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach")
+    assert tuple(doc["bundles"][b]["organs"]) == organs
+    for it in items:
+        cid = Path(it["label"]).name.replace(".nii.gz", "")
+        pred9 = np.asarray(nib.load(str(out / b / "predictions" / Path(it["image"]).name.replace(".nii.gz", "_seg.nii.gz"))).dataobj)
+        assert pred9.max() <= 8 and len(np.unique(pred9)) > 2  # a 9-class prediction with several organs
+        pred, gt = synapse_to_btcv_lut()[pred9.astype(np.int64)], np.asarray(nib.load(it["label"]).dataobj)
+        for key in organs:
+            p, g = pred == organ(key).id, gt == organ(key).id
+            want = _dice(p, g) if p.any() and g.any() else (1.0 if p.any() else 0.0)  # the papers' rule
+            assert res["cases"][cid]["scores"][key]["dice"] == pytest.approx(want, abs=1e-12), (cid, key)
     md = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "-> published: TransUNet paper, Table 1 (synapse (12 test cases))" in md
-    assert doc["bundles"][b]["organs"].keys() == {"aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach"}
 
 
 def test_bootstrap_and_paired_statistics():

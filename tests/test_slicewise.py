@@ -47,17 +47,44 @@ def volume(tiny_data):
     return item, slice_preprocessing()(item)
 
 
-def test_preprocessing_is_ras_with_the_paper_window(volume):
-    _, d = volume
+def test_preprocessing_is_ras_with_the_paper_window(tmp_path):
+    """The 2D bundles' volume preprocessing: reoriented to RAS (no resampling) and every voxel windowed by the papers'
+    [-125, 275] HU to (HU + 125) / 400 clipped to [0, 1], known HU values at known voxels included."""
+    import nibabel as nib
+
+    hu_probes = (-1000.0, -175.0, -125.0, 0.0, 100.0, 250.0, 275.0, 1000.0)
+    aff = np.diag([-2.0, -2.0, 5.0, 1.0])  # LPS-like storage, as most CT
+    aff[:3, 3] = [40.0, -12.0, 3.0]
+    hu = np.full((24, 20, 9), -1000, np.int16)
+    hu[3:21, 3:17, 1:8] = 40
+    probes = [(4 + 2 * n, 7, 4) for n in range(len(hu_probes))]
+    for p, v in zip(probes, hu_probes):
+        hu[p] = v
+    lab = np.zeros(hu.shape, np.uint8)
+    lab[5:9, 10:15, 2:6] = 6
+    nib.save(nib.Nifti1Image(hu, aff), str(tmp_path / "img.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, aff), str(tmp_path / "lab.nii.gz"))
+    d = slice_preprocessing()({"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")})
     img = d["image"]
-    assert img.ndim == 4 and img.shape[0] == 1
-    aff = img.affine.numpy()
-    assert (np.diag(aff)[:3] > 0).all(), "RAS: every axis increasing towards R, A, S"
-    assert float(img.min()) == 0.0 and float(img.max()) == 1.0
+    assert img.ndim == 4 and img.shape[0] == 1 and img.dtype == torch.float32
+    # RAS: the arrays and affine nibabel's closest canonical orientation gives (x flipped, y flipped here)
+    canon = nib.as_closest_canonical(nib.Nifti1Image(hu, aff))
+    assert nib.aff2axcodes(img.affine.numpy()) == ("R", "A", "S")
+    np.testing.assert_allclose(img.affine.numpy(), canon.affine, atol=1e-6)
+    expected = np.clip((np.asarray(canon.dataobj).astype(np.float64) + 125.0) / 400.0, 0.0, 1.0)
+    np.testing.assert_allclose(img[0].numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(d["label"][0].numpy(), np.asarray(nib.as_closest_canonical(nib.Nifti1Image(lab, aff)).dataobj))
+    # the probes, found through the affines
+    to_out = np.linalg.inv(img.affine.numpy()) @ aff
+    got = [float(img[0][tuple(np.rint(to_out @ [*p, 1.0])[:3].astype(int))]) for p in probes]
+    want = [0.0, 0.0, 0.0, 125 / 400, 225 / 400, 375 / 400, 1.0, 1.0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"HU {hu_probes}")
 
 
 def test_preprocessing_loads_the_file_type_and_windows_to_the_same_float_values(volume):
-    """The 2D preprocessing loads int16 and lets the window convert: the same image as loading float32 first."""
+    """The 2D preprocessing loads int16 and lets the window convert: the same image as loading float32 first, and
+    both are the papers' window, (HU + 125) / 400 clipped to [0, 1], of the file's voxels in RAS."""
+    import nibabel as nib
     from monai.transforms import Compose, Orientationd, ScaleIntensityRanged
 
     from common.slicewise import PAPER_HU_WINDOW
@@ -65,28 +92,56 @@ def test_preprocessing_loads_the_file_type_and_windows_to_the_same_float_values(
 
     item, d = volume
     assert d["image"].dtype == torch.float32 and not d["label"].is_floating_point()
+    raw = nib.as_closest_canonical(nib.load(item["image"]))
+    assert raw.get_data_dtype() == np.int16
+    hu = np.asarray(raw.dataobj).astype(np.float64)
+    assert hu.min() < -125 and hu.max() > 275 and ((hu > -125) & (hu < 275)).mean() > 0.1  # both clips and the ramp
+    np.testing.assert_allclose(d["image"][0].numpy(), np.clip((hu + 125.0) / 400.0, 0.0, 1.0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(d["image"].affine.numpy(), raw.affine, atol=1e-6)
     lo, hi = PAPER_HU_WINDOW
     as_float = Compose(load_transforms(("image", "label")) + [
         Orientationd(("image", "label"), axcodes="RAS", labels=None),
         ScaleIntensityRanged("image", a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True),
     ])(item)  # fmt: skip
-    assert as_float["label"].dtype == torch.float32
+    assert as_float["label"].dtype == torch.float32  # the reference really loaded float, so the comparison means something
     assert torch.equal(d["image"].as_tensor(), as_float["image"].as_tensor())
     assert torch.equal(d["label"].as_tensor().float(), as_float["label"].as_tensor())
     assert np.array_equal(d["image"].affine.numpy(), as_float["image"].affine.numpy())
 
 
-def test_slice_dataset_caches_resized_slices(tiny_data, volume):
-    item, d = volume
-    ds = SliceDataset([item, item], slice_preprocessing(), img_size=(48, 40), augment=False, progress=False)
-    z = d["image"].shape[-1]
-    assert len(ds) == 2 * z
-    s = ds[z + 3]
-    assert s["image"].shape == (1, 48, 40) and s["label"].shape == (1, 48, 40)
-    assert type(s["image"]) is torch.Tensor, "slices are plain tensors (collatable with augmented ones)"
-    assert 0.0 <= float(s["image"].min()) and float(s["image"].max()) <= 1.0
-    # the cached slice is the volume's axial slice resized in-plane: compare the label (nearest) classes
-    assert set(torch.unique(s["label"]).tolist()) <= set(torch.unique(d["label"][..., 3]).tolist())
+def test_slice_dataset_item_i_is_slice_i_of_its_volume_and_is_cached(tiny_data):
+    """Item ``i`` of two different volumes is exactly that volume's axial slice ``z`` (image: SciPy's cubic zoom of the
+    preprocessed slice clipped to [0, 1]; label: SciPy's order-0 zoom), and each volume is preprocessed once, when the
+    dataset is built, however often its slices are read."""
+    from scipy import ndimage
+
+    items = [{"image": str(tiny_data / "imagesTr" / f"phantom000{k}.nii.gz"),
+              "label": str(tiny_data / "labelsTr" / f"phantom000{k}.nii.gz")} for k in (0, 2)]  # fmt: skip
+    prep = slice_preprocessing()
+    calls: list[str] = []
+
+    def counting(item):
+        calls.append(item["image"])
+        return prep(item)
+
+    size = (48, 40)
+    ds = SliceDataset(items, counting, img_size=size, augment=False, progress=False)
+    assert calls == [it["image"] for it in items]
+    vols = [prep(it) for it in items]
+    zs = [v["image"].shape[-1] for v in vols]
+    assert len(ds) == sum(zs)
+    i = 0
+    for v, vol in enumerate(vols):
+        img, lab = np.asarray(vol["image"][0]), np.asarray(vol["label"][0])
+        f = (size[0] / img.shape[0], size[1] / img.shape[1])
+        for z in range(zs[v]):
+            s = ds[i]
+            assert type(s["image"]) is torch.Tensor and s["image"].shape == (1, *size) == s["label"].shape
+            want = np.clip(ndimage.zoom(img[:, :, z], f, order=3), 0.0, 1.0)
+            np.testing.assert_allclose(s["image"][0].numpy(), want, rtol=0, atol=2e-6, err_msg=f"volume {v} slice {z}")
+            np.testing.assert_array_equal(s["label"][0].numpy(), ndimage.zoom(lab[:, :, z], f, order=0), err_msg=f"{v}/{z}")
+            i += 1
+    assert torch.equal(ds[5]["image"], ds[5]["image"]) and calls == [it["image"] for it in items]  # read from the cache
 
 
 def test_foreground_aware_weights():
