@@ -23,8 +23,12 @@ RECORD = (
     "'rank': torch.distributed.get_rank(), 'world': torch.distributed.get_world_size(), "
     "'backend': torch.distributed.get_backend(), 'dataset_size': len(@train#dataset), "
     "'partition': list(torch.utils.data.DistributedSampler.__iter__(@train#sampler)), "
-    "'drawn': [int(i) for i in @train#sampler], 'iterations': @train#trainer.state.iteration}))"
+    "'drawn': [int(i) for i in @train#sampler], 'iterations': @train#trainer.state.iteration, "
+    "'handlers': sorted(type(h).__name__ for h in @train#trainer#train_handlers + @validate#evaluator#val_handlers)}))"
 )
+# every rank's weights at the end of the epoch
+WEIGHTS = "$torch.save(@network.module.state_dict(), os.path.join(@output_dir, 'weights%d.pt' % torch.distributed.get_rank()))"
+WRITERS = {"CheckpointSaver", "TensorBoardStatsHandler", "StatsHandler"}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def test_two_process_ddp_epoch(bundle, ddp_data, tmp_path):
         "max_epochs": 1,
         "val_interval": 1,
         "resume": False,
-        "finalize": [RECORD, "$common.distributed.cleanup()"],
+        "finalize": [RECORD, WEIGHTS, "$common.distributed.cleanup()"],
     }
     (tmp_path / "tiny.json").write_text(json.dumps(overrides), encoding="utf-8")
     configs = [str(cfg / "train.json"), str(cfg / "multi_gpu_train.json"), str(tmp_path / "tiny.json")]
@@ -69,20 +73,29 @@ def test_two_process_ddp_epoch(bundle, ddp_data, tmp_path):
     # DistributedSampler pads an odd-sized dataset by repeating at most (world - 1) indices; otherwise disjoint
     assert len(a & b) <= n % 2, sorted(a & b)
     assert a | b == set(range(n))
-    for d in ranks:
-        assert set(d["drawn"]) <= set(d["partition"]), "a rank drew outside its partition"
+    if bundle in ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv"):  # weighted draws, with replacement
+        for d in ranks:
+            assert set(d["drawn"]) <= set(d["partition"]), "a rank drew outside its partition"
+    else:  # the 3D samplers draw their partition itself: the ranks' draws are disjoint and cover the data
+        d0, d1 = (set(d["drawn"]) for d in ranks)
+        assert len(d0 & d1) <= n % 2 and d0 | d1 == set(range(n)), (sorted(d0), sorted(d1))
 
-    # only rank 0 writes checkpoints, and they hold the plain network's weights (no DDP `module.` prefix)
-    saved = sorted(p.name for p in (tmp_path / "models").iterdir())
-    assert "model.pt" in saved, saved
+    # one model: both ranks end the epoch with the same weights, and those are what rank 0 saved
+    w0, w1 = (torch.load(str(tmp_path / "runs" / f"weights{i}.pt"), map_location="cpu", weights_only=True) for i in (0, 1))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0), "the ranks' weights differ"
     state = torch.load(str(tmp_path / "models" / "model.pt"), map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), list(state)[:3]
+    assert state.keys() == w0.keys() and all(torch.equal(state[k], w0[k]) for k in w0)
+    # one writer: rank 1 keeps no handler that writes files or logs; rank 0 keeps all of them
+    assert not WRITERS & set(ranks[1]["handlers"]), ranks[1]["handlers"]
+    assert WRITERS <= set(ranks[0]["handlers"]), ranks[0]["handlers"]
+    saved = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert saved == ["checkpoint_epoch=1.pt", "model.pt"], saved
     parser = ConfigParser()
     parser.read_config(str(cfg / "inference.json"))
     for k, v in BUNDLE_TINY[bundle].items():
         parser[k] = v
-    load_weights(parser.get_parsed_content("network_def"), str(tmp_path / "models" / "model.pt"))
-    assert "rank 1" not in r.stderr.lower() or "error" not in r.stderr.lower()
+    load_weights(parser.get_parsed_content("network_def"), str(tmp_path / "models" / "model.pt"), purpose="inference")
 
 
 def test_samples_per_rank_splits_an_epoch_rounding_up(monkeypatch):
