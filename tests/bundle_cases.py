@@ -5,6 +5,7 @@ Every bundle in ``bundles/`` must appear here; ``test_every_bundle_is_covered`` 
 
 from __future__ import annotations
 
+import torch
 from conftest import TINY_3D_SETTINGS, TINY_UNETR
 
 # shared by the 2D bundles: 32 x 32 slices, small batches, no worker processes
@@ -67,3 +68,18 @@ BUNDLE_TINY: dict[str, dict] = {
     },
 }
 BUNDLE_NAMES = sorted(BUNDLE_TINY)
+
+
+
+class ConstantLabelNet(torch.nn.Module):
+    """A stand-in 2D network (for ``common.slicewise.slicewise_network``) whose scores pick ``label`` everywhere, so
+    an evaluation through a bundle has predictions known in advance."""
+
+    def __init__(self, label: int = 6, out_channels: int = 14, **_):
+        super().__init__()
+        self.label, self.out_channels = int(label), int(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((x.shape[0], self.out_channels, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        out[:, self.label] = 1.0
+        return out

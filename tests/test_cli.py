@@ -68,3 +68,43 @@ def test_command_line_flags_and_nested_overrides(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "out" / "phantom0000_seg.nii.gz").is_file()
     assert "predictions written to" in r.stdout
+
+
+def test_phantom_command_writes_the_datalist_it_prints(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "common.phantom", str(tmp_path / "ph"), "--cases", "3", "--validation", "1",
+                        "--shape", "24", "24", "10", "--spacing", "8", "8", "12", "--seed", "5"],
+                       cwd=REPO, capture_output=True, encoding="utf-8", timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    dl = json.loads((tmp_path / "ph" / "dataset.json").read_text(encoding="utf-8"))
+    assert f"datalist: {tmp_path / 'ph' / 'dataset.json'}" in r.stdout
+    assert len(dl["training"]) == 2 and len(dl["validation"]) == 1
+    img = nib.load(str(tmp_path / "ph" / dl["training"][0]["image"]))
+    assert img.shape == (24, 24, 10) and np.allclose(np.abs(np.diag(img.affine))[:3], (8, 8, 12))
+
+
+def test_leaderboard_command_compares_two_prediction_folders(tiny_data, tmp_path):
+    """`python -m common.leaderboard` with `--predictions`, `--pred-ids` and `--compare`: the oracle beats an empty
+    prediction by exactly its mean Dice, and a bad argument is one clear line."""
+    import shutil
+
+    dl = json.loads((tiny_data / "dataset.json").read_text(encoding="utf-8"))
+    oracle, empty = tmp_path / "oracle", tmp_path / "empty"
+    oracle.mkdir()
+    empty.mkdir()
+    for it in dl["validation"]:
+        name = it["image"].split("/")[-1].replace(".nii.gz", "_seg.nii.gz")
+        shutil.copy(tiny_data / it["label"], oracle / name)
+        lab = nib.load(str(tiny_data / it["label"]))
+        nib.save(nib.Nifti1Image(np.zeros(lab.shape, np.uint8), lab.affine), str(empty / name))
+    cmd = [sys.executable, "-m", "common.leaderboard", "--predictions", f"oracle={oracle}", "--predictions",
+           f"empty={empty}", "--dataset_dir", str(tiny_data), "--compare", "oracle", "empty", "--overlay-cases", "0",
+           "--out", str(tmp_path / "board")]  # fmt: skip
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "board" / "leaderboard.json").read_text(encoding="utf-8"))
+    assert doc["bundles"]["oracle"]["mean"]["mean_over_organs"] == 1.0
+    assert doc["bundles"]["empty"]["mean"]["mean_over_organs"] == 0.0
+    assert doc["comparison"]["a"] == "oracle" and doc["comparison"]["mean_dice"]["mean_difference"] == 1.0
+    assert "leaderboard written to" in r.stdout
+    bad = subprocess.run(cmd[:3] + ["--protocol", "btcv99"], cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=300)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "btcv99" in bad.stderr

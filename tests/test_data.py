@@ -1,6 +1,7 @@
 """BTCV datalists: splits, the prepare command, and every bad-input case reported at once."""
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -113,3 +114,24 @@ def test_find_images(tmp_path):
     assert find_images(tmp_path / "a.nii.gz") == [{"image": str(tmp_path / "a.nii.gz")}]
     with pytest.raises(InputError, match="no images found"):
         find_images(tmp_path, pattern="zzz")
+
+
+def test_model_zoo_split_is_the_first_21_and_last_9_sorted_cases(btcv_raw):
+    d = btcv_datalist(btcv_raw, "model_zoo")
+    names = [it["image"].split("img")[-1][:4] for it in d["training"] + d["validation"]]
+    assert names == sorted(BTCV_CASES) and len(d["training"]) == 21 and len(d["validation"]) == 9
+    assert get_datalist(str(btcv_raw), "model_zoo")["validation"][0]["image"].endswith("img0032.nii.gz")
+
+
+def test_demo_default_data_path_generates_once_then_reuses(tmp_path, monkeypatch):
+    """`dataset_dir ""` (what `make demo` uses): the demo phantoms are generated under BTCV_DEMO_DIR, checked, and
+    the second call reuses them without rewriting a file."""
+    monkeypatch.setenv("BTCV_DEMO_DIR", str(tmp_path / "demo"))
+    d = get_datalist("")
+    assert d["_source"] == str(tmp_path / "demo" / "dataset.json")
+    assert len(d["training"]) == 10 and len(d["validation"]) == 2
+    assert all(it["image"].startswith(str(tmp_path / "demo")) and os.path.isfile(it["label"]) for it in d["training"])
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*.nii.gz")}
+    again = get_datalist("")
+    assert again["validation"] == d["validation"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*.nii.gz")} == stamps

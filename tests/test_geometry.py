@@ -35,15 +35,15 @@ def _lps_copy(src: nib.Nifti1Image) -> nib.Nifti1Image:
     return nib.Nifti1Image(data, src.affine @ flip)
 
 
-@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
-def test_real_sample_geometry_and_orientation(bundle, sample_ct, tmp_path):
-    src = nib.load(str(sample_ct / "image.nii.gz"))
+def _geometry_and_orientation(bundle: str, image, tmp_path) -> None:
+    """Inference of ``image`` and of the same image stored LPS: outputs on each input's exact grid, same labels."""
+    src = nib.load(str(image))
     lps_dir = tmp_path / "lps"
     lps_dir.mkdir()
     nib.save(_lps_copy(src), str(lps_dir / "image_lps.nii.gz"))
     ckpt = random_checkpoint(bundle, tmp_path / "random.pt")
     outs = {}
-    for name, inp in (("ras", sample_ct / "image.nii.gz"), ("lps", lps_dir / "image_lps.nii.gz")):
+    for name, inp in (("ras", image), ("lps", lps_dir / "image_lps.nii.gz")):
         out = tmp_path / f"out_{name}"
         run_workflow(
             bundle, ("inference.json",), "infer",
@@ -62,3 +62,14 @@ def test_real_sample_geometry_and_orientation(bundle, sample_ct, tmp_path):
     b = np.asarray(lps.dataobj)[::-1, ::-1, :]
     assert len(np.unique(a)) > 2, "the random network should predict several classes"
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_real_sample_geometry_and_orientation(bundle, sample_ct, tmp_path):
+    _geometry_and_orientation(bundle, sample_ct / "image.nii.gz", tmp_path)
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_phantom_geometry_and_orientation(bundle, tiny_data, tmp_path):
+    """The same check on a generated phantom, so it runs wherever the real CT is missing."""
+    _geometry_and_orientation(bundle, tiny_data / "imagesTr" / "phantom0001.nii.gz", tmp_path)

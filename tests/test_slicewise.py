@@ -222,7 +222,6 @@ def test_batched_inference_slices_the_axial_axis_in_batches():
     out = net(vol)
     assert out.shape == (2, 5, 20, 24, 11)
     assert net.calls == [(4, 1, 16, 16), (4, 1, 16, 16), (3, 1, 16, 16)] * 2
-    assert net.forward_seconds > 0
     # each axial slice is processed independently: changing slice 5 changes only slice 5's output
     vol2 = vol.clone()
     vol2[..., 5] = 1 - vol2[..., 5]
