@@ -187,9 +187,34 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
                     os.remove(p)
     latest = latest_checkpoint(ckpt_dir) if resume else ""
     if latest:
+        _check_training_state(latest, objects.get("model"))
         CheckpointLoader(load_path=latest, load_dict=state, map_location=getattr(trainer.state, "device", None) or "cpu").attach(trainer)
         print(f"resuming training from {latest}", flush=True)
     return latest
+
+
+def _check_training_state(path: str, model: torch.nn.Module | None) -> None:
+    """Refuse, before training starts, a saved training state that cannot be resumed: unreadable (cut short by a
+    crash during the write of another tool, not a PyTorch file, unsafe objects) or saved by another network
+    configuration. The hint says how to start over."""
+    from .weights import read_torch_file
+
+    hint = "delete it (training then resumes from an earlier state, or starts over) or run with --resume false"
+    try:
+        state = read_torch_file(path)
+    except InputError as e:
+        raise InputError(e.problems, hint=hint) from e
+    saved = state.get("model") if isinstance(state, dict) else None
+    if model is None or not isinstance(saved, dict):
+        return
+    ours = getattr(model, "module", model).state_dict()
+    differ = [k for k in ours if k not in saved or tuple(saved[k].shape) != tuple(ours[k].shape)]
+    differ += [k for k in saved if k not in ours]
+    if differ:
+        raise InputError(
+            f"{path}: saved by another network configuration ({len(differ)} tensors differ, e.g. {differ[0]!r})",
+            hint=f"train into another --ckpt_dir, or {hint}",
+        )
 
 
 def as_bool(value) -> bool:

@@ -3,8 +3,9 @@
 Every problem with a user's files (missing, unreadable, wrong channel count, labels outside the label map,
 image/label grid mismatch, empty datalist, missing checkpoint) is raised as :class:`InputError` with a
 message that names the file and the fix. MONAI's config machinery and data loaders wrap exceptions in
-several layers of ``RuntimeError``; :func:`install_excepthook` makes the command line print only the
-``InputError`` message in that case (set ``BTCV_TRACEBACK=1`` to see the full trace).
+several layers of ``RuntimeError``, and a DataLoader worker's exception reaches the main process as text only;
+:func:`install_excepthook` makes the command line print only the ``InputError`` message in every such case (set
+``BTCV_TRACEBACK=1`` to see the full trace).
 """
 
 from __future__ import annotations
@@ -34,10 +35,36 @@ class InputError(ValueError):
         return text
 
 
+_WORKER = "DataLoader worker process"
+_QUALIFIED = f"{__name__}.InputError: "
+
+
+def _from_worker(exc: BaseException) -> InputError | None:
+    """The :class:`InputError` raised inside a DataLoader worker, rebuilt from the text PyTorch carries over.
+
+    PyTorch re-raises a worker's exception in the main process as a new exception of the top-level type (MONAI's
+    transforms wrap ours in a ``RuntimeError``) whose message is the worker's formatted traceback: the chain that
+    held the ``InputError`` is gone, only its text is left. The message is the text after ``InputError:`` up to
+    the next chained traceback.
+    """
+    text = str(exc)
+    if _WORKER not in text or _QUALIFIED not in text:
+        return None
+    body = text[text.index(_QUALIFIED) + len(_QUALIFIED) :]
+    for stop in ("\n\nThe above exception", "\n\nDuring handling of the above"):
+        if stop in body:
+            body = body[: body.index(stop)]
+    return InputError(body.strip())
+
+
 def find_input_error(exc: BaseException | None) -> InputError | None:
-    """Return the first :class:`InputError` in an exception's cause/context chain (or ``None``)."""
+    """Return the first :class:`InputError` in an exception's cause/context chain (or ``None``), including one
+    raised inside a DataLoader worker process (see :func:`_from_worker`)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
+        worker = _from_worker(exc)
+        if worker is not None:
+            return worker
         if isinstance(exc, InputError):
             return exc
         seen.add(id(exc))

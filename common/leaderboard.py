@@ -38,7 +38,7 @@ import numpy as np
 from monai.data import MetaTensor
 
 from .anchors import anchors_for
-from .errors import InputError
+from .errors import InputError, find_input_error
 from .evaluation import SegmentationReport, case_id, json_clean
 from .io import atomic_write_bytes, atomic_write_text, load_array
 from .labels import BTCV_ORGANS, organ
@@ -103,7 +103,16 @@ def run_bundle_inference(bundle: str, items: list[dict], out_dir: Path, ckpt: st
     kw.update(datalist=[{"image": it["image"]} for it in items], output_dir=str(out_dir), bundle_root=str(cfg.parent))
     if ckpt:
         kw["ckpt_path"] = str(ckpt)
-    wf = ConfigWorkflow(config_file=files, workflow_type="infer", **kw)
+    try:
+        return _run_inference(ConfigWorkflow(config_file=files, workflow_type="infer", **kw), out_dir)
+    except Exception as e:  # MONAI wraps an InputError in RuntimeErrors: hand the caller the InputError itself
+        err = find_input_error(e)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _run_inference(wf, out_dir: Path) -> tuple[Path, str, dict]:
     wf.initialize()
     num_classes = int(wf.parser.get_parsed_content("num_classes"))
     settings = {k: wf.parser.get_parsed_content(k) for k in ("roi_size", "img_size", "sw_overlap", "slice_mode", "slice_batch", "autocast", "spacing", "amp") if k in wf.parser}
@@ -462,8 +471,11 @@ def main(argv=None) -> int:
         leaderboard(args.bundles, _split_pairs(args.predictions), args.dataset_dir, args.split, args.datalist_file,
                     args.protocol, args.out, _split_pairs(args.ckpt), configs, overrides, _split_pairs(args.pred_ids),
                     args.label_ids, args.compare, args.max_cases, args.overlay_cases, fold=args.fold)  # fmt: skip
-    except InputError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - only an input problem is reported as one line
+        err = find_input_error(e)
+        if err is None or os.environ.get("BTCV_TRACEBACK"):
+            raise
+        print(f"ERROR: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -98,6 +98,7 @@ class CheckInputd(MapTransform):
                     f"{src}: image has {img.shape[0]} channels (shape {tuple(img.shape[1:])} x {img.shape[0]}); "
                     f"this bundle takes {self.image_channels}-channel 3D CT: give one volume per file"
                 )
+            _refuse_non_finite(img, src)
         lab = d.get(self.label_key) if self.label_key else None
         if lab is not None and not isinstance(lab, str):
             lsrc = _source(d, self.label_key)
@@ -125,6 +126,28 @@ class CheckInputd(MapTransform):
                     "(or not integers)"
                 )
         return d
+
+
+def _refuse_non_finite(img, src: str) -> None:
+    """An :class:`InputError` with the count and location of NaN / infinite voxels, if any.
+
+    They are refused rather than replaced: a NaN spreads through every window or slice that touches it, so the
+    prediction around it would be silently wrong, and no replacement value is right for every scan.
+    """
+    t = torch.as_tensor(img)
+    if not t.is_floating_point():
+        return
+    bad = ~torch.isfinite(t)
+    n = int(bad.sum())
+    if n:
+        where = torch.nonzero(bad[0] if bad.ndim == 4 else bad)
+        lo, hi = where.min(0).values.tolist(), where.max(0).values.tolist()
+        box = ", ".join(f"{a}..{b}" for a, b in zip(lo, hi))
+        raise InputError(
+            f"{src}: {n} voxel(s) are NaN or infinite (first at index {tuple(where[0].tolist())}, all within "
+            f"{box}; array order after loading)",
+            hint="fix the conversion that produced the file, or set those voxels to a real HU value (e.g. -1024, air)",
+        )
 
 
 class LoadCheckedImaged(LoadImaged):

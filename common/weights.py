@@ -35,6 +35,7 @@ from .errors import InputError
 __all__ = [
     "Conversion",
     "read_checkpoint",
+    "read_torch_file",
     "converters_for",
     "convert",
     "load_weights",
@@ -108,11 +109,20 @@ def _read_npz(path: Path) -> dict:
         raise _refuse(path, f"the .npz file is damaged or cut short ({e})", "copy or download it again") from e
 
 
+def read_torch_file(path: str | os.PathLike):
+    """What ``torch.load(path, weights_only=True)`` gives (a training state, say), every failure an
+    :class:`InputError` naming the file: missing, not a PyTorch file, cut short, or holding unsafe objects."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise _refuse(p, "checkpoint not found" if not p.exists() else "is not a file", "check the path")
+    return _read_torch(p)
+
+
 def _read_torch(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+        if "Unsupported global" in str(e) or "can still be loaded" in str(e):  # a real pickle of Python objects
             raise _refuse(
                 path,
                 "holds Python objects other than tensors, so it was refused for safety (loaded with weights_only=True)",
@@ -216,6 +226,17 @@ def _class_count_change(mismatched: list[tuple[str, tuple, tuple]]) -> tuple[int
     return next(iter(pairs))
 
 
+def _grouped(what: str, verb: str, keys: list[str], shown: int = 3) -> list[str]:
+    """One problem per kind: the first ``shown`` keys by name, then how many more (a file of another network would
+    otherwise list every one of its keys)."""
+    if not keys:
+        return []
+    if len(keys) <= shown:
+        return [f"{what} {k!r} {verb}".rstrip() for k in keys]
+    names = ", ".join(repr(k) for k in keys[:shown])
+    return [f"{len(keys)} {what}s{' ' + verb if verb else ''}: {names} and {len(keys) - shown} more"]
+
+
 def _listed(items: list[str]) -> list[str]:
     return items[:_MAX_LISTED] + ([f"... and {len(items) - _MAX_LISTED} more"] if len(items) > _MAX_LISTED else [])
 
@@ -241,12 +262,12 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, purpose: str
     state = read_checkpoint(path)
     conv = convert(state, network)
     ours = network.state_dict()
+    name = type(network).__name__
     problems = list(conv.problems)
-    problems += [f"key {k!r} has no place in {type(network).__name__}" for k in conv.unused]
-    problems += [f"converted key {k!r} has no place in {type(network).__name__}" for k in conv.tensors if k not in ours]
+    problems += _grouped("key", "has no place in " + name, conv.unused)
+    problems += _grouped("converted key", "has no place in " + name, [k for k in conv.tensors if k not in ours])
     required = set(conv.required) if conv.partial else set(ours)
-    missing = sorted(required - set(conv.tensors))
-    problems += [f"missing key {k!r}" for k in missing]
+    problems += _grouped("missing key", "", sorted(required - set(conv.tensors)))
     mismatched = [
         (k, tuple(v.shape), tuple(ours[k].shape))
         for k, v in conv.tensors.items()
@@ -266,10 +287,11 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, purpose: str
             + "); nothing was loaded",
         )
     else:
-        problems += [f"shape of {k!r}: file {f}, network {o}" for k, f, o in mismatched]
+        problems += [f"shape of {k!r}: file {f}, network {o}" for k, f, o in mismatched[:3]]
+        problems += [f"... and {len(mismatched) - 3} more tensors of another shape"] if len(mismatched) > 3 else []
     if problems:
         raise InputError(
-            [f"{path}: {p}" for p in _listed(problems)],
+            f"{path}: " + "; ".join(problems) if len(problems) == 1 else [f"{path}: {p}" for p in _listed(problems)],
             hint=f"the file ({conv.layout} layout) does not fit this {type(network).__name__} configuration; nothing "
             "was loaded. Use the configuration it was trained with (for a demo model add configs/demo.json), or the "
             "file this bundle expects",
