@@ -379,3 +379,36 @@ def test_evaluation_through_the_bundle_scores_two_cases_exactly(tiny_data, tmp_p
                 assert (got is None) if o not in present else got == 0.0, o.key
         mean = res["summary"]["case_mean_dice"][os.path.basename(it["label"]).replace(".nii.gz", "")]
         assert mean == pytest.approx(dice_liver / len(present), abs=1e-12)
+
+
+def test_training_killed_with_sigkill_resumes_after_its_last_saved_epoch(tiny_data, tmp_path):
+    """SIGKILL a training run once an epoch's state is saved; the same command again resumes after that epoch and
+    ends at max_epochs, with exactly max_epochs epochs of iterations in the final state (none repeated or lost)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    cfg = json.dumps({**BUNDLE_TINY["unetr_btcv"], "dataset_dir": str(tiny_data), "ckpt_dir": str(tmp_path / "models"),
+                      "output_dir": str(tmp_path / "runs"), "max_epochs": 4, "val_interval": 100})  # fmt: skip
+    (tmp_path / "tiny.json").write_text(cfg, encoding="utf-8")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           str([str(BUNDLES / "unetr_btcv" / "configs" / "train.json"), str(tmp_path / "tiny.json")])]  # fmt: skip
+    first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "models").glob("checkpoint_epoch=*.pt")):
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    saved = sorted((tmp_path / "models").glob("checkpoint_epoch=*.pt"))
+    assert saved, "no epoch was saved before the kill"
+    killed_at = int(saved[-1].stem.split("=")[1])
+    assert killed_at < 4, "the first run finished before it was killed"
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming training from {saved[-1]}" in second.stdout
+    final = torch.load(tmp_path / "models" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=True)["trainer"]
+    assert final["max_epochs"] == 4 and final["iteration"] == 4 * final["epoch_length"] == 12  # 3 volumes an epoch
+    assert sorted(p.name for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=4.pt"]

@@ -1,4 +1,5 @@
-"""`python -m common.package`: a bundle packaged with `common` vendored runs where the project is not importable."""
+"""`python -m common.package`: a bundle packaged with `common` vendored runs where the project is not importable,
+and predicts the same labels as the bundle run from this repository."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
-from conftest import REPO
+from conftest import BUNDLES
+from monai.bundle import ConfigWorkflow
 from test_geometry import random_checkpoint
 
 from common.errors import InputError
@@ -55,7 +57,7 @@ def test_missing_bundle_and_checkpoint_are_clear_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
-def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path):
+def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path, monkeypatch):
     ckpt = random_checkpoint(bundle, tmp_path / "weights.pt")
     paths = package_bundle(bundle, tmp_path / "dist", ckpt=ckpt, make_zip=True)
     folder = tmp_path / "dist" / bundle
@@ -92,12 +94,54 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path)
     assert len(preds) == 1, preds
     src = nib.load(str(image))
     pred = nib.load(str(preds[0]))
+    labels = np.asarray(pred.dataobj)
     assert pred.shape[:3] == src.shape and np.allclose(pred.affine, src.affine, atol=1e-4)
-    assert set(np.unique(np.asarray(pred.dataobj))) <= set(range(14))
+    assert set(np.unique(labels)) <= set(range(14)) and len(np.unique(labels)) > 1  # a comparison worth making
+
+    # the same labels as the unpackaged bundle: same config, tiny overrides, checkpoint file and image
+    ref_out = tmp_path / "pred-unpackaged"
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the workflow installs the project's hook
+    wf = ConfigWorkflow(
+        config_file=str(BUNDLES / bundle / "configs" / "inference.json"), logging_file=False, workflow_type="infer",
+        dataset_dir=str(image), output_dir=str(ref_out), ckpt_path=ckpt, **BUNDLE_TINY[bundle],
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    refs = sorted(ref_out.rglob("*.nii.gz"))
+    assert [p.name for p in refs] == [p.name for p in preds], refs
+    ref = nib.load(str(refs[0]))
+    assert np.array_equal(pred.affine, ref.affine), (pred.affine, ref.affine)
+    ref_labels = np.asarray(ref.dataobj)
+    assert labels.dtype == ref_labels.dtype and labels.shape == ref_labels.shape
+    differ = int((labels != ref_labels).sum())
+    assert differ == 0, f"packaged and unpackaged labels differ in {differ} of {labels.size} voxels"
+
     # the vendored copy, not the project, was loaded
     probe = subprocess.run(
         [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(folder)!r}); import {pkg}; print({pkg}.__file__)"],
         cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=120,
     )  # fmt: skip
-    assert probe.returncode == 0 and probe.stdout.strip().startswith(str(folder)), probe.stderr
-    assert not str(REPO) in probe.stdout
+    assert probe.returncode == 0 and probe.stdout.strip() == str(folder / pkg / "__init__.py"), (probe.stdout, probe.stderr)
+
+
+def test_package_cli_writes_the_bundle_its_checkpoint_and_zip(tmp_path, capsys):
+    bundle = "unetr_btcv"
+    ckpt = random_checkpoint(bundle, tmp_path / "elsewhere.pt")
+    out = tmp_path / "dist"
+    assert main(["--bundle", bundle, "--out", str(out), "--ckpt", ckpt, "--zip"]) == 0
+    printed = capsys.readouterr().out
+    folder, pkg = out / bundle, vendored_name(bundle)
+    assert f"packaged {folder} (code vendored as {pkg})" in printed
+    assert f"checkpoint: {folder / 'models' / 'model.pt'}" in printed and f"zip: {out / (bundle + '.zip')}" in printed
+    assert (folder / "models" / "model.pt").read_bytes() == (tmp_path / "elsewhere.pt").read_bytes()
+    assert (folder / pkg / "bundle.py").is_file() and (folder / "LICENSE").is_file()
+    src_configs = sorted(p.name for p in (BUNDLES / bundle / "configs").iterdir() if p.is_file())
+    assert sorted(p.name for p in (folder / "configs").iterdir()) == src_configs
+    inference = json.loads((folder / "configs" / "inference.json").read_text(encoding="utf-8"))
+    assert "$import common" not in inference["imports"] and pkg in inference
+    assert inference["preprocessing"]["_target_"] == f"$@{pkg}.transforms.btcv_preprocessing"
+    with zipfile.ZipFile(out / f"{bundle}.zip") as z:
+        names = set(z.namelist())
+    on_disk = {f"{bundle}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*") if p.is_file()}
+    assert names == on_disk and f"{bundle}/models/model.pt" in names
