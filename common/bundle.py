@@ -32,6 +32,8 @@ __all__ = [
     "file_sha256",
     "bundle_configs",
     "bundle_parser",
+    "OVERLAY_EXCLUDED",
+    "fitting_overlays",
 ]
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
@@ -249,3 +251,34 @@ def bundle_parser(bundle: str, overrides: dict | None = None, config: str = "inf
     for k, v in (overrides or {}).items():
         parser[k] = v
     return parser
+
+
+# config files that are not overlays of inference.json
+OVERLAY_EXCLUDED = {"train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "metadata.json"}
+
+
+def fitting_overlays(root: str | os.PathLike, ckpt: str | os.PathLike, used=(), overrides: dict | None = None) -> list[str]:
+    """The overlays of the bundle at ``root`` (``configs/*.json`` other than the base files and those in ``used``)
+    under whose network ``ckpt``'s weights load: what to add when a checkpoint does not fit (a demo model needs
+    ``configs/demo.json``). Empty when none fits."""
+    from monai.bundle import ConfigParser
+
+    from .weights import load_weights
+
+    cfg = Path(root) / "configs"
+    used_names = {Path(u).name for u in used}
+    fits = []
+    for overlay in sorted(cfg.glob("*.json")):
+        if overlay.name in OVERLAY_EXCLUDED or overlay.name in used_names:
+            continue
+        parser = ConfigParser()
+        parser.read_config([str(cfg / "inference.json"), *map(str, used), str(overlay)])
+        parser["bundle_root"] = str(root)
+        for k, v in (overrides or {}).items():
+            parser[k] = v
+        try:
+            load_weights(parser.get_parsed_content("network_def"), ckpt, purpose="inference")
+        except Exception:  # noqa: BLE001 - an overlay that does not fit is simply not listed
+            continue
+        fits.append(f"configs/{overlay.name}")
+    return fits

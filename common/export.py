@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -28,8 +29,8 @@ from pathlib import Path
 import torch
 
 from .bundle import BUNDLES_DIR, bundle_configs, bundle_parser
-from .weights import load_weights
-from .errors import InputError
+from .weights import load_weights, with_overlay_hint
+from .errors import InputError, find_input_error
 
 __all__ = ["build_network", "example_input", "export_torchscript", "export_onnx", "main", "DEFAULT_TOLERANCE"]
 
@@ -41,7 +42,10 @@ def build_network(bundle: str, ckpt: str | None = None, configs=(), overrides: d
     parser = bundle_parser(bundle, overrides, extra=configs)
     net = parser.get_parsed_content("network_def")
     if ckpt:
-        load_weights(net, ckpt, purpose="inference")
+        try:
+            load_weights(net, ckpt, purpose="inference")
+        except InputError as e:
+            raise with_overlay_hint(e, ckpt, BUNDLES_DIR / bundle, configs, overrides) from None
     return net.eval(), parser
 
 
@@ -80,6 +84,7 @@ def export_torchscript(bundle: str, out: str, ckpt: str, configs=(), overrides: 
 
     net, parser = build_network(bundle, ckpt, configs, overrides)
     x = example_input(net, parser)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     if use_trace is None:
         use_trace = not _scriptable(net)
     kw = dict(overrides or {})
@@ -145,8 +150,11 @@ def main(argv=None) -> int:
             report = export_torchscript(args.bundle, out, ckpt, args.config, overrides, args.tolerance)
         else:
             report = export_onnx(args.bundle, out, ckpt, args.config, overrides, args.tolerance)
-    except InputError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - an input problem (MONAI may wrap it) is one line, anything else raises
+        err = find_input_error(e)
+        if err is None or os.environ.get("BTCV_TRACEBACK"):
+            raise
+        print(f"ERROR: {err}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2))
     return 0

@@ -1,6 +1,6 @@
 """Package a bundle as a self-contained folder (and zip) that runs without this project installed.
 
-    python -m common.package --bundle unetr_btcv --out dist [--ckpt path/model.pt] [--zip]
+    python -m common.package --bundle unetr_btcv --out dist [--ckpt path/model.pt] [--config overlay.json] [--zip]
 
 The result, ``<out>/<bundle>/``, is a model-zoo style bundle: ``configs/`` (rewritten), ``docs/``,
 ``models/model.pt`` when a checkpoint is given or the bundle has one, ``LICENSE``, and the ``common`` code
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -37,7 +38,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, find_input_error
 
 __all__ = ["package_bundle", "rewrite_config", "vendored_name", "main"]
 
@@ -110,13 +111,49 @@ def _vendor(dest: Path) -> None:
     shutil.copytree(PACKAGE_DIR, dest, ignore=ignore)
 
 
+# where a run reads and writes: an overlay's values for these stay out of the packaged configs
+RUN_LOCATION_KEYS = ("bundle_root", "ckpt_dir", "ckpt_path", "output_dir", "dataset_dir", "datalist_file")
+
+
+def _merged(config_file: Path, overlays: list[Path]) -> dict:
+    """``config_file`` with every overlay value whose key it has (``a#b`` keys by their root), run locations left
+    out: the packaged ``train.json`` / ``inference.json`` then build the overlay's network by themselves."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    for overlay in overlays:
+        for k, v in json.loads(overlay.read_text(encoding="utf-8")).items():
+            if k.split("#")[0] in parser.config and k not in RUN_LOCATION_KEYS:
+                parser[k] = v
+    return parser.config
+
+
+def _check_weights(src: Path, ckpt: Path, overlays: list[Path]) -> None:
+    """Stop, before anything is written, when the weights do not fit the network the packaged configs build."""
+    from monai.bundle import ConfigParser
+
+    from .weights import load_weights, with_overlay_hint
+
+    parser = ConfigParser()
+    parser.read_config([str(src / "configs" / "inference.json"), *map(str, overlays)])
+    parser["bundle_root"] = str(src)
+    try:
+        load_weights(parser.get_parsed_content("network_def"), ckpt, purpose="inference")
+    except InputError as e:
+        raise with_overlay_hint(e, ckpt, src, overlays) from None
+
+
 def package_bundle(
-    bundle: str | Path, out: str | Path, ckpt: str | Path | None = None, make_zip: bool = False
+    bundle: str | Path, out: str | Path, ckpt: str | Path | None = None, make_zip: bool = False, configs=()
 ) -> dict:
     """Write ``<out>/<bundle>/`` (and ``<out>/<bundle>.zip`` when ``make_zip``); return their paths.
 
-    ``bundle`` is a name under ``bundles/`` or a bundle folder. The folder is assembled in a temporary
-    sibling and renamed into place, so an interrupted run never leaves a half-written bundle.
+    ``bundle`` is a name under ``bundles/`` or a bundle folder. ``configs``: overlays (for example the bundle's
+    ``configs/demo.json``) merged into the packaged ``train.json`` and ``inference.json``, as ``monai.bundle run``
+    would merge them, so the package builds the network its checkpoint holds. The checkpoint is checked against
+    that network before anything is written. The folder is assembled in a temporary sibling and renamed into
+    place, so an interrupted run never leaves a half-written bundle.
     """
     src = Path(bundle)
     if not (src / "configs").is_dir():
@@ -125,12 +162,18 @@ def package_bundle(
         raise InputError(f"{src}: not a bundle folder (configs/metadata.json not found)")
     name = src.resolve().name
     pkg = vendored_name(name)
-    out = Path(out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / name
+    overlays = [Path(c).expanduser() for c in configs]
+    for c in overlays:
+        if not c.is_file():
+            raise InputError(f"{c}: config file not found", hint="give an overlay such as configs/demo.json")
     ckpt_path = Path(ckpt) if ckpt else src / "models" / "model.pt"
     if ckpt and not ckpt_path.is_file():
         raise InputError(f"{ckpt_path}: checkpoint not found")
+    if ckpt_path.is_file():
+        _check_weights(src, ckpt_path, overlays)
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / name
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
@@ -141,6 +184,8 @@ def package_bundle(
                     cfg = json.loads(f.read_text(encoding="utf-8"))
                 except json.JSONDecodeError as e:
                     raise InputError(f"{f}: not valid JSON ({e})") from e
+                if overlays and f.name in ("train.json", "inference.json"):
+                    cfg = _merged(f, overlays)
                 text = json.dumps(rewrite_config(cfg, pkg), indent=4) + "\n"
                 (tmp / "configs" / f.name).write_text(text, encoding="utf-8")
             elif f.is_file():
@@ -178,11 +223,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="dist", help="output folder (default: dist)")
     ap.add_argument("--ckpt", default=None, help="checkpoint to ship as models/model.pt (default: the bundle's own, if any)")
     ap.add_argument("--zip", action="store_true", help="also write <out>/<bundle>.zip")
+    ap.add_argument("--config", action="append", default=[],
+                    help="overlay merged into the packaged configs, as with monai.bundle run (e.g. configs/demo.json)")  # fmt: skip
     args = ap.parse_args(argv)
     try:
-        paths = package_bundle(args.bundle, args.out, args.ckpt, args.zip)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        paths = package_bundle(args.bundle, args.out, args.ckpt, args.zip, args.config)
+    except Exception as e:  # noqa: BLE001 - an input problem (MONAI may wrap it) is one line, anything else raises
+        err = find_input_error(e)
+        if err is None or os.environ.get("BTCV_TRACEBACK"):
+            raise
+        print(f"ERROR: {err}", file=sys.stderr)
         return 2
     print(f"packaged {paths['folder']} (code vendored as {paths['package']})")
     if paths.get("checkpoint"):

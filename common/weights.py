@@ -41,6 +41,7 @@ __all__ = [
     "load_weights",
     "with_pretrained",
     "CheckpointLoader",
+    "with_overlay_hint",
     "PURPOSES",
 ]
 
@@ -291,10 +292,10 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, purpose: str
         problems += [f"... and {len(mismatched) - 3} more tensors of another shape"] if len(mismatched) > 3 else []
     if problems:
         raise InputError(
-            f"{path}: " + "; ".join(problems) if len(problems) == 1 else [f"{path}: {p}" for p in _listed(problems)],
-            hint=f"the file ({conv.layout} layout) does not fit this {type(network).__name__} configuration; nothing "
-            "was loaded. Use the configuration it was trained with (for a demo model add configs/demo.json), or the "
-            "file this bundle expects",
+            f"{path}: the weights ({conv.layout} layout) do not fit this {name} configuration; nothing was loaded:\n"
+            + "\n".join(f"  - {p}" for p in _listed(problems)),
+            hint="use the configuration they were trained with (a demo model needs configs/demo.json), or the file "
+            "this bundle expects",
         )
     values = {k: v for k, v in conv.tensors.items() if k not in reinitialised}
     with torch.no_grad():
@@ -326,10 +327,16 @@ def with_pretrained(network: torch.nn.Module, path: str | os.PathLike | None) ->
 class CheckpointLoader:
     """Ignite handler for ``inference.json``: load the trained weights into ``network`` when the engine starts,
     through :func:`load_weights` (``purpose="inference"``), so every layout and every error is handled as above.
-    A checkpoint saved by the official TransUNet, Swin-Unet or MT-UNet code loads as it is."""
+    A checkpoint saved by the official TransUNet, Swin-Unet or MT-UNet code loads as it is.
 
-    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module, purpose: str = "inference") -> None:
-        self.load_path, self.network, self.purpose = str(load_path), network, purpose
+
+    With ``bundle_root`` (the configs pass theirs), a checkpoint that does not fit names the bundle's overlay that
+    builds its network (a model trained with ``configs/demo.json`` loads only with it).
+    """
+
+    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module, purpose: str = "inference",
+                 bundle_root: str | os.PathLike | None = None) -> None:  # fmt: skip
+        self.load_path, self.network, self.purpose, self.bundle_root = str(load_path), network, purpose, bundle_root
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -337,4 +344,25 @@ class CheckpointLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine=None) -> None:
-        load_weights(self.network, self.load_path, purpose=self.purpose)
+        try:
+            load_weights(self.network, self.load_path, purpose=self.purpose)
+        except InputError as e:
+            raise with_overlay_hint(e, self.load_path, self.bundle_root) from None
+
+
+def with_overlay_hint(err: InputError, ckpt: str | os.PathLike, root: str | os.PathLike | None, used=(),
+                      overrides: dict | None = None) -> InputError:  # fmt: skip
+    """``err`` for a checkpoint that does not fit, or, when an overlay of the bundle at ``root`` builds the network
+    the checkpoint holds, one line naming it and how to add it."""
+    if not root or not Path(root, "configs").is_dir() or not Path(ckpt).is_file():
+        return err
+    from .bundle import fitting_overlays
+
+    fits = fitting_overlays(root, ckpt, used, overrides)
+    if not fits:
+        return err
+    files = ",".join(f"'{Path(root) / f}'" for f in fits[:1])
+    return InputError(
+        f"{ckpt}: these weights are of the network that {' or '.join(fits)} builds, not of this configuration's",
+        hint=f"add {fits[0]} after the bundle's configs, e.g. --config_file \"['{Path(root) / 'configs' / 'inference.json'}',{files}]\"",
+    )

@@ -226,3 +226,23 @@ def test_command_line_prints_one_message_and_fails(case, tiny_data, tmp_path):
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"ERROR: {named}" in r.stderr, r.stderr[-2000:]
     assert _files(out) == []
+
+
+@pytest.mark.parametrize("problem", ["truncated", "pickled_object", "not_weights", "other_network", "class_count"])
+@pytest.mark.parametrize("tool", ["export", "package"])
+def test_bad_checkpoint_to_export_and_package(tool, problem, tmp_path, capsys):
+    """Both tools check the weights before writing anything: exit status non-zero, one message, no output."""
+    import common.export
+    import common.package
+
+    ckpt = _bad_checkpoint(problem, "unetr_btcv", tmp_path)
+    overrides = [f"--override={k}={json.dumps(v)}" for k, v in BUNDLE_TINY["unetr_btcv"].items()]
+    out = tmp_path / "out"
+    if tool == "export":
+        rc = common.export.main(["onnx", "--bundle", "unetr_btcv", "--ckpt", str(ckpt), "--out", str(out / "m.onnx"), *overrides])
+    else:  # the package checks against the bundle's full-size network: every bad file fails it, for its own reason
+        rc = common.package.main(["--bundle", "unetr_btcv", "--ckpt", str(ckpt), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.startswith(f"ERROR: {ckpt}") and "Traceback" not in err, err
+    assert CHECKPOINT_PROBLEMS[problem] in err or (tool == "package" and problem == "class_count"), err
+    assert len(err.strip().splitlines()) <= 6 and _files(out) == []  # grouped by kind of problem

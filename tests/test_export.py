@@ -144,24 +144,11 @@ def test_export_cli_with_out(fmt, cli_bundle, tmp_path, capsys):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
     _, ckpt, *_ = cli_bundle
-    out = tmp_path / f"net.{'ts' if fmt == 'torchscript' else 'onnx'}"  # an existing folder: see the xfail below
+    out = tmp_path / "new" / f"net.{'ts' if fmt == 'torchscript' else 'onnx'}"  # a folder that does not exist yet
     _check_cli(fmt, ["--ckpt", str(ckpt), "--out", str(out)], out, cli_bundle, capsys)
 
 
-@pytest.mark.parametrize(
-    "fmt",
-    [
-        pytest.param(
-            "torchscript",
-            marks=pytest.mark.xfail(
-                strict=True, raises=RuntimeError,
-                reason="known bug: export_torchscript does not create the folder of --out (export_onnx does), so the "
-                "default --out fails with 'Parent directory <bundle>/models does not exist' when models/ is absent",
-            ),  # fmt: skip
-        ),
-        "onnx",
-    ],
-)
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_cli_default_out_with_ckpt_outside_the_bundle(fmt, cli_bundle, capsys):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
@@ -178,3 +165,23 @@ def test_export_cli_missing_checkpoint_is_a_clear_error(cli_bundle, tmp_path, ca
     assert common.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "nope.pt")]) == 1
     assert "nope.pt: no trained model found" in capsys.readouterr().err
     assert not (bundles / CLI_BUNDLE / "models").exists()
+
+
+def test_export_names_the_overlay_a_demo_checkpoint_needs(cli_bundle, tmp_path, capsys):
+    """A checkpoint of the reduced demo network, exported without configs/demo.json: one line naming the overlay, and
+    nothing written; with --config demo.json it exports."""
+    from common.bundle import bundle_parser
+
+    bundles, *_ = cli_bundle
+    demo = bundles / CLI_BUNDLE / "configs" / "demo.json"
+    net = bundle_parser(CLI_BUNDLE, None, extra=[demo]).get_parsed_content("network_def")
+    torch.save(net.state_dict(), tmp_path / "demo_model.pt")
+    out = tmp_path / "x" / "model.ts"
+    assert common.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "demo_model.pt"),
+                               "--out", str(out)]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "these weights are of the network that configs/demo.json builds" in err and "demo.json']" in err, err
+    assert len(err.strip().splitlines()) == 2 and not out.exists()
+    assert common.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "demo_model.pt"),
+                               "--out", str(out), "--config", str(demo)]) == 0  # fmt: skip
+    assert out.is_file()

@@ -12,6 +12,7 @@ import zipfile
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
 from conftest import BUNDLES
 from monai.bundle import ConfigWorkflow
@@ -145,3 +146,33 @@ def test_package_cli_writes_the_bundle_its_checkpoint_and_zip(tmp_path, capsys):
         names = set(z.namelist())
     on_disk = {f"{bundle}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*") if p.is_file()}
     assert names == on_disk and f"{bundle}/models/model.pt" in names
+
+
+def test_demo_checkpoint_is_checked_before_writing_and_packaged_with_its_overlay(tiny_data, tmp_path, capsys):
+    """The reduced demo network's weights: without configs/demo.json nothing is written and the message names the
+    overlay; with --config demo.json the packaged configs build the demo network (the weights load into it) and keep
+    the package's own run locations."""
+    from monai.bundle import ConfigParser
+
+    from common.bundle import bundle_parser
+
+    demo = BUNDLES / "unet_btcv" / "configs" / "demo.json"
+    net = bundle_parser("unet_btcv", None, extra=[demo]).get_parsed_content("network_def")
+    torch.save(net.state_dict(), tmp_path / "demo_model.pt")
+    out = tmp_path / "dist"
+    assert main(["--bundle", "unet_btcv", "--out", str(out), "--ckpt", str(tmp_path / "demo_model.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "these weights are of the network that configs/demo.json builds" in err and not out.exists()
+    assert main(["--bundle", "unet_btcv", "--out", str(out), "--ckpt", str(tmp_path / "demo_model.pt"),
+                 "--config", str(demo)]) == 0  # fmt: skip
+    packaged = ConfigParser()
+    packaged.read_config(str(out / "unet_btcv" / "configs" / "inference.json"))
+    assert packaged["roi_size"] == [64, 64, 32] and packaged["spacing"] == [4.0, 4.0, 5.0]
+    assert "demo" not in json.dumps(packaged["ckpt_path"]) and "demo" not in json.dumps(packaged["output_dir"])
+    plain = ConfigParser()
+    plain.read_config([str(BUNDLES / "unet_btcv" / "configs" / "inference.json"), str(demo)])
+    plain["bundle_root"] = str(BUNDLES / "unet_btcv")
+    want = rewrite_config(json.loads(json.dumps(plain.config)), vendored_name("unet_btcv"))["network_def"]
+    assert packaged["network_def"] == want  # the demo network
+    assert torch.equal(torch.load(out / "unet_btcv" / "models" / "model.pt", weights_only=True)["input_block.conv1.conv.weight"],
+                       net.state_dict()["input_block.conv1.conv.weight"])  # fmt: skip
