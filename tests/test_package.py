@@ -60,7 +60,9 @@ def test_missing_bundle_and_checkpoint_are_clear_errors(tmp_path, capsys):
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path, monkeypatch):
     ckpt = random_checkpoint(bundle, tmp_path / "weights.pt")
-    paths = package_bundle(bundle, tmp_path / "dist", ckpt=ckpt, make_zip=True)
+    tiny = tmp_path / "tiny.json"  # the tiny network as an overlay, merged into the package (weights are checked)
+    tiny.write_text(json.dumps(BUNDLE_TINY[bundle]), encoding="utf-8")
+    paths = package_bundle(bundle, tmp_path / "dist", ckpt=ckpt, make_zip=True, configs=[tiny])
     folder = tmp_path / "dist" / bundle
     pkg = vendored_name(bundle)
     assert paths["folder"] == str(folder) and (folder / pkg / "__init__.py").is_file()
@@ -76,14 +78,10 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path,
     decoy = tmp_path / "decoy"
     (decoy / "common").mkdir(parents=True)
     (decoy / "common" / "__init__.py").write_text(DECOY, encoding="utf-8")
-    overrides = tmp_path / "tiny.json"
-    # what a user of the packaged bundle writes: the vendored package by reference instead of `common.`
-    overrides.write_text(json.dumps(BUNDLE_TINY[bundle]).replace("$common.", f"$@{pkg}."), encoding="utf-8")
     image = tiny_data / "imagesTr" / "phantom0000.nii.gz"
     out = tmp_path / "pred"
     cmd = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str([str(folder / "configs" / "inference.json"), str(overrides)]),
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(folder / "configs" / "inference.json"),
         "--dataset_dir", str(image), "--output_dir", str(out),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(decoy)}
@@ -130,7 +128,9 @@ def test_package_cli_writes_the_bundle_its_checkpoint_and_zip(tmp_path, capsys):
     bundle = "unetr_btcv"
     ckpt = random_checkpoint(bundle, tmp_path / "elsewhere.pt")
     out = tmp_path / "dist"
-    assert main(["--bundle", bundle, "--out", str(out), "--ckpt", ckpt, "--zip"]) == 0
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps(BUNDLE_TINY[bundle]), encoding="utf-8")
+    assert main(["--bundle", bundle, "--out", str(out), "--ckpt", ckpt, "--zip", "--config", str(tiny)]) == 0
     printed = capsys.readouterr().out
     folder, pkg = out / bundle, vendored_name(bundle)
     assert f"packaged {folder} (code vendored as {pkg})" in printed
