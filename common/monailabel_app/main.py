@@ -82,6 +82,22 @@ class BTCVBundlesApp(MONAILabelApp):
                 logger.warning(f"{name}: not served for inference yet ({path}/models/model.pt not found); train it first")
         return infers
 
+    def infer(self, request, datastore=None):
+        """MONAI Label's inference, with a bad input answered as HTTP 422 and its one clear message (the file, the
+        problem, the fix) instead of a bare 500; the server goes on serving."""
+        try:
+            return super().infer(request, datastore)
+        except Exception as e:
+            from fastapi import HTTPException
+
+            from common.errors import find_input_error
+
+            err = find_input_error(e)
+            if err is None:
+                raise
+            logger.error(f"inference refused: {err}")
+            raise HTTPException(status_code=422, detail=str(err)) from None
+
     def init_trainers(self):
         trainers = {}
         for name, path in self.bundles.items():

@@ -116,6 +116,11 @@ def test_app_server_serves_inference_over_http(studies, tmp_path):
 
     (path / "models").mkdir()
     random_checkpoint("unetr_btcv", path / "models" / "model.pt")
+    first = sorted(studies.glob("*.nii.gz"))[0]
+    src = nib.load(str(first))
+    vol = np.asarray(src.dataobj).astype(np.float32)
+    vol[5:7, 5:7, 3] = np.nan  # a CT with 4 NaN voxels, refused with a clear message
+    nib.save(nib.Nifti1Image(vol, src.affine), str(studies / "with_nan.nii.gz"))
     port = _free_port()
     app = tmp_path / "app"  # MONAI Label writes its logs into the app folder: a copy keeps the source tree clean
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "__pycache__"))
@@ -155,6 +160,19 @@ def test_app_server_serves_inference_over_http(studies, tmp_path):
         out = tmp_path / "label.nii.gz"
         out.write_bytes(payload)
         check_label_volume(out, studies / f"{image_id}.nii.gz")
+
+        # a bad input is a clear HTTP error (the file, the problem, the fix), and the server goes on serving
+        bad = urllib.request.Request(
+            f"{base}/infer/unetr_btcv?image=with_nan&output=image", data=body, method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=300)
+        assert refused.value.code == 422
+        detail = json.loads(refused.value.read())["detail"]
+        assert "with_nan.nii.gz: 4 voxel(s) are NaN or infinite" in detail and "Traceback" not in detail, detail
+        with urllib.request.urlopen(req, timeout=300) as r:
+            assert r.status == 200
     finally:
         server.terminate()
         try:
