@@ -56,6 +56,16 @@ def resolve_bundles(app_dir: str | os.PathLike, conf: dict) -> dict[str, str]:
     return {m: str(available[m]) for m in wanted}
 
 
+def _input_error(exc: BaseException):
+    """The InputError behind ``exc`` (MONAI wraps it in RuntimeErrors), or ``exc`` itself re-raised."""
+    from common.errors import find_input_error
+
+    err = find_input_error(exc)
+    if err is None:
+        raise exc
+    return err
+
+
 class BTCVBundlesApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         conf = dict(conf or {})
@@ -90,13 +100,21 @@ class BTCVBundlesApp(MONAILabelApp):
         except Exception as e:
             from fastapi import HTTPException
 
-            from common.errors import find_input_error
-
-            err = find_input_error(e)
-            if err is None:
-                raise
+            err = _input_error(e)
             logger.error(f"inference refused: {err}")
             raise HTTPException(status_code=422, detail=str(err)) from None
+
+    def train(self, request):
+        """MONAI Label's training (run by the server in a task process), with a bad input reported as MONAI Label's
+        INVALID_INPUT with the one clear message instead of a wall of tracebacks in the task log."""
+        try:
+            return super().train(request)
+        except Exception as e:
+            from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+
+            err = _input_error(e)
+            logger.error(f"training refused: {err}")
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, str(err)) from None
 
     def init_trainers(self):
         trainers = {}

@@ -194,3 +194,29 @@ def test_app_names_missing_bundles(tmp_path):
     with pytest.raises(ValueError, match="no bundle selected"):
         resolve_bundles(tmp_path, {})
     assert set(resolve_bundles(tmp_path, {"models": "all"})) == set(BUNDLE_NAMES)
+
+
+def test_app_training_on_a_bad_study_is_one_clear_error(studies, tmp_path):
+    """The app's train() with a NaN CT among the studies: MONAI Label's INVALID_INPUT carrying the one clear message."""
+    from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+
+    sys.path.insert(0, str(APP))
+    try:
+        from main import BTCVBundlesApp
+    finally:
+        sys.path.remove(str(APP))
+    bad_studies = tmp_path / "studies"
+    shutil.copytree(studies, bad_studies, ignore=shutil.ignore_patterns("with_nan.nii.gz"))
+    first = sorted(bad_studies.glob("*.nii.gz"))[0]
+    src = nib.load(str(first))
+    vol = np.asarray(src.dataobj).astype(np.float32)
+    vol[5:7, 5:7, 3] = np.nan
+    nib.save(nib.Nifti1Image(vol, src.affine), str(first))  # a labelled study with 4 NaN voxels
+    bundles_dir = tmp_path / "bundles"
+    tiny_bundle("unetr_btcv", bundles_dir)
+    app = shutil.copytree(APP, tmp_path / "app", ignore=shutil.ignore_patterns("logs", "__pycache__"))
+    instance = BTCVBundlesApp(str(app), str(bad_studies), {"models": "unetr_btcv", "bundles_dir": str(bundles_dir)})
+    with pytest.raises(MONAILabelException) as refused:
+        instance.train({"model": "unetr_btcv", "max_epochs": 1, "val_split": 0.25, "multi_gpu": False, "device": "cpu"})
+    assert refused.value.error == MONAILabelError.INVALID_INPUT
+    assert f"{first.name}: 4 voxel(s) are NaN or infinite" in refused.value.msg and "Traceback" not in refused.value.msg
