@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import NIFTI_SUFFIXES, image_info, is_image_path, load_array
+from .io import NIFTI_SUFFIXES, case_id, image_info, is_image_path, load_array
 from .labels import BTCV_NUM_CLASSES
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "CV_FOLDS",
     "cv_folds",
     "split_name",
+    "split_label",
     "split_cases",
     "find_btcv_raw",
     "btcv_datalist",
@@ -100,6 +101,19 @@ def split_name(split: str, fold: int | str | None = None) -> str:
     if str(fold) not in {str(k) for k in range(CV_FOLDS)}:
         raise InputError(f"fold {fold!r} does not exist", hint=f"use --fold 0 to {CV_FOLDS - 1} with --split cv5")
     return f"cv5_fold{int(fold)}"
+
+
+def split_label(dataset_dir="", datalist_file="", split: str = "dataset_0", fold=None) -> str:
+    """What the cases of a run are, for result files: the named split of a BTCV download (``dataset_0``,
+    ``cv5_fold2``...), ``demo phantoms`` for the generated demo data, or the datalist file; only a named split can be
+    compared with a published number."""
+    if datalist_file:
+        return f"datalist {datalist_file}"
+    if not dataset_dir:
+        return "demo phantoms (generated, not BTCV)"
+    if find_btcv_raw(Path(dataset_dir).expanduser()) is not None:
+        return split_name(split, fold)
+    return f"datalist in {dataset_dir}"
 
 
 def split_cases(split: str, fold: int | str | None = None) -> dict[str, tuple[str, ...]]:
@@ -392,6 +406,15 @@ def find_images(folder: str | os.PathLike, pattern: str | None = None) -> list[d
         raise InputError(
             f"{folder}: no images found (NIfTI .nii/.nii.gz, .mha, .mhd, .nrrd, or DICOM series folders)",
             hint="set dataset_dir to a CT file or a folder of CT files",
+        )
+    by_name: dict[str, list[str]] = {}
+    for item in found:
+        by_name.setdefault(case_id(item["image"]), []).append(Path(item["image"]).name)
+    clashes = {n: files for n, files in by_name.items() if len(files) > 1}
+    if clashes:  # each would be written as <name>_seg.nii.gz: one would silently overwrite the other
+        raise InputError(
+            [f"{folder}: {' and '.join(files)} would both be written as {n}_seg.nii.gz" for n, files in clashes.items()],
+            hint="rename one of them, or choose with --image_pattern; nothing was run",
         )
     return found
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .io import atomic_write_text, image_info, load_array
+from .io import atomic_write_text, case_id, image_info, load_array
 from .metrics import score_case, summarize, to_btcv_ids
 from .protocols import NSD_TOLERANCE_MM, get_protocol, metric_names, protocol_organs, protocol_rule
 
@@ -43,7 +43,6 @@ __all__ = [
     "write_report",
     "protocol_rule",
     "run_info",
-    "case_id",
     "card_check",
     "json_clean",
 ]
@@ -60,15 +59,6 @@ def run_info(checkpoint: str | None = None) -> dict:
 
         info["checkpoint_sha256"] = file_sha256(checkpoint)
     return info
-
-
-def case_id(path: str) -> str:
-    """Case name of an image or label path: the file (or folder) name without its image suffix."""
-    name = os.path.basename(str(path).rstrip("/"))
-    for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy.h5", ".h5"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _fmt(v: float, digits: int = 4) -> str:

@@ -43,6 +43,7 @@ __all__ = [
     "reorder",
     "ImageInfo",
     "image_info",
+    "case_id",
     "is_image_path",
     "load_array",
     "atomic_write_text",
@@ -58,8 +59,28 @@ def _lower_name(path: str | os.PathLike) -> str:
     return os.path.basename(str(path)).lower()
 
 
+def _series_ids(folder: str | os.PathLike) -> tuple[str, ...]:
+    """The DICOM series in ``folder``, asked of ITK quietly: a folder without any is an answer, not a warning (ITK
+    otherwise prints 'No Series were found' for every folder it is asked about)."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def _is_dicom_dir(path: str | os.PathLike) -> bool:
-    return os.path.isdir(path) and len(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))) > 0
+    return os.path.isdir(path) and len(_series_ids(path)) > 0
+
+
+def case_id(path: str | os.PathLike) -> str:
+    """Case name of an image or label path: the file (or folder) name without its image suffix."""
+    name = os.path.basename(str(path).rstrip("/"))
+    for suffix in (*NIFTI_SUFFIXES, *ITK_SUFFIXES, ".npy.h5", ".h5"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -72,7 +93,7 @@ def is_image_path(path: str | os.PathLike) -> bool:
 
 def _read_sitk(path: str) -> sitk.Image:
     if os.path.isdir(path):
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
+        series = _series_ids(path)
         if not series:
             raise InputError(
                 f"{path}: folder holds no DICOM series",

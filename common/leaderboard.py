@@ -39,8 +39,8 @@ from monai.data import MetaTensor
 
 from .anchors import anchors_for
 from .errors import InputError, find_input_error
-from .evaluation import SegmentationReport, case_id, json_clean
-from .io import atomic_write_bytes, atomic_write_text, load_array
+from .evaluation import SegmentationReport, json_clean
+from .io import atomic_write_bytes, atomic_write_text, case_id, load_array
 from .labels import BTCV_ORGANS, organ
 from .metrics import to_btcv_ids
 from .protocols import PROTOCOLS, get_protocol, metric_names, protocol_organs, protocol_rule
@@ -242,7 +242,7 @@ def leaderboard(
     """Run, score and compare bundles; see the module docstring. Returns the leaderboard as a dict."""
     from tqdm import tqdm
 
-    from .data import CV_FOLDS, get_datalist, split_name
+    from .data import CV_FOLDS, find_btcv_raw, get_datalist, split_label
 
     get_protocol(protocol)  # an unknown name stops here, before any work
     predictions = dict(predictions or {})
@@ -250,9 +250,11 @@ def leaderboard(
     if not names:
         raise InputError("nothing to compare", hint="give --bundles and/or --predictions NAME=DIR")
     items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"], fold=fold)["validation"]
-    split_label = split_name(split, fold) if not datalist_file else f"{datalist_file} [validation]"
-    if split == "cv5" and fold in (None, ""):
-        split_label = f"cv5 (out-of-fold predictions of the {CV_FOLDS} folds, every case once)"
+    label = split_label(dataset_dir, datalist_file, split, fold)
+    # published numbers appear only under the same named split of the real data
+    named = label if (dataset_dir and not datalist_file and find_btcv_raw(dataset_dir) is not None) else None
+    if named == "cv5":
+        label = f"cv5 (out-of-fold predictions of the {CV_FOLDS} folds, every case once)"
     if max_cases:
         items = items[: int(max_cases)]
     out_dir = Path(out)
@@ -290,7 +292,7 @@ def leaderboard(
                 )  # fmt: skip
             bar.update(1)
         bar.set_description(f"scoring {name}")
-        meta = {"bundle": name, "split": split_label, "inference": settings}
+        meta = {"bundle": name, "split": label, "inference": settings}
         if settings.get("checkpoint"):
             meta["checkpoint"] = settings["checkpoint"]
         card = settings.pop("card", None)
@@ -321,7 +323,7 @@ def leaderboard(
         row["mean_hd95"] = res["summary"]["mean"]["hd95"]
         for key, _, _ in organs:
             row["organs"][key] = {m: describe([(c["scores"][key][m] if c["scores"][key][m] is not None else math.nan) for c in cases.values()]) for m in metrics}
-        row["anchors"] = anchors_for(name, protocol)
+        row["anchors"] = anchors_for(name, protocol, named)
         row["card"] = res["meta"].get("card")
         table[name] = row
     comparison = None
@@ -353,7 +355,7 @@ def leaderboard(
         overlay_paths.append(str(atomic_write_bytes(out_dir / "overlays" / f"{cid}.png", png)))
     paths["overlays"] = str(out_dir / "overlays")
 
-    doc = {"protocol": protocol, "rule": protocol_rule(protocol), "split": split_label, "num_cases": len(items),
+    doc = {"protocol": protocol, "rule": protocol_rule(protocol), "split": label, "num_cases": len(items),
            "bundles": table, "comparison": comparison,
            "reports": {n: r["paths"] for n, r in results.items()}}  # fmt: skip
     paths["json"] = str(atomic_write_text(out_dir / "leaderboard.json", json.dumps(json_clean(doc), indent=2) + "\n"))
@@ -412,8 +414,8 @@ def _markdown(doc: dict, results: dict) -> str:
     organs = protocol_organs(protocol)
     out = [f"# Leaderboard: protocol `{protocol}`, split `{doc['split']}`, {doc['num_cases']} case(s)", "",
            f"Rule: {doc['rule']}", "", f"HD95: {get_protocol(protocol).hd95}, in {get_protocol(protocol).hd95_unit}.", "",
-           "Published numbers (rows marked `-> published`) come from ANCHORS.md with their own protocol and split: they are "
-           "comparable with the measured row above them only where protocol and split are the same.", "",
+           "Published numbers (rows marked `-> published`) are shown only under the same protocol and named split of the "
+           "BTCV data, each with its source.", "",
            _markdown_table(table, protocol), "## Per-organ statistics (Dice over cases)", "",
            "| bundle | organ | mean | std | 95 % CI | n |", "| --- | --- | ---: | ---: | --- | ---: |"]  # fmt: skip
     for name, row in table.items():

@@ -142,7 +142,7 @@ def test_evaluate_writes_per_organ_report(trained, tiny_data, tmp_path, capsys):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     meta = res["meta"]
-    assert meta["protocol"] == "btcv13" and meta["split"] == "dataset_0" and meta["bundle_version"]
+    assert meta["protocol"] == "btcv13" and meta["split"] == f"datalist in {tiny_data}" and meta["bundle_version"]
     assert meta["bundle"] == json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))["name"]
     from common.bundle import file_sha256
 
@@ -340,7 +340,7 @@ def test_synapse_overlay_trains_and_scores_nine_classes(tiny_data, tmp_path):
         dataset_dir=str(tiny_data), output_dir=str(out), ckpt_path=str(tmp_path / "models" / "model.pt"), **tiny,
     )  # fmt: skip
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert res["meta"]["protocol"] == "synapse8" and res["meta"]["split"] == "synapse"
+    assert res["meta"]["protocol"] == "synapse8" and res["meta"]["split"] == f"datalist in {tiny_data}"
     assert list(res["summary"]["organs"]) == [k for k, _, _ in protocol_organs("synapse8")]
     assert "in voxels" in res["meta"]["hd95_definition"]
 

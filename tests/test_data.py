@@ -135,3 +135,36 @@ def test_demo_default_data_path_generates_once_then_reuses(tmp_path, monkeypatch
     again = get_datalist("")
     assert again["validation"] == d["validation"]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*.nii.gz")} == stamps
+
+
+def test_inputs_that_would_write_the_same_output_stop_before_any_work(tmp_path):
+    """`ct.mha` and `ct.nrrd` both give `ct_seg.nii.gz`: one clear error naming both (never a silent overwrite)."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.zeros((4, 4, 4), np.int16))
+    for name in ("ct.mha", "ct.nrrd", "other.mha"):
+        sitk.WriteImage(img, str(tmp_path / name))
+    with pytest.raises(InputError) as e:
+        find_images(tmp_path)
+    assert "ct.mha and ct.nrrd would both be written as ct_seg.nii.gz" in str(e.value) and "--image_pattern" in str(e.value)
+    assert [p["image"].split("/")[-1] for p in find_images(tmp_path, pattern=r"\.mha$")] == ["ct.mha", "other.mha"]
+
+
+def test_scanning_a_folder_for_dicom_is_quiet(tmp_path, capfd):
+    """Probing folders that hold no DICOM series prints nothing (ITK used to warn 'No Series were found')."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "notes.txt").write_text("x", encoding="utf-8")
+    _save(tmp_path / "a.nii.gz", np.zeros((4, 4, 4), np.int16))
+    assert [p["image"].split("/")[-1] for p in find_images(tmp_path)] == ["a.nii.gz"]
+    captured = capfd.readouterr()
+    assert "No Series" not in captured.err + captured.out, captured.err
+
+
+def test_results_say_what_their_cases_are(btcv_raw, tmp_path):
+    from common.data import split_label
+
+    assert split_label("", "", "dataset_0") == "demo phantoms (generated, not BTCV)"
+    assert split_label(str(btcv_raw), "", "synapse") == "synapse"
+    assert split_label(str(btcv_raw), "", "cv5", 2) == "cv5_fold2"
+    assert split_label(str(tmp_path), "", "dataset_0") == f"datalist in {tmp_path}"
+    assert split_label(str(btcv_raw), "my.json", "dataset_0") == "datalist my.json"

@@ -45,7 +45,8 @@ def test_leaderboard_end_to_end(tiny_data, oracle, tmp_path, capsys):
     assert table["oracle"]["mean"]["mean_over_organs"] == pytest.approx(1.0)
     assert table["unetr_btcv"]["mean"]["mean_over_organs"] < 1.0
     md = (out / "leaderboard.md").read_text(encoding="utf-8")
-    assert "-> published: UNETR paper" in md and "Wilcoxon" in md and "95 % CI" in md
+    assert "| -> published" not in md and "Wilcoxon" in md and "95 % CI" in md  # phantoms: no published number beside
+    assert doc["split"] == f"datalist in {tiny_data}" and all(not row["anchors"] for row in doc["bundles"].values())
     assert doc["comparison"]["a"] == "oracle" and doc["comparison"]["mean_dice"]["mean_difference"] > 0
     # each bundle's own report, with its checkpoint hash
     res = json.loads((out / "unetr_btcv" / "results.json").read_text(encoding="utf-8"))
@@ -164,7 +165,7 @@ def test_leaderboard_synapse_protocol_with_a_9_class_bundle(tiny_data, tmp_path)
             want = _dice(p, g) if p.any() and g.any() else (1.0 if p.any() else 0.0)  # the papers' rule
             assert res["cases"][cid]["scores"][key]["dice"] == pytest.approx(want, abs=1e-12), (cid, key)
     md = (out / "leaderboard.md").read_text(encoding="utf-8")
-    assert "-> published: TransUNet paper, Table 1 (synapse (12 test cases))" in md
+    assert "| -> published" not in md  # a datalist of one's own, not the Synapse test cases
 
 
 def test_bootstrap_and_paired_statistics():
@@ -181,3 +182,12 @@ def test_bootstrap_and_paired_statistics():
 
     assert p["wilcoxon_p"] == pytest.approx(wilcoxon([0.05] * 6).pvalue)
     assert paired_comparison(a, a)["wilcoxon_p"] == 1.0
+
+
+def test_published_numbers_only_under_the_same_protocol_and_split():
+    from common.anchors import anchors_for
+
+    assert [a["source"] for a in anchors_for("transunet_btcv", "synapse8", "synapse")] == ["TransUNet paper, Table 1"]
+    assert anchors_for("transunet_btcv", "synapse8", "dataset_0") == [] == anchors_for("transunet_btcv", "btcv13", "synapse")
+    assert anchors_for("unetr_btcv", "btcv13", None) == []  # demo phantoms or one's own datalist
+    assert [a["mean_dice"] for a in anchors_for("swin_unetr_btcv", "btcv13", "cv5")] == [0.7889]
