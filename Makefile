@@ -22,9 +22,20 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python -m monai.bundle run --config_file "['$(UNETR)/train.json','$(UNETR)/demo.json']"
 	$(BIN)/python -m monai.bundle run --config_file "['$(UNETR)/inference.json','$(UNETR)/evaluate.json','$(UNETR)/demo.json']"
+	@printf '%s\n' "" "The demo model is bundles/unetr_btcv/demo/models/model.pt (outputs in bundles/unetr_btcv/demo/;" \
+	  "make clean-demo removes them). It is the reduced demo network: every command names configs/demo.json. Next:" "" \
+	  "  # segment your own CT (a file, a DICOM series folder, or a folder of them)" \
+	  "  $(BIN)/python -m monai.bundle run --config_file \"['$(UNETR)/inference.json','$(UNETR)/demo.json']\" --dataset_dir /path/to/ct --output_dir out/" \
+	  "  # score it on the demo phantoms' validation cases (leaderboard_demo/leaderboard.md)" \
+	  "  $(BIN)/python -m common.leaderboard --bundles unetr_btcv --config unetr_btcv=$(UNETR)/demo.json --out leaderboard_demo" \
+	  "  # export to ONNX (writes model.onnx and its weights file model.onnx.data), package as a self-contained bundle" \
+	  "  $(BIN)/python -m common.export onnx --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out dist/unetr_demo.onnx" \
+	  "  $(BIN)/python -m common.package --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out dist"
 
+# The test run prints how long it took (about 10 minutes on 2 CPU cores).
 test: install
-	$(BIN)/python -m pytest -q
+	@start=$$(date +%s); $(BIN)/python -m pytest -q; rc=$$?; \
+	  echo "make test: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # MONAI Label 0.8.5 needs torchvision, which has no CPU build here: its tests get their own environment with the
 # CUDA build of torch from PyPI (about 8 GB, 5 minutes). `--isolated` keeps pip away from the local CPU wheel

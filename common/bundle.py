@@ -34,6 +34,9 @@ __all__ = [
     "bundle_parser",
     "OVERLAY_EXCLUDED",
     "fitting_overlays",
+    "CheckpointRecord",
+    "network_args",
+    "differing_args",
 ]
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
@@ -64,6 +67,78 @@ def _config_files_from_argv(argv: list[str]) -> list[str]:
     return []
 
 
+def _running_workflow():
+    """The ``ConfigWorkflow`` on the call stack (``monai.bundle run`` or Python code using it), or ``None``."""
+    try:
+        from monai.bundle import ConfigWorkflow
+    except ImportError:  # pragma: no cover - monai is a dependency
+        return None
+    frame = inspect.currentframe()
+    try:
+        f = frame.f_back if frame is not None else None
+        while f is not None:
+            obj = f.f_locals.get("self")
+            if isinstance(obj, ConfigWorkflow):
+                return obj
+            f = f.f_back
+    finally:
+        del frame
+    return None
+
+
+def _plain(value):
+    """A config value as plain data (what ``torch.load(weights_only=True)`` reads back): tuples become lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def network_args(parser) -> dict:
+    """The resolved ``network_def`` of a bundle config: its target and every argument, as plain data. Resolved in a
+    copy of the config, so a parser that already built the network (and caches it) is left as it is."""
+    import copy
+
+    from monai.bundle import ConfigParser
+
+    fresh = ConfigParser(copy.deepcopy(parser.get()))
+    return _plain(fresh.get_parsed_content("network_def", instantiate=False).get_config())
+
+
+# network_def arguments that choose how the same network runs, not which network it is
+RUNTIME_ARGS = {"mode", "slice_batch", "autocast", "output", "resize", "channels_last", "use_checkpoint",
+                "use_flash_attention"}  # fmt: skip
+
+
+def differing_args(recorded: dict, current: dict) -> list[str]:
+    """``name recorded (this configuration: current)`` for every network argument that differs (run-time switches
+    such as the slice batch or autocast are not the network's and are left out)."""
+    keys = sorted((set(recorded) | set(current)) - RUNTIME_ARGS)
+    return [f"{k} {recorded.get(k)!r} (this configuration: {current.get(k)!r})" for k in keys if recorded.get(k) != current.get(k)]
+
+
+class CheckpointRecord:
+    """What a bundle's ``model.pt`` records beside the weights (``train.json`` saves it under ``"bundle"``): the
+    bundle's name and version and the resolved ``network_def`` it was trained with, read from the running
+    workflow. Inference, evaluation, export and packaging compare it with their own configuration to name the
+    arguments that differ. A plain state dict from elsewhere has none and loads as before."""
+
+    def __init__(self, name: str = "", version: str = "") -> None:
+        wf = _running_workflow()
+        self.record = {"bundle": str(name), "version": str(version)}
+        if wf is not None:
+            self.record["network_def"] = network_args(wf.parser)
+
+    def state_dict(self) -> dict:
+        return self.record
+
+    def load_state_dict(self, state: dict) -> None:
+        self.record = dict(state)
+
+
 def bundle_root() -> str:
     """The root folder of the bundle whose configs are being run.
 
@@ -72,18 +147,14 @@ def bundle_root() -> str:
     (``monai.bundle`` sub-commands such as ``verify_net_in_out`` or ``ckpt_export``); otherwise a
     ``config_file`` argument on the call stack; otherwise the current directory (the model zoo's ``"."``).
     """
-    try:
-        from monai.bundle import ConfigWorkflow
-    except ImportError:  # pragma: no cover - monai is a dependency
-        ConfigWorkflow = ()  # type: ignore[assignment]
+    wf = _running_workflow()
+    if wf is not None and getattr(wf, "config_root_path", None):
+        return _root_from_config_path(Path(wf.config_root_path) / "x.json")
     frame = inspect.currentframe()
     config_arg = None
     try:
         f = frame.f_back if frame is not None else None
         while f is not None:
-            obj = f.f_locals.get("self")
-            if ConfigWorkflow and isinstance(obj, ConfigWorkflow) and getattr(obj, "config_root_path", None):
-                return _root_from_config_path(Path(obj.config_root_path) / "x.json")
             if config_arg is None:
                 cf = f.f_locals.get("config_file")
                 if isinstance(cf, (str, os.PathLike)) and str(cf).endswith((".json", ".yaml", ".yml")):

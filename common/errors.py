@@ -10,6 +10,7 @@ several layers of ``RuntimeError``, and a DataLoader worker's exception reaches 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterable
@@ -80,12 +81,33 @@ def _hook(exc_type, exc, tb, _previous=sys.excepthook):
     sys.stderr.write(f"\nERROR: {err}\n(set BTCV_TRACEBACK=1 to see the full traceback)\n")
 
 
+_RECORD_FACTORY = logging.getLogRecordFactory()
+
+
+def _record_without_input_traceback(*args, **kwargs) -> logging.LogRecord:
+    """Log records as usual, but one that carries an input problem says only its message, without the traceback:
+    MONAI's ``StatsHandler`` logs every exception with its traceback before the exception reaches the hook."""
+    record = _RECORD_FACTORY(*args, **kwargs)
+    if os.environ.get("BTCV_TRACEBACK"):
+        return record
+    exc = record.exc_info[1] if record.exc_info else None
+    err = find_input_error(exc) if exc is not None else None
+    if err is None and _WORKER in str(record.msg):  # ignite logs a worker's exception as text: its whole traceback
+        err = _from_worker(Exception(record.getMessage()))
+    if err is not None:
+        record.exc_info, record.exc_text, record.msg, record.args = None, None, f"input problem: {err}", ()
+    return record
+
+
 def install_excepthook() -> bool:
-    """Make uncaught exceptions caused by an :class:`InputError` print only its message.
+    """Make uncaught exceptions caused by an :class:`InputError` print only its message, and log records about one
+    print no traceback either.
 
     Idempotent; returns True so it can be used inside a bundle config expression list.
     """
     if sys.excepthook is not _hook:
         _hook.__defaults__ = (sys.excepthook,)
         sys.excepthook = _hook
+    if logging.getLogRecordFactory() is not _record_without_input_traceback:
+        logging.setLogRecordFactory(_record_without_input_traceback)
     return True

@@ -256,6 +256,7 @@ class SegmentationReport:
         print_table: print the summary table and file paths when done.
         card: the reproduction card of the run (a bundle's ``card_*.json``), if any: its expected number is printed
             and recorded beside the measured one (see :func:`card_check`).
+        overlays: draw ``overlays/<case>.png`` (CT, ground truth, prediction) for the first ``overlays`` cases.
     """
 
     def __init__(
@@ -271,6 +272,7 @@ class SegmentationReport:
         print_table: bool = True,
         nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
         card: dict | None = None,
+        overlays: int = 0,
     ):
         self.output_dir = str(output_dir)
         self.protocol = protocol
@@ -280,6 +282,8 @@ class SegmentationReport:
         self.meta["nsd_tolerance_mm"] = float(nsd_tolerance_mm)
         self.print_table = print_table
         self.card = card
+        self.overlays = int(overlays or 0)
+        self.figures: list[str] = []
         self.cases: dict[str, dict] = {}
         self.result: dict | None = None
 
@@ -292,6 +296,7 @@ class SegmentationReport:
 
     def _reset(self, engine=None) -> None:
         self.cases = {}
+        self.figures = []
         self.result = None
 
     def _collect(self, engine) -> None:
@@ -344,18 +349,34 @@ class SegmentationReport:
         image_path = image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", "")) if image is not None else ""
         cid = case_id(label_path or image_path or f"case{len(self.cases):04d}")
         self.cases[cid] = {"image": image_path, "label": label_path, "spacing": [float(s) for s in spacing], "scores": scores}
+        if len(self.cases) <= self.overlays and image_path and os.path.exists(image_path):
+            self._overlay(cid, image_path, gt_b, pred_b, affine)
         return scores
+
+    def _overlay(self, cid: str, image_path: str, gt: np.ndarray, pred: np.ndarray, affine: np.ndarray) -> None:
+        """``overlays/<case>.png``: for every organ present, its largest axial slice, CT | ground truth | prediction."""
+        from .io import atomic_write_bytes
+        from .leaderboard import overlay_png
+
+        ct, _ = load_array(image_path)
+        png, _ = overlay_png(ct[0] if ct.ndim == 4 else ct, gt, {"prediction": pred}, affine, cid,
+                             [k for k, _, _ in protocol_organs(self.protocol)])  # fmt: skip
+        path = atomic_write_bytes(Path(self.output_dir) / "overlays" / f"{cid}.png", png)
+        self.figures.append(str(path))
 
     def finish(self, engine=None) -> dict:
         """Write the report of the cases added so far (and print the table); return its summary and paths."""
         if not self.cases:
             raise InputError("evaluation produced no cases", hint="check the evaluation datalist")
         self.result = write_report(self.output_dir, self.cases, self.protocol, self.meta, card=self.card)
+        self.result["figures"] = list(self.figures)
         if self.print_table:
             title = f"{self.meta.get('bundle', 'evaluation')} - protocol {self.protocol}, {len(self.cases)} case(s)"
             text = format_summary(self.result["summary"], title)
             if self.card:
                 text += "\n" + self.result["meta"]["card"]["line"]
+            if self.figures:
+                text += "\n\npicture (CT | ground truth | prediction): " + ", ".join(self.figures)
             paths = "\n".join(f"  {k}: {v}" for k, v in self.result["paths"].items())
             print(f"\n{text}\n\nreport written to {self.output_dir}:\n{paths}\n", flush=True)
         return self.result

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .bundle import BUNDLES_DIR, bundle_configs, bundle_parser
+from .bundle import BUNDLES_DIR, bundle_configs, bundle_parser, network_args
 from .weights import load_weights, with_overlay_hint
 from .errors import InputError, find_input_error
 
@@ -45,7 +45,7 @@ def build_network(bundle: str, ckpt: str | None = None, configs=(), overrides: d
         try:
             load_weights(net, ckpt, purpose="inference")
         except InputError as e:
-            raise with_overlay_hint(e, ckpt, BUNDLES_DIR / bundle, configs, overrides) from None
+            raise with_overlay_hint(e, ckpt, BUNDLES_DIR / bundle, configs, overrides, network_args(parser)) from None
     return net.eval(), parser
 
 

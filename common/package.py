@@ -133,6 +133,7 @@ def _check_weights(src: Path, ckpt: Path, overlays: list[Path]) -> None:
     """Stop, before anything is written, when the weights do not fit the network the packaged configs build."""
     from monai.bundle import ConfigParser
 
+    from .bundle import network_args
     from .weights import load_weights, with_overlay_hint
 
     parser = ConfigParser()
@@ -141,7 +142,7 @@ def _check_weights(src: Path, ckpt: Path, overlays: list[Path]) -> None:
     try:
         load_weights(parser.get_parsed_content("network_def"), ckpt, purpose="inference")
     except InputError as e:
-        raise with_overlay_hint(e, ckpt, src, overlays) from None
+        raise with_overlay_hint(e, ckpt, src, overlays, current=network_args(parser)) from None
 
 
 def package_bundle(

@@ -42,6 +42,7 @@ __all__ = [
     "with_pretrained",
     "CheckpointLoader",
     "with_overlay_hint",
+    "checkpoint_record",
     "PURPOSES",
 ]
 
@@ -350,19 +351,45 @@ class CheckpointLoader:
             raise with_overlay_hint(e, self.load_path, self.bundle_root) from None
 
 
-def with_overlay_hint(err: InputError, ckpt: str | os.PathLike, root: str | os.PathLike | None, used=(),
-                      overrides: dict | None = None) -> InputError:  # fmt: skip
-    """``err`` for a checkpoint that does not fit, or, when an overlay of the bundle at ``root`` builds the network
-    the checkpoint holds, one line naming it and how to add it."""
-    if not root or not Path(root, "configs").is_dir() or not Path(ckpt).is_file():
-        return err
-    from .bundle import fitting_overlays
+def checkpoint_record(path: str | os.PathLike) -> dict | None:
+    """The record a bundle's ``model.pt`` keeps beside its weights (see ``common.bundle.CheckpointRecord``): bundle
+    name, version and the ``network_def`` it was trained with; ``None`` for a plain state dict or an unreadable file."""
+    try:
+        obj = read_torch_file(path)
+    except InputError:
+        return None
+    record = obj.get("bundle") if isinstance(obj, Mapping) else None
+    return dict(record) if isinstance(record, Mapping) else None
 
-    fits = fitting_overlays(root, ckpt, used, overrides)
-    if not fits:
+
+def with_overlay_hint(err: InputError, ckpt: str | os.PathLike, root: str | os.PathLike | None, used=(),
+                      overrides: dict | None = None, current: dict | None = None) -> InputError:  # fmt: skip
+    """``err`` for a checkpoint that does not fit, made specific where possible: the network arguments that differ
+    from the ones the checkpoint records (``current``: this run's resolved ``network_def``, else the running
+    workflow's), and the overlay of the bundle at ``root`` that builds the checkpoint's network."""
+    from .bundle import _running_workflow, differing_args, fitting_overlays, network_args
+
+    if not Path(ckpt).is_file():
         return err
-    files = ",".join(f"'{Path(root) / f}'" for f in fits[:1])
-    return InputError(
-        f"{ckpt}: these weights are of the network that {' or '.join(fits)} builds, not of this configuration's",
-        hint=f"add {fits[0]} after the bundle's configs, e.g. --config_file \"['{Path(root) / 'configs' / 'inference.json'}',{files}]\"",
-    )
+    record = checkpoint_record(ckpt) or {}
+    if current is None and (wf := _running_workflow()) is not None:
+        try:
+            current = network_args(wf.parser)
+        except Exception:  # noqa: BLE001 - without this run's arguments the message names no argument
+            current = None
+    differ = differing_args(record["network_def"], current) if record.get("network_def") and current else []
+    fits = fitting_overlays(root, ckpt, used, overrides) if root and Path(root, "configs").is_dir() else []
+    if not differ and not fits:
+        return err
+    what = f"trained as {record.get('bundle')} {record.get('version')}" if record.get("bundle") else "these weights are"
+    problem = f"{ckpt}: {what} of another network configuration"
+    if fits:
+        problem = f"{ckpt}: these weights are of the network that {' or '.join(fits)} builds, not of this configuration's"
+    if differ:
+        problem += "; the arguments that differ: " + "; ".join(differ[:10]) + (f"; and {len(differ) - 10} more" if len(differ) > 10 else "")
+    if fits:
+        hint = (f"add {fits[0]} after the bundle's configs, e.g. --config_file "
+                f"\"['{Path(root) / 'configs' / 'inference.json'}','{Path(root) / fits[0]}']\"")  # fmt: skip
+    else:
+        hint = "run with the configuration it was trained with (set the arguments above, or the overlay used in training)"
+    return InputError(problem, hint=hint)

@@ -223,7 +223,7 @@ def test_command_line_prints_one_message_and_fails(case, tiny_data, tmp_path):
         args, named = ["--dataset_dir", str(tiny_data / "imagesTr" / "phantom0000.nii.gz"), "--ckpt_path", str(ckpt)], ckpt
     r = _cli("--config_file", str(cfg), "--output_dir", str(out), *args, *TINY_CLI, cwd=tmp_path)
     assert r.returncode != 0
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr + r.stdout, (r.stdout + r.stderr)[-3000:]  # the log goes to stdout
     assert f"ERROR: {named}" in r.stderr, r.stderr[-2000:]
     assert _files(out) == []
 

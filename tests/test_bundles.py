@@ -54,8 +54,17 @@ def trained(request, tiny_data, tmp_path_factory):
 
 
 def test_train_saves_best_and_resumable_state(trained):
-    bundle, work, _ = trained
+    import torch
+
+    from common.bundle import bundle_parser, network_args
+
+    bundle, work, tiny = trained
     assert (work / "models" / "model.pt").is_file(), "best checkpoint by validation Dice not written"
+    saved = torch.load(work / "models" / "model.pt", weights_only=True)
+    meta = json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    record = saved["bundle"]  # the checkpoint knows its network: bundle, version and the resolved network_def
+    assert record["bundle"] == meta["name"] and record["version"] == meta["version"]
+    assert record["network_def"] == network_args(bundle_parser(bundle, tiny, "train.json"))
     assert (work / "models" / "checkpoint_epoch=1.pt").is_file(), "resumable training state not written"
     assert any((work / "runs").iterdir()), "no TensorBoard log"
 
@@ -136,8 +145,12 @@ def test_evaluate_writes_per_organ_report(trained, tiny_data, tmp_path, capsys):
     out = tmp_path / "eval"
     run_workflow(
         bundle, ("inference.json", "evaluate.json"), "infer",
-        dataset_dir=str(tiny_data), output_dir=str(out), ckpt_path=str(work / "models" / "model.pt"), **tiny,
+        dataset_dir=str(tiny_data), output_dir=str(out), ckpt_path=str(work / "models" / "model.pt"), overlays=1, **tiny,
     )  # fmt: skip
+    from PIL import Image
+
+    with Image.open(out / "overlays" / "phantom0003.png") as im:  # the picture the demo prints: CT | GT | prediction
+        assert im.size[0] == 3 * 160 and np.asarray(im).std() > 10
     for name in ("metrics_per_case.csv", "summary.csv", "summary.md", "results.json"):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -156,6 +169,7 @@ def test_evaluate_writes_per_organ_report(trained, tiny_data, tmp_path, capsys):
     assert set(res["summary"]["organs"]) >= {"liver", "spleen", "aorta"}
     printed = capsys.readouterr().out
     assert "MEAN" in printed and "liver" in printed and str(out) in printed
+    assert f"picture (CT | ground truth | prediction): {out / 'overlays' / 'phantom0003.png'}" in printed
 
 
 def test_missing_checkpoint_is_a_clear_error(tiny_data, tmp_path):
@@ -412,3 +426,26 @@ def test_training_killed_with_sigkill_resumes_after_its_last_saved_epoch(tiny_da
     final = torch.load(tmp_path / "models" / "checkpoint_epoch=4.pt", map_location="cpu", weights_only=True)["trainer"]
     assert final["max_epochs"] == 4 and final["iteration"] == 4 * final["epoch_length"] == 12  # 3 volumes an epoch
     assert sorted(p.name for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=4.pt"]
+
+
+def test_a_checkpoint_of_another_configuration_names_the_arguments(trained, tiny_data, tmp_path):
+    """The tiny model under the bundle's own network size: one message naming the bundle it was trained as and the
+    network arguments that differ; nothing written."""
+    from common.errors import InputError, find_input_error
+
+    bundle, work, tiny = trained
+    small = {k: v for k, v in tiny.items() if not k.startswith("network_def#") and k != "img_size"}
+    with pytest.raises(Exception) as exc:
+        run_workflow(bundle, ("inference.json",), "infer", dataset_dir=str(tiny_data / "imagesTr" / "phantom0000.nii.gz"),
+                     output_dir=str(tmp_path / "out"), ckpt_path=str(work / "models" / "model.pt"), **small)  # fmt: skip
+    err = find_input_error(exc.value)
+    assert isinstance(err, InputError), exc.value
+    text = str(err)
+    meta = json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    assert text.startswith(f"{work / 'models' / 'model.pt'}: trained as {meta['name']} {meta['version']}"), text
+    assert "the arguments that differ:" in text and len(text.splitlines()) == 2, text
+    for key in (k.split("#")[1] for k in tiny if k.startswith("network_def#")):
+        assert f"{key} " in text, (key, text)
+    if bundle == "unetr_btcv":
+        assert "feature_size 4 (this configuration: 16)" in text and "hidden_size 32 (this configuration: 768)" in text
+    assert not (tmp_path / "out").exists()

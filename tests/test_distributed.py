@@ -83,7 +83,9 @@ def test_two_process_ddp_epoch(bundle, ddp_data, tmp_path):
     # one model: both ranks end the epoch with the same weights, and those are what rank 0 saved
     w0, w1 = (torch.load(str(tmp_path / "runs" / f"weights{i}.pt"), map_location="cpu", weights_only=True) for i in (0, 1))
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0), "the ranks' weights differ"
-    state = torch.load(str(tmp_path / "models" / "model.pt"), map_location="cpu", weights_only=True)
+    saved_file = torch.load(str(tmp_path / "models" / "model.pt"), map_location="cpu", weights_only=True)
+    state = saved_file["model"]
+    assert saved_file["bundle"]["network_def"]["_target_"]  # the record of the network it holds
     assert not any(k.startswith("module.") for k in state), list(state)[:3]
     assert state.keys() == w0.keys() and all(torch.equal(state[k], w0[k]) for k in w0)
     # one writer: rank 1 keeps no handler that writes files or logs; rank 0 keeps all of them
