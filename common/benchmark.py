@@ -313,7 +313,7 @@ class _Bundle:
         return {
             "forward_s": fwd,
             "outside_forward_share": (total - fwd) / total if fwd is not None else None,
-            # what the 2D issue lists: resizing, argmax, stacking (network stage less the forwards), inversion, writing
+            # the 2D machinery: resizing, argmax, stacking (network stage less the forwards), inversion, writing
             "machinery_share": (times["network"] - fwd + times["postprocess"] + times["write"]) / total
             if fwd is not None else None,
             "shape": [int(s) for s in d["image"].shape[1:]],
