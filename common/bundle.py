@@ -127,12 +127,13 @@ class CheckpointRecord:
     arguments that differ. A plain state dict from elsewhere has none and loads as before."""
 
     def __init__(self, name: str = "", version: str = "") -> None:
-        wf = _running_workflow()
         self.record = {"bundle": str(name), "version": str(version)}
-        if wf is not None:
-            self.record["network_def"] = network_args(wf.parser)
 
     def state_dict(self) -> dict:
+        if "network_def" not in self.record:  # read when first saved, from the workflow that is running
+            wf = _running_workflow()
+            if wf is not None:
+                self.record["network_def"] = network_args(wf.parser)
         return self.record
 
     def load_state_dict(self, state: dict) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "read_torch_file",
     "converters_for",
     "convert",
+    "renamed",
     "load_weights",
     "with_pretrained",
     "CheckpointLoader",
@@ -186,6 +187,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- converting
+
+
+def renamed(state: Mapping[str, object], rename: Callable[[str], "str | None"], layout: str) -> Conversion:
+    """A conversion that only renames keys (every tensor keeps its layout): ``rename`` gives our name for a file key,
+    or ``None`` when it has no place (reported as unused)."""
+    tensors: dict[str, torch.Tensor] = {}
+    unused: list[str] = []
+    for key, value in state.items():
+        ours = rename(key)
+        if ours is None:
+            unused.append(key)
+        else:
+            tensors[ours] = torch.as_tensor(value)
+    return Conversion(layout, tensors, unused=unused)
 
 
 def converters_for(network: torch.nn.Module) -> tuple[Converter, ...]:

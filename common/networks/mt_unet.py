@@ -45,7 +45,7 @@ from einops import rearrange
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from ..weights import Conversion
+from ..weights import Conversion, renamed
 
 __all__ = [
     "ExternalAttention",
@@ -650,15 +650,7 @@ def convert_official_state_dict(state: Mapping[str, object], model: torch.nn.Mod
     Loaded through :func:`common.weights.load_weights` (which also strips a ``module.`` prefix)."""
     if "stem.position_embedding" not in state and not any(k.startswith("stem.model.") for k in state):
         return None
-    tensors: dict[str, torch.Tensor] = {}
-    unused: list[str] = []
-    for key, value in state.items():
-        target = official_key_to_ours(key)
-        if target is None:
-            unused.append(key)
-        else:
-            tensors[target] = torch.as_tensor(value)
-    return Conversion("official MT-UNet checkpoint", tensors, unused=unused)
+    return renamed(state, official_key_to_ours, "official MT-UNet checkpoint")
 
 
 CONVERTERS = (convert_official_state_dict,)

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from monai.networks.blocks import Convolution, MLPBlock, SABlock
 
-from ..weights import Conversion
+from ..weights import Conversion, renamed
 
 __all__ = [
     "TransUNet",
@@ -683,15 +683,7 @@ def convert_official_state_dict(state: Mapping[str, object], model: torch.nn.Mod
     another file. Every key must find its place and every tensor of ours must receive one."""
     if not any(k.startswith("transformer.embeddings.") for k in state):
         return None
-    tensors: dict[str, torch.Tensor] = {}
-    unused: list[str] = []
-    for key, value in state.items():
-        ours = official_key_to_ours(key)
-        if ours is None:
-            unused.append(key)
-        else:
-            tensors[ours] = torch.as_tensor(value)
-    return Conversion("official TransUNet checkpoint", tensors, unused=unused)
+    return renamed(state, official_key_to_ours, "official TransUNet checkpoint")
 
 
 CONVERTERS = (convert_official_state_dict, convert_imagenet_npz)
