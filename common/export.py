@@ -1,12 +1,15 @@
 """Export a bundle's network to TorchScript (through MONAI's ``ckpt_export``) or ONNX, checked against eager.
 
     python -m common.export torchscript --bundle unetr_btcv [--ckpt models/model.pt] [--out models/model.ts]
-    python -m common.export onnx --bundle transunet_btcv [--ckpt ...] [--out models/model.onnx]
+    python -m common.export onnx --bundle transunet_btcv [--ckpt ...] [--config overlay.json] [--out models/model.onnx]
 
 TorchScript: MONAI's ``ckpt_export`` on the bundle's ``inference.json`` ``network_def``, scripted where
-``torch.jit.script`` can compile the network (MONAI's ``UNETR``, ``SwinUNETR``, ``DynUNet``) and traced where
-it cannot (the networks written here use einops and Python-level shape logic). ONNX: ``torch.onnx.export``
-(the dynamo exporter, opset 18) with a dynamic batch dimension. Both are checked on a random input against
+``torch.jit.script`` can compile the network (MONAI's ``UNETR``) and traced where it cannot (``SwinUNETR`` and
+``DynUNet`` with this torch and MONAI, and the networks written here, which use einops and Python-level shape
+logic); the report says which. ONNX: ``torch.onnx.export`` (the dynamo exporter, opset 18) with a dynamic batch
+dimension; the weights go to ``<file>.data`` beside the graph. ``--config`` takes overlays as ``monai.bundle run``
+does (``configs/demo.json`` for the demo model), the weights are checked before anything is written, and the
+output folder is created. Both are checked on a random input against
 the eager network with the same weights, and the maximum absolute difference is printed and returned;
 the export fails when it exceeds ``--tolerance`` (default 1e-4) times ``max(1, max |eager logit|)``, i.e. an
 absolute 1e-4 for logits up to 1 and a relative 1e-4 beyond.
