@@ -56,6 +56,27 @@ def resolve_bundles(app_dir: str | os.PathLike, conf: dict) -> dict[str, str]:
     return {m: str(available[m]) for m in wanted}
 
 
+def _weights_problem(path: str) -> str:
+    """Why the bundle's ``models/model.pt`` does not fit the network its ``inference.json`` builds (one message
+    naming the differing arguments or the overlay that builds it), or ``""`` when it fits."""
+    from monai.bundle import ConfigParser
+
+    from common.errors import InputError
+    from common.weights import load_weights, with_overlay_hint
+
+    ckpt = Path(path) / "models" / "model.pt"
+    parser = ConfigParser()
+    parser.read_config(str(Path(path) / "configs" / "inference.json"))
+    parser["bundle_root"] = str(path)
+    try:
+        load_weights(parser.get_parsed_content("network_def"), ckpt, purpose="inference")
+    except InputError as e:
+        from common.bundle import network_args
+
+        return str(with_overlay_hint(e, ckpt, path, current=network_args(parser)))
+    return ""
+
+
 def _input_error(exc: BaseException):
     """The InputError behind ``exc`` (MONAI wraps it in RuntimeErrors), or ``exc`` itself re-raised."""
     from common.errors import find_input_error
@@ -86,10 +107,14 @@ class BTCVBundlesApp(MONAILabelApp):
         infers = {}
         for name, path in self.bundles.items():
             task = BundleInferTask(path, self.conf)
-            if task.is_valid():
-                infers[name] = task
-            else:
+            if not task.is_valid():
                 logger.warning(f"{name}: not served for inference yet ({path}/models/model.pt not found); train it first")
+                continue
+            problem = _weights_problem(path)
+            if problem:
+                logger.error(f"{name}: not served for inference: {problem}")
+                continue
+            infers[name] = task
         return infers
 
     def infer(self, request, datastore=None):

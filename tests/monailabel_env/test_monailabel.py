@@ -220,3 +220,28 @@ def test_app_training_on_a_bad_study_is_one_clear_error(studies, tmp_path):
         instance.train({"model": "unetr_btcv", "max_epochs": 1, "val_split": 0.25, "multi_gpu": False, "device": "cpu"})
     assert refused.value.error == MONAILabelError.INVALID_INPUT
     assert f"{first.name}: 4 voxel(s) are NaN or infinite" in refused.value.msg and "Traceback" not in refused.value.msg
+
+
+def test_app_refuses_to_serve_weights_of_another_network(studies, tmp_path, caplog):
+    """A bundle whose model.pt holds another network (here the tiny test network under the full-size configs) is
+    not served, with one log message saying why, instead of failing at the first request."""
+    import logging
+
+    sys.path.insert(0, str(APP))
+    try:
+        from main import BTCVBundlesApp
+    finally:
+        sys.path.remove(str(APP))
+    from test_geometry import random_checkpoint  # noqa: E402  (tests/ is on sys.path through conftest)
+
+    bundles_dir = tmp_path / "bundles"
+    path = bundles_dir / "unetr_btcv"
+    shutil.copytree(BUNDLES / "unetr_btcv" / "configs", path / "configs")  # full-size configs
+    (path / "models").mkdir()
+    random_checkpoint("unetr_btcv", path / "models" / "model.pt")  # tiny weights
+    app = shutil.copytree(APP, tmp_path / "app", ignore=shutil.ignore_patterns("logs", "__pycache__"))
+    with caplog.at_level(logging.ERROR):
+        instance = BTCVBundlesApp(str(app), str(studies), {"models": "unetr_btcv", "bundles_dir": str(bundles_dir)})
+    assert "unetr_btcv" not in instance.info()["models"]
+    lines = [r.getMessage() for r in caplog.records if "not served for inference" in r.getMessage()]
+    assert len(lines) == 1 and "do not fit this UNETR configuration" in lines[0], lines
