@@ -26,11 +26,11 @@ demo: install
 	  "make clean-demo removes them). It is the reduced demo network: every command names configs/demo.json. Next:" "" \
 	  "  # segment your own CT (a file, a DICOM series folder, or a folder of them)" \
 	  "  $(BIN)/python -m monai.bundle run --config_file \"['$(UNETR)/inference.json','$(UNETR)/demo.json']\" --dataset_dir /path/to/ct --output_dir out/" \
-	  "  # score it on the demo phantoms' validation cases (leaderboard_demo/leaderboard.md)" \
-	  "  $(BIN)/python -m common.leaderboard --bundles unetr_btcv --config unetr_btcv=$(UNETR)/demo.json --out leaderboard_demo" \
-	  "  # export to ONNX (writes model.onnx and its weights file model.onnx.data), package as a self-contained bundle" \
-	  "  $(BIN)/python -m common.export onnx --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out dist/unetr_demo.onnx" \
-	  "  $(BIN)/python -m common.package --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out dist"
+	  "  # score it on the demo phantoms' validation cases (demo/leaderboard/leaderboard.md)" \
+	  "  $(BIN)/python -m common.leaderboard --bundles unetr_btcv --config unetr_btcv=$(UNETR)/demo.json --out bundles/unetr_btcv/demo/leaderboard" \
+	  "  # export to ONNX (the graph, and its weights in a .onnx.data file beside it), package as a self-contained bundle" \
+	  "  $(BIN)/python -m common.export onnx --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out bundles/unetr_btcv/demo/unetr_demo.onnx" \
+	  "  $(BIN)/python -m common.package --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out bundles/unetr_btcv/demo/dist"
 
 # The test run prints how long it took (about 10 minutes on 2 CPU cores).
 test: install
