@@ -33,6 +33,7 @@ __all__ = [
     "CV_FOLDS",
     "cv_folds",
     "split_name",
+    "named_split",
     "split_label",
     "split_cases",
     "find_btcv_raw",
@@ -103,17 +104,23 @@ def split_name(split: str, fold: int | str | None = None) -> str:
     return f"cv5_fold{int(fold)}"
 
 
+def named_split(dataset_dir="", datalist_file="", split: str = "dataset_0", fold=None) -> str | None:
+    """The named split a run's cases are (``dataset_0``, ``cv5_fold2``...): only when they come from a BTCV download
+    without a datalist of one's own, the one case a published number can be compared with; else ``None``."""
+    if datalist_file or not dataset_dir or find_btcv_raw(Path(dataset_dir).expanduser()) is None:
+        return None
+    return split_name(split, fold)
+
+
 def split_label(dataset_dir="", datalist_file="", split: str = "dataset_0", fold=None) -> str:
-    """What the cases of a run are, for result files: the named split of a BTCV download (``dataset_0``,
-    ``cv5_fold2``...), ``demo phantoms`` for the generated demo data, or the datalist file; only a named split can be
-    compared with a published number."""
+    """What the cases of a run are, for result files: the named split of a BTCV download (see :func:`named_split`),
+    ``demo phantoms`` for the generated demo data, or the datalist."""
+    named = named_split(dataset_dir, datalist_file, split, fold)
+    if named is not None:
+        return named
     if datalist_file:
         return f"datalist {datalist_file}"
-    if not dataset_dir:
-        return "demo phantoms (generated, not BTCV)"
-    if find_btcv_raw(Path(dataset_dir).expanduser()) is not None:
-        return split_name(split, fold)
-    return f"datalist in {dataset_dir}"
+    return f"datalist in {dataset_dir}" if dataset_dir else "demo phantoms (generated, not BTCV)"
 
 
 def split_cases(split: str, fold: int | str | None = None) -> dict[str, tuple[str, ...]]:

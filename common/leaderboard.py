@@ -242,7 +242,7 @@ def leaderboard(
     """Run, score and compare bundles; see the module docstring. Returns the leaderboard as a dict."""
     from tqdm import tqdm
 
-    from .data import CV_FOLDS, find_btcv_raw, get_datalist, split_label
+    from .data import CV_FOLDS, get_datalist, named_split, split_label
 
     get_protocol(protocol)  # an unknown name stops here, before any work
     predictions = dict(predictions or {})
@@ -251,8 +251,7 @@ def leaderboard(
         raise InputError("nothing to compare", hint="give --bundles and/or --predictions NAME=DIR")
     items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"], fold=fold)["validation"]
     label = split_label(dataset_dir, datalist_file, split, fold)
-    # published numbers appear only under the same named split of the real data
-    named = label if (dataset_dir and not datalist_file and find_btcv_raw(dataset_dir) is not None) else None
+    named = named_split(dataset_dir, datalist_file, split, fold)  # published numbers appear only under it
     if named == "cv5":
         label = f"cv5 (out-of-fold predictions of the {CV_FOLDS} folds, every case once)"
     if max_cases:
