@@ -33,6 +33,32 @@ TINY_3D_SETTINGS = {
 }
 
 
+# known HU values the preprocessing tests place in a volume, from air to bone, both window ends included
+HU_PROBES = (-1000.0, -175.0, -125.0, 0.0, 100.0, 250.0, 275.0, 1000.0)
+
+
+def probe_volume(folder: Path, spacing=(1.5, 1.5, 2.0)):
+    """An LPS-stored CT at ``spacing``: air around a 0 HU body holding :data:`HU_PROBES` at known voxels, and a label.
+    Returns the image and label paths, their arrays, the affine and the probes' voxel indices."""
+    import nibabel as nib
+    import numpy as np
+
+    aff = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    aff[:3, 3] = [30.0, -20.0, 5.0]
+    img = np.full((40, 36, 14), -1000, np.int16)
+    img[4:36, 4:32, 2:12] = 0
+    probes = [(8 + 3 * n, 18, 7) for n in range(len(HU_PROBES))]
+    for p, hu in zip(probes, HU_PROBES):
+        img[p] = hu
+    lab = np.zeros(img.shape, np.uint8)
+    lab[10:20, 10:20, 4:8] = 6
+    paths = []
+    for name, arr in (("probe_img.nii.gz", img), ("probe_lab.nii.gz", lab)):
+        nib.save(nib.Nifti1Image(arr, aff), str(folder / name))
+        paths.append(str(folder / name))
+    return *paths, img, lab, aff, probes
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Keep generated demo data out of the user's cache during tests."""

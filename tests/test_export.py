@@ -20,10 +20,10 @@ import shutil
 import pytest
 import torch
 from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
+from test_geometry import perturbed_network
 
 import common.bundle
 import common.export
-from common.bundle import bundle_parser
 from common.export import DEFAULT_TOLERANCE, export_onnx, export_torchscript
 
 CHECK_BATCH = 3  # the export traces TorchScript with batch 1 and exports ONNX with batch 2
@@ -35,12 +35,8 @@ def reference_network(bundle: str, path) -> tuple[torch.nn.Module, torch.Tensor]
     The weights are perturbed (seeded) so the logits differ from the initialisation and between inputs.
     The network is kept in memory as the eager reference: it is never reloaded through the code under test.
     """
-    parser = bundle_parser(bundle, BUNDLE_TINY[bundle])
-    net = parser.get_parsed_content("network_def")
     g = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for t in net.parameters():
-            t.add_(0.2 * torch.randn(t.shape, generator=g))
+    net, parser = perturbed_network(bundle, g)
     torch.save(net.state_dict(), str(path))
     if hasattr(net, "slice_roi"):  # a 2D bundle: the exported network takes axial slices at img_size
         shape = [int(s) for s in parser.get_parsed_content("img_size")]

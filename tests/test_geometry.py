@@ -12,17 +12,24 @@ from monai.bundle import ConfigParser
 from test_bundles import BUNDLE_NAMES, run_workflow
 
 
-def random_checkpoint(bundle: str, path, extra_configs=(), overrides=None) -> str:
-    """Weights of the bundle's tiny network, perturbed so the untrained model predicts many classes."""
+def perturbed_network(bundle: str, generator: torch.Generator, extra_configs=(), overrides=None):
+    """The bundle's tiny network (its inference.json, ``extra_configs``, the tiny overrides and ``overrides``) with
+    every weight moved by 0.2 x N(0, 1) from ``generator``, so an untrained model predicts many classes and its
+    outputs differ between inputs. Returns the network and the parser."""
     parser = ConfigParser()
     parser.read_config([str(BUNDLES / bundle / "configs" / "inference.json"), *map(str, extra_configs)])
     for k, v in {**BUNDLE_TINY[bundle], **(overrides or {})}.items():
         parser[k] = v
     net = parser.get_parsed_content("network_def")
-    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for t in net.parameters():
-            t.add_(0.2 * torch.randn(t.shape, generator=g))
+            t.add_(0.2 * torch.randn(t.shape, generator=generator))
+    return net, parser
+
+
+def random_checkpoint(bundle: str, path, extra_configs=(), overrides=None) -> str:
+    """Weights of the bundle's tiny network, perturbed so the untrained model predicts many classes."""
+    net, _ = perturbed_network(bundle, torch.Generator().manual_seed(0), extra_configs, overrides)
     torch.save(net.state_dict(), str(path))
     return str(path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import HU_PROBES, probe_volume
 from monai.data import MetaTensor
 
 from common import slicewise
@@ -52,19 +53,8 @@ def test_preprocessing_is_ras_with_the_paper_window(tmp_path):
     [-125, 275] HU to (HU + 125) / 400 clipped to [0, 1], known HU values at known voxels included."""
     import nibabel as nib
 
-    hu_probes = (-1000.0, -175.0, -125.0, 0.0, 100.0, 250.0, 275.0, 1000.0)
-    aff = np.diag([-2.0, -2.0, 5.0, 1.0])  # LPS-like storage, as most CT
-    aff[:3, 3] = [40.0, -12.0, 3.0]
-    hu = np.full((24, 20, 9), -1000, np.int16)
-    hu[3:21, 3:17, 1:8] = 40
-    probes = [(4 + 2 * n, 7, 4) for n in range(len(hu_probes))]
-    for p, v in zip(probes, hu_probes):
-        hu[p] = v
-    lab = np.zeros(hu.shape, np.uint8)
-    lab[5:9, 10:15, 2:6] = 6
-    nib.save(nib.Nifti1Image(hu, aff), str(tmp_path / "img.nii.gz"))
-    nib.save(nib.Nifti1Image(lab, aff), str(tmp_path / "lab.nii.gz"))
-    d = slice_preprocessing()({"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")})
+    img_path, lab_path, hu, lab, aff, probes = probe_volume(tmp_path, spacing=(2.0, 2.0, 5.0))  # LPS, as most CT
+    d = slice_preprocessing()({"image": img_path, "label": lab_path})
     img = d["image"]
     assert img.ndim == 4 and img.shape[0] == 1 and img.dtype == torch.float32
     # RAS: the arrays and affine nibabel's closest canonical orientation gives (x flipped, y flipped here)
@@ -78,7 +68,7 @@ def test_preprocessing_is_ras_with_the_paper_window(tmp_path):
     to_out = np.linalg.inv(img.affine.numpy()) @ aff
     got = [float(img[0][tuple(np.rint(to_out @ [*p, 1.0])[:3].astype(int))]) for p in probes]
     want = [0.0, 0.0, 0.0, 125 / 400, 225 / 400, 375 / 400, 1.0, 1.0]
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"HU {hu_probes}")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"HU {HU_PROBES}")
 
 
 def test_preprocessing_loads_the_file_type_and_windows_to_the_same_float_values(volume):

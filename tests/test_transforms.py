@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import HU_PROBES, probe_volume
+
 from common.errors import InputError, find_input_error
 from common.transforms import btcv_preprocessing, btcv_train_transforms
 
@@ -41,28 +43,9 @@ def test_preprocessing_orientation_spacing_window_crop(pair):
 
 
 # HU values placed in a body of 0 HU, and where they must land after each path's window
-HU_PROBES = (-1000.0, -175.0, -125.0, 0.0, 100.0, 250.0, 275.0, 1000.0)
-
-
 def _windowed(hu, low, high):
     """(HU - low) / (high - low), clipped to [0, 1], in float64: the value every voxel must get."""
     return np.clip((np.asarray(hu, np.float64) - low) / (high - low), 0.0, 1.0)
-
-
-def _probe_volume(tmp_path):
-    """An LPS CT already at the 3D target spacing (1.5 x 1.5 x 2.0 mm): air around a 0 HU body holding HU_PROBES
-    at known voxels, and a label. Returns the paths, the arrays, the affine and the probes' voxel indices."""
-    aff = np.diag([-1.5, -1.5, 2.0, 1.0])
-    aff[:3, 3] = [30.0, -20.0, 5.0]
-    img = np.full((40, 36, 14), -1000, np.int16)
-    img[4:36, 4:32, 2:12] = 0
-    probes = [(8 + 3 * n, 18, 7) for n in range(len(HU_PROBES))]
-    for p, hu in zip(probes, HU_PROBES):
-        img[p] = hu
-    lab = np.zeros(img.shape, np.uint8)
-    lab[10:20, 10:20, 4:8] = 6
-    paths = _save(tmp_path / "probe_img.nii.gz", img, aff), _save(tmp_path / "probe_lab.nii.gz", lab, aff)
-    return *paths, img, lab, aff, probes
 
 
 def _input_index(out_affine, in_affine, out_shape):
@@ -77,7 +60,7 @@ def _input_index(out_affine, in_affine, out_shape):
 def test_3d_preprocessing_windows_known_hu_to_the_window_values(tmp_path):
     """UNETR/SwinUNETR/UNet's window [-175, 250]: every voxel becomes (HU + 175) / 425 clipped to [0, 1], at its own
     world position (spacing already the target's, so no interpolation; the crop only removes the air)."""
-    img_path, lab_path, img, lab, aff, probes = _probe_volume(tmp_path)
+    img_path, lab_path, img, lab, aff, probes = probe_volume(tmp_path, spacing=(1.5, 1.5, 2.0))
     out = btcv_preprocessing()({"image": img_path, "label": lab_path})
     x, y = out["image"], out["label"]
     assert x.dtype == torch.float32 and tuple(x.shape[1:]) == (32, 28, 10)  # the body, air cropped off
