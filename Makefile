@@ -28,7 +28,7 @@ demo: install
 	  "  $(BIN)/python -m monai.bundle run --config_file \"['$(UNETR)/inference.json','$(UNETR)/demo.json']\" --dataset_dir /path/to/ct --output_dir out/" \
 	  "  # score it on the demo phantoms' validation cases (demo/leaderboard/leaderboard.md)" \
 	  "  $(BIN)/python -m common.leaderboard --bundles unetr_btcv --config unetr_btcv=$(UNETR)/demo.json --out bundles/unetr_btcv/demo/leaderboard" \
-	  "  # export to ONNX (the graph, and its weights in a .onnx.data file beside it), package as a self-contained bundle" \
+	  "  # export to ONNX (one file: graph and weights), package as a self-contained bundle" \
 	  "  $(BIN)/python -m common.export onnx --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out bundles/unetr_btcv/demo/unetr_demo.onnx" \
 	  "  $(BIN)/python -m common.package --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out bundles/unetr_btcv/demo/dist"
 

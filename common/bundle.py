@@ -17,7 +17,10 @@ import re
 import sys
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 
 from .errors import InputError
 
@@ -35,6 +38,7 @@ __all__ = [
     "OVERLAY_EXCLUDED",
     "fitting_overlays",
     "CheckpointRecord",
+    "CheckpointSaver",
     "network_args",
     "differing_args",
 ]
@@ -140,6 +144,50 @@ class CheckpointRecord:
         self.record = dict(state)
 
 
+class _AtomicDiskSaver(DiskSaver):
+    """ignite's ``DiskSaver`` as MONAI's saver configures it (an optional fixed file name), writing through
+    :func:`common.io.atomic_path` and removing the file a save replaces only once the new one is in place
+    (ignite removes it first, so a kill between the two left no checkpoint at all)."""
+
+    def __init__(self, dirname, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, require_empty=False)
+        self.filename = filename
+        self._replaced: list[str] = []
+
+    def __call__(self, checkpoint, filename: str, metadata=None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        from .io import atomic_path
+
+        name = self.filename or filename
+        with atomic_path(self.dirname / name) as tmp:
+            torch.save(checkpoint, tmp)
+        for old in self._replaced:
+            if old != name:
+                (self.dirname / old).unlink(missing_ok=True)
+        self._replaced.clear()
+
+    def remove(self, filename: str) -> None:
+        if idist.get_rank() == self.save_on_rank:
+            self._replaced.append(self.filename or filename)
+
+
+class CheckpointSaver(_MonaiCheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments) whose files are never left half-written or missing: MONAI's own
+    saver writes in place after deleting the file it replaces, so a run killed during a save (SIGKILL, out of
+    memory, a node lost) left a damaged or no ``model.pt`` and a training state that could not be resumed. The
+    temporary files of a save killed before its rename are removed when the saver is created."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # what a save killed before its rename left (io.atomic_path's temporary files)
+        for p in glob.glob(os.path.join(glob.escape(str(self.save_dir)), ".*.partial.pt")):
+            os.remove(p)
+        for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if ckpt is not None:
+                ckpt.save_handler = _AtomicDiskSaver(ckpt.save_handler.dirname, ckpt.save_handler.filename)
+
+
 def bundle_root() -> str:
     """The root folder of the bundle whose configs are being run.
 
@@ -234,14 +282,14 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
     """Save the whole training state every epoch and, if ``resume``, continue from the newest one.
 
     Attaches to ``trainer`` (an ignite engine) a MONAI ``CheckpointSaver`` writing
-    ``ckpt_dir/checkpoint_epoch=N.pt`` (the previous one is removed; ignite writes atomically) with
+    ``ckpt_dir/checkpoint_epoch=N.pt`` (written atomically; the previous one is removed) with
     ``objects`` (e.g. model, optimizer, lr_scheduler) plus the trainer's own state, and, when a previous
     checkpoint exists and ``resume`` is true, a ``CheckpointLoader`` restoring all of it before the first
     iteration, so an interrupted run continues at the next epoch. Only rank 0 saves under DDP.
     Kept out of ``train#handlers`` because those handlers are built before the trainer exists.
     Returns the checkpoint resumed from (``""`` if none).
     """
-    from monai.handlers import CheckpointLoader, CheckpointSaver
+    from monai.handlers import CheckpointLoader
 
     state = dict(objects)
     state["trainer"] = trainer

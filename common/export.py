@@ -7,12 +7,13 @@ TorchScript: MONAI's ``ckpt_export`` on the bundle's ``inference.json`` ``networ
 ``torch.jit.script`` can compile the network (MONAI's ``UNETR``) and traced where it cannot (``SwinUNETR`` and
 ``DynUNet`` with this torch and MONAI, and the networks written here, which use einops and Python-level shape
 logic); the report says which. ONNX: ``torch.onnx.export`` (the dynamo exporter, opset 18) with a dynamic batch
-dimension; the weights go to ``<file>.data`` beside the graph. ``--config`` takes overlays as ``monai.bundle run``
-does (``configs/demo.json`` for the demo model), the weights are checked before anything is written, and the
-output folder is created. Both are checked on a random input against
-the eager network with the same weights, and the maximum absolute difference is printed and returned;
-the export fails when it exceeds ``--tolerance`` (default 1e-4) times ``max(1, max |eager logit|)``, i.e. an
-absolute 1e-4 for logits up to 1 and a relative 1e-4 beyond.
+dimension, one self-contained file (every network here is far below ONNX's 2 GB limit for weights inside the
+graph). ``--config`` takes overlays as ``monai.bundle run`` does (``configs/demo.json`` for the demo model), the
+weights are checked before anything is written, and the output folder is created. Both are checked on a random
+input against the eager network with the same weights, and the maximum absolute difference is printed and
+returned; the export fails when it exceeds ``--tolerance`` (default 1e-4) times ``max(1, max |eager logit|)``,
+i.e. an absolute 1e-4 for logits up to 1 and a relative 1e-4 beyond. The file is written under a temporary name
+and takes its own only once it passed that check: a failed export leaves the previous file, or none.
 
 The 2D bundles export their 2D network, ``(B, 1, H, W) -> (B, classes, H, W)``: the slice-wise volume logic of
 ``common.slicewise`` (batching, resizing, stacking) is Python around it, so a TorchScript/ONNX consumer
@@ -34,6 +35,7 @@ import torch
 from .bundle import BUNDLES_DIR, bundle_configs, bundle_parser, network_args
 from .weights import load_weights, with_overlay_hint
 from .errors import InputError, find_input_error
+from .io import atomic_path
 
 __all__ = ["build_network", "example_input", "export_torchscript", "export_onnx", "main", "DEFAULT_TOLERANCE"]
 
@@ -87,22 +89,22 @@ def export_torchscript(bundle: str, out: str, ckpt: str, configs=(), overrides: 
 
     net, parser = build_network(bundle, ckpt, configs, overrides)
     x = example_input(net, parser)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     if use_trace is None:
         use_trace = not _scriptable(net)
     kw = dict(overrides or {})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ckpt_export(
-            net_id="network_def", filepath=str(out), ckpt_file=str(ckpt), config_file=bundle_configs(bundle, extra=configs),
-            meta_file=str(BUNDLES_DIR / bundle / "configs" / "metadata.json"), use_trace=use_trace,
-            input_shape=list(x.shape) if use_trace else None, bundle_root=str(BUNDLES_DIR / bundle), **kw,
-        )  # fmt: skip
-    ts = torch.jit.load(str(out), map_location="cpu").eval()
     report = {"format": "torchscript", "file": str(out), "method": "trace" if use_trace else "script",
               "input_shape": list(x.shape), "tolerance": tolerance}  # fmt: skip
-    with torch.no_grad():
-        return _compare(ts(x), net(x), tolerance, report, "TorchScript")
+    with atomic_path(out) as tmp:  # only a file that passed the comparison takes the name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt_export(
+                net_id="network_def", filepath=str(tmp), ckpt_file=str(ckpt), config_file=bundle_configs(bundle, extra=configs),
+                meta_file=str(BUNDLES_DIR / bundle / "configs" / "metadata.json"), use_trace=use_trace,
+                input_shape=list(x.shape) if use_trace else None, bundle_root=str(BUNDLES_DIR / bundle), **kw,
+            )  # fmt: skip
+        ts = torch.jit.load(str(tmp), map_location="cpu").eval()
+        with torch.no_grad():
+            return _compare(ts(x), net(x), tolerance, report, "TorchScript")
 
 
 def export_onnx(bundle: str, out: str, ckpt: str | None = None, configs=(), overrides: dict | None = None,
@@ -110,24 +112,25 @@ def export_onnx(bundle: str, out: str, ckpt: str | None = None, configs=(), over
     """Export the bundle's network to ONNX (dynamic batch) and compare ONNX Runtime's output with eager."""
     net, parser = build_network(bundle, ckpt, configs, overrides)
     x = example_input(net, parser, batch=2)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (x,), str(out), dynamo=True, input_names=["image"], output_names=["pred"],
-                          dynamic_shapes=({0: batch},), opset_version=18)  # fmt: skip
     report = {"format": "onnx", "file": str(out), "input_shape": ["batch", *x.shape[1:]], "tolerance": tolerance}
     if check:
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise InputError("checking the ONNX file needs onnxruntime", hint="pip install onnxruntime, or pass --no-check") from e
-        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        x3 = torch.cat([x, x[:1]])  # another batch size than the one exported with
-        y = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x3.numpy()})[0])
-        report["checked_batch"] = int(x3.shape[0])
-        with torch.no_grad():
-            _compare(y, net(x3), tolerance, report, "ONNX")
+    with atomic_path(out) as tmp:  # only a file that passed the comparison (when checked) takes the name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (x,), str(tmp), dynamo=True, input_names=["image"], output_names=["pred"],
+                              dynamic_shapes=({0: batch},), opset_version=18, external_data=False)  # fmt: skip
+        if check:
+            sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            x3 = torch.cat([x, x[:1]])  # another batch size than the one exported with
+            y = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x3.numpy()})[0])
+            report["checked_batch"] = int(x3.shape[0])
+            with torch.no_grad():
+                _compare(y, net(x3), tolerance, report, "ONNX")
     return report
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ __all__ = [
     "case_id",
     "is_image_path",
     "load_array",
+    "atomic_path",
     "atomic_write_text",
     "atomic_write_bytes",
     "nifti_bytes",
@@ -324,17 +326,26 @@ def _full_suffix(path: Path) -> str:
     return path.suffix
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """The one way outputs are written: yields a temporary sibling of ``path`` (same folder, same extension, the
+    usual file mode) to write to; when the block ends without an error it replaces ``path`` in one rename, else it
+    is removed. A crash at any point leaves the old file or none, never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path, _full_suffix(path))
     try:
-        tmp.write_bytes(data)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, see :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -367,11 +378,5 @@ class AtomicNibabelWriter(NibabelWriter):
         )
 
     def write(self, filename, verbose: bool = False, **obj_kwargs):
-        target = Path(filename)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temp_sibling(target, _full_suffix(target))
-        try:
+        with atomic_path(filename) as tmp:
             super().write(str(tmp), verbose=verbose, **obj_kwargs)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)

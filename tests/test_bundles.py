@@ -308,7 +308,8 @@ def test_resumable_state_replaces_a_stale_longer_run(tmp_path):
     """Training afresh (no resume) into a folder holding a longer run's state: the new run's state survives.
 
     The old file (epoch 4) outnumbers the new run's first ones; keeping 'the highest epoch' deleted the file
-    the saver had just written, and the saver then failed removing it at the next epoch.
+    the saver had just written, and the saver then failed removing it at the next epoch. The temporary file of
+    a save killed before its rename goes too.
     """
     import torch
     from ignite.engine import Engine
@@ -316,6 +317,7 @@ def test_resumable_state_replaces_a_stale_longer_run(tmp_path):
     from common.bundle import latest_checkpoint, make_resumable
 
     (tmp_path / "checkpoint_epoch=4.pt").write_bytes(b"an older run")
+    (tmp_path / ".checkpoint_epoch=5.pt.k2x9.partial.pt").write_bytes(b"a save killed before its rename")
     trainer = Engine(lambda engine, batch: None)
     make_resumable(trainer, tmp_path, {"model": torch.nn.Linear(2, 2)}, resume=False)
     trainer.run([0, 1], max_epochs=3)
@@ -323,6 +325,57 @@ def test_resumable_state_replaces_a_stale_longer_run(tmp_path):
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=3.pt")
     state = torch.load(tmp_path / "checkpoint_epoch=3.pt", weights_only=True)
     assert set(state) == {"model", "trainer"}
+
+
+@pytest.mark.parametrize("what", ["model.pt", "training state"])
+def test_a_checkpoint_write_killed_midway_leaves_the_previous_file(what, tmp_path, monkeypatch):
+    """torch.save failing half-way through a checkpoint (a kill, a full disk): the previous ``model.pt`` / epoch
+    state keeps its bytes and no partial file is left, for the saver every ``train.json`` uses and for the
+    per-epoch training state. MONAI's own CheckpointSaver writes in place and leaves half a file."""
+    import errno
+    import io
+
+    import torch
+    from ignite.engine import Engine, Events
+
+    from common.bundle import CheckpointSaver, make_resumable
+
+    for bundle in BUNDLE_NAMES:
+        handlers = json.loads((BUNDLES / bundle / "configs" / "train.json").read_text(encoding="utf-8"))
+        savers = [h["_target_"] for h in handlers["validate"]["handlers"] if "CheckpointSaver" in h["_target_"]]
+        assert savers == ["common.bundle.CheckpointSaver"], (bundle, savers)
+
+    model = torch.nn.Linear(3, 2)
+    engine = Engine(lambda engine, batch: None)
+    if what == "model.pt":
+        engine.state.metrics = {"dice": 0.0}
+        CheckpointSaver(str(tmp_path), {"model": model}, save_key_metric=True, key_metric_name="dice",
+                        key_metric_filename="model.pt", key_metric_n_saved=1).attach(engine)  # fmt: skip
+        engine.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda e: e.state.metrics.update(dice=1.0))
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(dice=e.state.epoch))
+    else:
+        make_resumable(engine, tmp_path, {"model": model}, resume=False)
+    engine.run([0], max_epochs=1)
+    (target,) = tmp_path.iterdir()
+    old = target.read_bytes()
+
+    real_save = torch.save
+
+    def half_save(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        with open(f, "wb") as out:
+            out.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, "injected: no space left on device", str(f))
+
+    monkeypatch.setattr(torch, "save", half_save)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(OSError, match="injected"):
+        engine.run([0], max_epochs=2)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert target.read_bytes() == old
 
 
 def test_synapse_overlay_trains_and_scores_nine_classes(tiny_data, tmp_path):

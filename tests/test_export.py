@@ -181,3 +181,21 @@ def test_export_names_the_overlay_a_demo_checkpoint_needs(cli_bundle, tmp_path, 
     assert common.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "demo_model.pt"),
                                "--out", str(out), "--config", str(demo)]) == 0  # fmt: skip
     assert out.is_file()
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_export_failing_its_check_leaves_the_previous_file(fmt, cli_bundle, tmp_path, capsys):
+    """An export whose output differs from eager beyond the tolerance (forced with a negative one) raises and
+    keeps the previous file's bytes, with nothing else left in the folder: a consumer never picks up an
+    unchecked file."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    _, ckpt, *_ = cli_bundle
+    out = tmp_path / "exports" / f"net.{'ts' if fmt == 'torchscript' else 'onnx'}"
+    out.parent.mkdir()
+    out.write_bytes(b"the previous export")
+    export = export_torchscript if fmt == "torchscript" else export_onnx
+    with pytest.raises(RuntimeError, match="differs from eager"):
+        export(CLI_BUNDLE, str(out), str(ckpt), overrides=BUNDLE_TINY[CLI_BUNDLE], tolerance=-1.0)
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+    assert out.read_bytes() == b"the previous export"
