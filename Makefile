@@ -27,10 +27,10 @@ demo: install
 	  "  # segment your own CT (a file, a DICOM series folder, or a folder of them)" \
 	  "  $(BIN)/python -m monai.bundle run --config_file \"['$(UNETR)/inference.json','$(UNETR)/demo.json']\" --dataset_dir /path/to/ct --output_dir out/" \
 	  "  # score it on the demo phantoms' validation cases (demo/leaderboard/leaderboard.md)" \
-	  "  $(BIN)/python -m common.leaderboard --bundles unetr_btcv --config unetr_btcv=$(UNETR)/demo.json --out bundles/unetr_btcv/demo/leaderboard" \
+	  "  $(BIN)/python -m common.tools.leaderboard --bundles unetr_btcv --config unetr_btcv=$(UNETR)/demo.json --out bundles/unetr_btcv/demo/leaderboard" \
 	  "  # export to ONNX (one file: graph and weights), package as a self-contained bundle" \
-	  "  $(BIN)/python -m common.export onnx --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out bundles/unetr_btcv/demo/unetr_demo.onnx" \
-	  "  $(BIN)/python -m common.package --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out bundles/unetr_btcv/demo/dist"
+	  "  $(BIN)/python -m common.tools.export onnx --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out bundles/unetr_btcv/demo/unetr_demo.onnx" \
+	  "  $(BIN)/python -m common.tools.package --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out bundles/unetr_btcv/demo/dist"
 
 # The test run prints how long it took (about 10 minutes on 2 CPU cores).
 test: install

@@ -1,4 +1,5 @@
 """Shared code of the BTCV bundles: labels, data, transforms, slice-wise 2D-on-3D machinery, metrics, reports.
+The offline commands (datalists, Synapse import, leaderboard, export, packaging, benchmark) are in ``common.tools``.
 
 Submodules load on first use (``import common`` then ``common.data.get_datalist(...)``), which is how the
 bundle configs reach them: MONAI's ``$import a.b`` config statement does not bind ``a``.
@@ -9,9 +10,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "anchors", "benchmark", "bundle", "data", "distributed", "errors", "evaluation", "io", "labels", "leaderboard",
-    "inference", "losses", "metrics", "package", "stats", "synapse", "export", "weights",
-    "networks", "phantom", "prepare", "protocols", "slicewise", "transforms",
+    "bundle", "data", "distributed", "errors", "evaluation", "io", "labels", "inference", "losses", "metrics",
+    "weights", "networks", "phantom", "protocols", "slicewise", "transforms", "tools", "figures",
 }  # fmt: skip
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import glob
-import hashlib
 import inspect
 import os
 import re
@@ -32,7 +31,6 @@ __all__ = [
     "as_bool",
     "default_device",
     "default_workers",
-    "file_sha256",
     "bundle_configs",
     "bundle_parser",
     "OVERLAY_EXCLUDED",
@@ -264,18 +262,6 @@ def default_workers(most: int = 4) -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(0, min(int(most), cpus))
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file (checkpoint hashes in result files)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: bool = True) -> str:

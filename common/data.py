@@ -373,7 +373,7 @@ def get_datalist(
                 raise InputError(
                     f"{root}: neither a BTCV download (RawData/Training/img, label) nor a datalist "
                     f"({', '.join(c.name for c in candidates)})",
-                    hint="run `python -m common.prepare` to write a datalist, or set datalist_file",
+                    hint="run `python -m common.tools.prepare` to write a datalist, or set datalist_file",
                 )
             data = load_datalist_file(found)
     source = data.get("_source", dataset_dir or "the BTCV download")

@@ -34,7 +34,13 @@ import torch
 from .errors import InputError
 from .io import atomic_write_text, case_id, image_info, load_array
 from .metrics import score_case, summarize, to_btcv_ids
-from .protocols import NSD_TOLERANCE_MM, get_protocol, metric_names, protocol_organs, protocol_rule
+from .protocols import (
+    NSD_TOLERANCE_MM,
+    get_protocol,
+    metric_names,
+    protocol_organs,
+    protocol_rule,
+)
 
 __all__ = [
     "SegmentationReport",
@@ -55,7 +61,7 @@ def run_info(checkpoint: str | None = None) -> dict:
 
     info = {"versions": {"monai": monai.__version__, "torch": torch.__version__, "numpy": np.__version__}}
     if checkpoint and os.path.isfile(str(checkpoint)):
-        from .bundle import file_sha256
+        from .io import file_sha256
 
         info["checkpoint_sha256"] = file_sha256(checkpoint)
     return info
@@ -355,8 +361,8 @@ class SegmentationReport:
 
     def _overlay(self, cid: str, image_path: str, gt: np.ndarray, pred: np.ndarray, affine: np.ndarray) -> None:
         """``overlays/<case>.png``: for every organ present, its largest axial slice, CT | ground truth | prediction."""
+        from .figures import overlay_png
         from .io import atomic_write_bytes
-        from .leaderboard import overlay_png
 
         ct, _ = load_array(image_path)
         png, _ = overlay_png(ct[0] if ct.ndim == 4 else ct, gt, {"prediction": pred}, affine, cid,

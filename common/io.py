@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ __all__ = [
     "is_image_path",
     "load_array",
     "atomic_path",
+    "file_sha256",
     "atomic_write_text",
     "atomic_write_bytes",
     "nifti_bytes",
@@ -324,6 +326,18 @@ def _full_suffix(path: Path) -> str:
         if name.endswith(s):
             return path.name[-len(s) :]
     return path.suffix
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file (checkpoint hashes in result files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

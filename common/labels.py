@@ -77,7 +77,7 @@ SYNAPSE_NUM_CLASSES = len(SYNAPSE_ORGAN_ORDER) + 1  # 9 with background
 # Class ids found in the TransUNet authors' preprocessed Synapse files (train_npz / test_vol_h5), as
 # reported by ANCHORS.md: the BTCV ids compacted after dropping the five other organs. This is NOT verified
 # against the files (third-party code disagrees), so the Synapse importer takes the mapping as an option and
-# checks it against the anatomy of the data it converts (see ``common.synapse``).
+# checks it against the anatomy of the data it converts (see ``common.tools.synapse``).
 SYNAPSE_AUTHOR_DATA_IDS: dict[str, int] = {
     "spleen": 1,
     "kidney_right": 2,

@@ -28,7 +28,6 @@ a 2D model, which MONAI Label then serves as a 2D model. Hence the volume logic 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import sys
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,12 +53,9 @@ _WRAPPER_KEYS = ("state_dict", "model", "network")
 _MAX_LISTED = 40
 
 # network class name (anywhere in the MRO) -> module holding its CONVERTERS; imported only when needed
-_CONVERTER_MODULES = {
-    "TransUNet": "common.networks.transunet",
-    "SwinUnet": "common.networks.swin_unet",
-    "MTUNet": "common.networks.mt_unet",
-    "SwinUNETR": "common.networks.swinunetr",
-}
+# networks that are not written here (MONAI's) and the module holding their converters; a network written here
+# keeps its CONVERTERS in its own module
+_FOREIGN_CONVERTERS = {"SwinUNETR": ".networks.swinunetr"}
 
 
 @dataclass
@@ -204,11 +202,14 @@ def renamed(state: Mapping[str, object], rename: Callable[[str], "str | None"], 
 
 
 def converters_for(network: torch.nn.Module) -> tuple[Converter, ...]:
-    """The converters of ``network``'s class (looked up along its MRO, so the slice-wise 2D wrappers match)."""
+    """The converters of ``network``'s class, looked up along its MRO (so the slice-wise 2D wrappers match): the
+    ``CONVERTERS`` of the module defining the class, or of the module named for a MONAI network."""
     for cls in type(network).__mro__:
-        module = _CONVERTER_MODULES.get(cls.__name__)
-        if module is not None:
-            return tuple(getattr(importlib.import_module(module), "CONVERTERS", ()))
+        if cls.__name__ in _FOREIGN_CONVERTERS:
+            return tuple(importlib.import_module(_FOREIGN_CONVERTERS[cls.__name__], __package__).CONVERTERS)
+        found = getattr(sys.modules.get(cls.__module__), "CONVERTERS", None)
+        if found is not None:
+            return tuple(found)
     return ()
 
 
@@ -382,7 +383,12 @@ def with_overlay_hint(err: InputError, ckpt: str | os.PathLike, root: str | os.P
     """``err`` for a checkpoint that does not fit, made specific where possible: the network arguments that differ
     from the ones the checkpoint records (``current``: this run's resolved ``network_def``, else the running
     workflow's), and the overlay of the bundle at ``root`` that builds the checkpoint's network."""
-    from .bundle import _running_workflow, differing_args, fitting_overlays, network_args
+    from .bundle import (
+        _running_workflow,
+        differing_args,
+        fitting_overlays,
+        network_args,
+    )
 
     if not Path(ckpt).is_file():
         return err

@@ -19,6 +19,7 @@ import torch
 
 from common.networks.mt_unet import MTUNet, official_key_to_ours
 
+
 def official_npz_shapes(
     block_units=(3, 4, 9), width=64, hidden=768, layers=12, heads=12, mlp=3072, pretrain_grid=14, in_ch=3
 ) -> dict[str, tuple[int, ...]]:
@@ -347,7 +348,7 @@ def official_mtunet_checkpoint(net: MTUNet, prefix: str = "") -> dict[str, torch
     return state
 
 
-def ssl_checkpoint(src: SwinUNETR) -> dict:
+def ssl_checkpoint(src: torch.nn.Module) -> dict:
     """The SwinUNETR self-supervised encoder layout: module.* keys, MLP named fc1/fc2, pre-training heads."""
     sd = {}
     for k, v in src.state_dict().items():

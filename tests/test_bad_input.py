@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from bundle_cases import BUNDLE_TINY
-from conftest import BUNDLES, REPO
+from conftest import BUNDLES
 from monai.bundle import ConfigWorkflow
 from test_geometry import random_checkpoint
 
@@ -170,7 +170,7 @@ def test_bad_checkpoint_to_inference_and_evaluation(bundle, problem, tiny_data, 
 
 @pytest.mark.parametrize("problem", ["truncated", "pickled_object", "other_network"])
 def test_bad_checkpoint_to_the_leaderboard(problem, tiny_data, tmp_path):
-    from common.leaderboard import leaderboard
+    from common.tools.leaderboard import leaderboard
 
     ckpt = _bad_checkpoint(problem, "unetr_btcv", tmp_path)
     with pytest.raises(InputError) as exc:
@@ -232,16 +232,16 @@ def test_command_line_prints_one_message_and_fails(case, tiny_data, tmp_path):
 @pytest.mark.parametrize("tool", ["export", "package"])
 def test_bad_checkpoint_to_export_and_package(tool, problem, tmp_path, capsys):
     """Both tools check the weights before writing anything: exit status non-zero, one message, no output."""
-    import common.export
-    import common.package
+    import common.tools.export
+    import common.tools.package
 
     ckpt = _bad_checkpoint(problem, "unetr_btcv", tmp_path)
     overrides = [f"--override={k}={json.dumps(v)}" for k, v in BUNDLE_TINY["unetr_btcv"].items()]
     out = tmp_path / "out"
     if tool == "export":
-        rc = common.export.main(["onnx", "--bundle", "unetr_btcv", "--ckpt", str(ckpt), "--out", str(out / "m.onnx"), *overrides])
+        rc = common.tools.export.main(["onnx", "--bundle", "unetr_btcv", "--ckpt", str(ckpt), "--out", str(out / "m.onnx"), *overrides])
     else:  # the package checks against the bundle's full-size network: every bad file fails it, for its own reason
-        rc = common.package.main(["--bundle", "unetr_btcv", "--ckpt", str(ckpt), "--out", str(out)])
+        rc = common.tools.package.main(["--bundle", "unetr_btcv", "--ckpt", str(ckpt), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc != 0 and err.startswith(f"ERROR: {ckpt}") and "Traceback" not in err, err
     assert CHECKPOINT_PROBLEMS[problem] in err or (tool == "package" and problem == "class_count"), err

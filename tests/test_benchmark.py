@@ -7,7 +7,7 @@ import json
 from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
 from test_geometry import random_checkpoint
 
-from common.benchmark import FIT_EPOCHS, _same_fit, main, suite, variants
+from common.tools.benchmark import FIT_EPOCHS, _same_fit, main, suite, variants
 
 TWO_D = ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv")
 
@@ -53,7 +53,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
 
 def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr("common.benchmark.suite", lambda *a: seen.update(args=a) or {})
+    monkeypatch.setattr("common.tools.benchmark.suite", lambda *a: seen.update(args=a) or {})
     assert main(["--bundle", "unetr_btcv", "--parts", "inference", "--override", 'unetr_btcv:roi_size=[32,32,16]',
                  "--ckpt", "unetr_btcv=/x.pt", "--smoke", "--out", str(tmp_path)]) == 0  # fmt: skip
     bundles, out, ckpts, parts, _, _, _, _, overrides, smoke, volumes, paths, fit_epochs = seen["args"]

@@ -12,11 +12,12 @@ import re
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_cases import BUNDLE_TINY
+from bundle_cases import (
+    BUNDLE_NAMES,  # noqa: E402
+    BUNDLE_TINY,
+)
 from conftest import BUNDLES
 from monai.bundle import ConfigWorkflow
-
-from bundle_cases import BUNDLE_NAMES  # noqa: E402
 
 
 def configs(bundle: str, *names: str) -> list[str]:
@@ -157,7 +158,7 @@ def test_evaluate_writes_per_organ_report(trained, tiny_data, tmp_path, capsys):
     meta = res["meta"]
     assert meta["protocol"] == "btcv13" and meta["split"] == f"datalist in {tiny_data}" and meta["bundle_version"]
     assert meta["bundle"] == json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))["name"]
-    from common.bundle import file_sha256
+    from common.io import file_sha256
 
     assert meta["checkpoint_sha256"] == file_sha256(work / "models" / "model.pt")
     assert set(meta["versions"]) == {"monai", "torch", "numpy"} and meta["inference"]

@@ -83,7 +83,7 @@ def test_phantom_command_writes_the_datalist_it_prints(tmp_path):
 
 
 def test_leaderboard_command_compares_two_prediction_folders(tiny_data, tmp_path):
-    """`python -m common.leaderboard` with `--predictions`, `--pred-ids` and `--compare`: the oracle beats an empty
+    """`python -m common.tools.leaderboard` with `--predictions`, `--pred-ids` and `--compare`: the oracle beats an empty
     prediction by exactly its mean Dice, and a bad argument is one clear line."""
     import shutil
 
@@ -96,7 +96,7 @@ def test_leaderboard_command_compares_two_prediction_folders(tiny_data, tmp_path
         shutil.copy(tiny_data / it["label"], oracle / name)
         lab = nib.load(str(tiny_data / it["label"]))
         nib.save(nib.Nifti1Image(np.zeros(lab.shape, np.uint8), lab.affine), str(empty / name))
-    cmd = [sys.executable, "-m", "common.leaderboard", "--predictions", f"oracle={oracle}", "--predictions",
+    cmd = [sys.executable, "-m", "common.tools.leaderboard", "--predictions", f"oracle={oracle}", "--predictions",
            f"empty={empty}", "--dataset_dir", str(tiny_data), "--compare", "oracle", "empty", "--overlay-cases", "0",
            "--out", str(tmp_path / "board")]  # fmt: skip
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=600)

@@ -7,9 +7,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common.data import BTCV_CASES, SPLITS, btcv_datalist, check_items, find_images, get_datalist
+from common.data import (
+    BTCV_CASES,
+    SPLITS,
+    btcv_datalist,
+    check_items,
+    find_images,
+    get_datalist,
+)
 from common.errors import InputError
-from common.prepare import main as prepare_main
+from common.tools.prepare import main as prepare_main
 
 
 def _save(path, arr, affine=None):

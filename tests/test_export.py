@@ -8,7 +8,7 @@ with batch 2), against the test's eager network. The 2D bundles export their 2D 
 ``(B, 1, *roi_size) -> (B, classes, *roi_size)``.
 
 Tolerance: the maximum absolute difference of the logits must be at most 1e-4 x max(1, max |logit|)
-(common.export.DEFAULT_TOLERANCE).
+(common.tools.export.DEFAULT_TOLERANCE).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
 from test_geometry import perturbed_network
 
 import common.bundle
-import common.export
-from common.export import DEFAULT_TOLERANCE, export_onnx, export_torchscript
+import common.tools.export
+from common.tools.export import DEFAULT_TOLERANCE, export_onnx, export_torchscript
 
 CHECK_BATCH = 3  # the export traces TorchScript with batch 1 and exports ONNX with batch 2
 
@@ -110,7 +110,7 @@ def cli_bundle(tmp_path, monkeypatch):
     bundles = tmp_path / "bundles"
     shutil.copytree(common.bundle.BUNDLES_DIR / CLI_BUNDLE / "configs", bundles / CLI_BUNDLE / "configs")
     monkeypatch.setattr(common.bundle, "BUNDLES_DIR", bundles)
-    monkeypatch.setattr(common.export, "BUNDLES_DIR", bundles)
+    monkeypatch.setattr(common.tools.export, "BUNDLES_DIR", bundles)
     ckpt = tmp_path / "weights" / "trained.pt"
     ckpt.parent.mkdir()
     net, x = reference_network(CLI_BUNDLE, ckpt)
@@ -126,7 +126,7 @@ def _printed_report(stdout: str) -> dict:
 
 def _check_cli(fmt, argv, expected_out, cli_bundle, capsys):
     _, _, net, x, overrides = cli_bundle
-    rc = common.export.main([fmt, "--bundle", CLI_BUNDLE, *argv, *overrides])
+    rc = common.tools.export.main([fmt, "--bundle", CLI_BUNDLE, *argv, *overrides])
     captured = capsys.readouterr()
     assert rc == 0, captured.err[-2000:]
     report = _printed_report(captured.out)
@@ -156,9 +156,9 @@ def test_export_cli_default_out_with_ckpt_outside_the_bundle(fmt, cli_bundle, ca
 
 def test_export_cli_missing_checkpoint_is_a_clear_error(cli_bundle, tmp_path, capsys):
     bundles, *_ = cli_bundle
-    assert common.export.main(["onnx", "--bundle", CLI_BUNDLE]) == 1  # no --ckpt and no models/model.pt
+    assert common.tools.export.main(["onnx", "--bundle", CLI_BUNDLE]) == 1  # no --ckpt and no models/model.pt
     assert f"{bundles / CLI_BUNDLE / 'models' / 'model.pt'}: no trained model found" in capsys.readouterr().err
-    assert common.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "nope.pt")]) == 1
+    assert common.tools.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "nope.pt")]) == 1
     assert "nope.pt: no trained model found" in capsys.readouterr().err
     assert not (bundles / CLI_BUNDLE / "models").exists()
 
@@ -173,12 +173,12 @@ def test_export_names_the_overlay_a_demo_checkpoint_needs(cli_bundle, tmp_path, 
     net = bundle_parser(CLI_BUNDLE, None, extra=[demo]).get_parsed_content("network_def")
     torch.save(net.state_dict(), tmp_path / "demo_model.pt")
     out = tmp_path / "x" / "model.ts"
-    assert common.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "demo_model.pt"),
+    assert common.tools.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "demo_model.pt"),
                                "--out", str(out)]) == 1  # fmt: skip
     err = capsys.readouterr().err
     assert "these weights are of the network that configs/demo.json builds" in err and "demo.json']" in err, err
     assert len(err.strip().splitlines()) == 2 and not out.exists()
-    assert common.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "demo_model.pt"),
+    assert common.tools.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "demo_model.pt"),
                                "--out", str(out), "--config", str(demo)]) == 0  # fmt: skip
     assert out.is_file()
 

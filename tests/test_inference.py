@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 import torch
 from bundle_cases import BUNDLE_TINY
-from test_bundles import run_workflow
 from conftest import BUNDLES
 from test_geometry import random_checkpoint
 
-from common.inference import SlidingWindowInferer, autocast_call, autocast_dtype, invert_labels, stitching_plan
+from common.inference import (
+    SlidingWindowInferer,
+    autocast_call,
+    autocast_dtype,
+    invert_labels,
+    stitching_plan,
+)
 
 BUNDLES_3D = ["unetr_btcv", "swin_unetr_btcv", "unet_btcv"]
 

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from common.protocols import protocol_organs
 from common.labels import (
     BTCV_NUM_CLASSES,
     BTCV_ORGANS,
@@ -13,6 +12,7 @@ from common.labels import (
     remap_labels,
     synapse_to_btcv_lut,
 )
+from common.protocols import protocol_organs
 
 
 def test_btcv_map_is_the_challenge_order():

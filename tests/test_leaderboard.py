@@ -14,10 +14,11 @@ from conftest import BUNDLES
 from PIL import Image
 from test_geometry import random_checkpoint
 
-from common.leaderboard import CHART_WIDTH, HEADER, PANEL, leaderboard
+from common.figures import CHART_WIDTH, HEADER, PANEL
 from common.io import load_array
 from common.labels import BTCV_ORGANS
-from common.stats import bootstrap_ci, describe, paired_comparison
+from common.tools.leaderboard import leaderboard
+from common.tools.stats import bootstrap_ci, describe, paired_comparison
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +186,7 @@ def test_bootstrap_and_paired_statistics():
 
 
 def test_published_numbers_only_under_the_same_protocol_and_split():
-    from common.anchors import anchors_for
+    from common.tools.anchors import anchors_for
 
     assert [a["source"] for a in anchors_for("transunet_btcv", "synapse8", "synapse")] == ["TransUNet paper, Table 1"]
     assert anchors_for("transunet_btcv", "synapse8", "dataset_0") == [] == anchors_for("transunet_btcv", "btcv13", "synapse")

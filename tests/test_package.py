@@ -1,4 +1,4 @@
-"""`python -m common.package`: a bundle packaged with `common` vendored runs where the project is not importable,
+"""`python -m common.tools.package`: a bundle packaged with `common` vendored runs where the project is not importable,
 and predicts the same labels as the bundle run from this repository."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from monai.bundle import ConfigWorkflow
 from test_geometry import random_checkpoint
 
 from common.errors import InputError
-from common.package import main, package_bundle, rewrite_config, vendored_name
+from common.tools.package import main, package_bundle, rewrite_config, vendored_name
 
 DECOY = "raise ImportError('the project package common was imported by a packaged bundle')\n"
 
@@ -57,6 +57,10 @@ def test_missing_bundle_and_checkpoint_are_clear_errors(tmp_path, capsys):
     assert "not a bundle folder" in capsys.readouterr().err
 
 
+OWN_NETWORK = {"transunet_btcv": "transunet", "swin_unet_btcv": "swin_unet", "mt_unet_btcv": "mt_unet",
+               "unet_btcv": "nnunet_plan"}  # fmt: skip
+
+
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path, monkeypatch):
     ckpt = random_checkpoint(bundle, tmp_path / "weights.pt")
@@ -73,6 +77,13 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path,
     with zipfile.ZipFile(paths["zip"]) as z:
         assert f"{bundle}/configs/inference.json" in z.namelist()
         assert f"{bundle}/{pkg}/bundle.py" in z.namelist()
+    # only what the configs reach: no tool, no MONAI Label app, no other bundle's network (the SwinUNETR
+    # checkpoint converters ride along with the weight loader)
+    vendored = sorted(p.relative_to(folder / pkg).as_posix() for p in (folder / pkg).rglob("*.py"))
+    assert vendored == sorted(paths["vendored"]), (vendored, paths["vendored"])
+    assert not [v for v in vendored if v.startswith(("tools/", "monailabel_app/"))], vendored
+    nets = {v.split("/")[1][:-3] for v in vendored if v.startswith("networks/") and v != "networks/__init__.py"}
+    assert nets == {OWN_NETWORK.get(bundle), "swinunetr"} - {None}, nets
 
     # a process where `import common` fails loudly, started in an unrelated directory
     decoy = tmp_path / "decoy"
@@ -115,6 +126,14 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path,
     assert labels.dtype == ref_labels.dtype and labels.shape == ref_labels.shape
     differ = int((labels != ref_labels).sum())
     assert differ == 0, f"packaged and unpackaged labels differ in {differ} of {labels.size} voxels"
+
+    # the packaged train.json trains (one tiny epoch, validation included) with the vendored code alone
+    train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(folder / "configs" / "train.json"),
+             "--dataset_dir", str(tiny_data), "--ckpt_dir", str(tmp_path / "trained"), "--output_dir", str(tmp_path / "runs"),
+             "--max_epochs", "1", "--val_interval", "1"]  # fmt: skip
+    r = subprocess.run(train, cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "trained" / "model.pt").is_file()
 
     # the vendored copy, not the project, was loaded
     probe = subprocess.run(

@@ -9,7 +9,14 @@ import shutil
 import pytest
 from conftest import BUNDLES
 
-from common.data import BTCV_CASES, CV_FOLDS, btcv_datalist, cv_folds, get_datalist, split_cases
+from common.data import (
+    BTCV_CASES,
+    CV_FOLDS,
+    btcv_datalist,
+    cv_folds,
+    get_datalist,
+    split_cases,
+)
 from common.errors import InputError
 from common.evaluation import card_check
 
@@ -74,7 +81,7 @@ def test_cv5_datalists_and_their_errors(btcv_raw):
 def test_out_of_fold_leaderboard_runs_each_fold_model_on_its_own_cases(btcv_raw, tmp_path, monkeypatch):
     """``--split cv5 --ckpt NAME=.../fold{fold}/model.pt``: five inference runs, fold k's model on fold k's validation
     cases only, all 30 predictions scored as one entry (here oracle predictions: Dice 1 for every case)."""
-    from common import leaderboard as lb
+    from common.tools import leaderboard as lb
 
     calls = []
 

@@ -13,7 +13,6 @@ from common.labels import organ
 from common.slicewise import (
     PaperSliceAugmentd,
     SliceDataset,
-    _resize_slices,
     argmax_channels,
     bilinear_argmax,
     slice_preprocessing,

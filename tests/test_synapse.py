@@ -39,7 +39,7 @@ from common.data import get_datalist
 from common.errors import InputError
 from common.labels import SYNAPSE_ORGAN_ORDER, organ
 from common.phantom import make_phantom
-from common.synapse import DATA_ID_MAPS, import_synapse, main
+from common.tools.synapse import DATA_ID_MAPS, import_synapse, main
 
 # In-plane square like BTCV's 512 x 512: an importer that swaps H and W cannot hide behind a shape error.
 SHAPE, SPACING = (48, 48, 20), (8.0, 8.0, 13.0)

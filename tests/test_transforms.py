@@ -4,7 +4,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import HU_PROBES, probe_volume
 
 from common.errors import InputError, find_input_error

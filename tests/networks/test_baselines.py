@@ -6,12 +6,12 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import DynUNet, SwinUNETR
+from official_layouts import ssl_checkpoint
 
 from common.errors import InputError
 from common.losses import StackedDeepSupervisionLoss
 from common.networks import nnunet_plan
 from common.weights import load_weights
-from official_layouts import ssl_checkpoint
 
 TINY = dict(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
 

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from mt_unet_reference import LoopGaussianAxialAttention, ReferenceLGGSA, to_loop_reference
+from official_layouts import official_mtunet_checkpoint, official_mtunet_keys
 
 from common.errors import InputError
 from common.networks.mt_unet import (
@@ -22,8 +22,12 @@ from common.networks.mt_unet import (
     convert_official_state_dict,
     official_key_to_ours,
 )
+from common.tools.mt_unet_reference import (
+    LoopGaussianAxialAttention,
+    ReferenceLGGSA,
+    to_loop_reference,
+)
 from common.weights import load_weights
-from official_layouts import official_mtunet_checkpoint, official_mtunet_keys
 
 # grids 8 / 4 / 2 (the 2x2 bottleneck is padded to 4x4 with window 4)
 TINY = dict(

@@ -6,10 +6,6 @@ import itertools
 
 import pytest
 import torch
-
-from common.errors import InputError
-from common.networks.swin_unet import SwinUnet, SwinUnetStage
-from common.weights import load_weights
 from official_layouts import (
     expected_mask,
     expected_relative_position_index,
@@ -17,6 +13,10 @@ from official_layouts import (
     official_swin_unet_state_dict,
     shift_region,
 )
+
+from common.errors import InputError
+from common.networks.swin_unet import SwinUnet, SwinUnetStage
+from common.weights import load_weights
 
 TINY = dict(img_size=32, patch_size=4, embed_dim=8, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=2)
 # tiny geometry: grids 8, 4, 2 -> window 2 with shift 1 in stages 0-1; stage 2 grid == window -> no shift

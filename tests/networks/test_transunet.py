@@ -13,11 +13,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from official_layouts import (
+    ignored_npz_shapes,
+    official_npz_shapes,
+    official_transunet_state_dict,
+    write_npz,
+)
 
-from common.networks.transunet import TransUNet, official_key_to_ours, transunet_npz_spec
 from common.errors import InputError
+from common.networks.transunet import (
+    TransUNet,
+    official_key_to_ours,
+    transunet_npz_spec,
+)
 from common.weights import load_weights
-from official_layouts import ignored_npz_shapes, official_npz_shapes, official_transunet_state_dict, write_npz
 
 TINY = dict(
     block_units=(1, 1, 1),

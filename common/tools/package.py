@@ -1,10 +1,11 @@
 """Package a bundle as a self-contained folder (and zip) that runs without this project installed.
 
-    python -m common.package --bundle unetr_btcv --out dist [--ckpt path/model.pt] [--config overlay.json] [--zip]
+    python -m common.tools.package --bundle unetr_btcv --out dist [--ckpt path/model.pt] [--config overlay.json] [--zip]
 
 The result, ``<out>/<bundle>/``, is a model-zoo style bundle: ``configs/`` (rewritten), ``docs/``,
-``models/model.pt`` when a checkpoint is given or the bundle has one, ``LICENSE``, and the ``common`` code
-vendored as the package ``<bundle>_common`` (for example ``unetr_btcv_common``). The name is unique per
+``models/model.pt`` when a checkpoint is given or the bundle has one, ``LICENSE``, and the part of ``common``
+its configs reach (:func:`runtime_files`: no tool, no other bundle's network) vendored as the package
+``<bundle>_common`` (for example ``unetr_btcv_common``). The name is unique per
 bundle, so MONAI Label (or any process) can load several packaged bundles side by side, and none of them
 collides with this project's ``common`` when both are importable.
 
@@ -38,12 +39,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import InputError, find_input_error
+from ..errors import InputError, find_input_error
 
-__all__ = ["package_bundle", "rewrite_config", "vendored_name", "main"]
+__all__ = ["package_bundle", "rewrite_config", "runtime_files", "vendored_name", "main"]
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE_DIR = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # common/
 
 # The folder of the ConfigWorkflow being run (``monai.bundle run``), else ".": standard library only, since
 # the vendored package cannot be imported before its folder is known.
@@ -106,9 +107,90 @@ def rewrite_config(config, pkg: str):
     return out
 
 
-def _vendor(dest: Path) -> None:
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(PACKAGE_DIR, dest, ignore=ignore)
+_RELATIVE_MODULE = re.compile(r"\.[A-Za-z_][\w.]*")
+
+
+def _module_file(dotted: str) -> Path | None:
+    """``common.a.b...`` -> the file of its longest prefix that is a module of this package (or None)."""
+    parts = dotted.split(".")[1:]
+    for n in range(len(parts), -1, -1):
+        base = PACKAGE_DIR.joinpath(*parts[:n])
+        for f in (base.with_suffix(".py"), base / "__init__.py"):
+            if f.is_file():
+                return f
+    return None
+
+
+def _imported_files(f: Path) -> set[Path]:
+    """The package's files ``f`` imports: relative imports anywhere in it (functions included), and the relative
+    module names it hands to ``importlib.import_module`` (string constants such as ``".networks.swinunetr"``)."""
+    import ast
+
+    package = f.parent if f.name != "__init__.py" else f.parent
+    found: set[Path] = set()
+
+    def resolve(level: int, name: str | None) -> Path | None:
+        base = package
+        for _ in range(level - 1):
+            base = base.parent
+        dotted = "common." + ".".join(base.relative_to(PACKAGE_DIR).parts + tuple((name or "").split(".")))
+        return _module_file(dotted.rstrip("."))
+
+    for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            hit = resolve(node.level, node.module)
+            if hit is not None:
+                found.add(hit)
+            for alias in node.names:  # `from . import x` / `from .pkg import module`
+                sub = resolve(node.level, f"{node.module}.{alias.name}" if node.module else alias.name)
+                if sub is not None:
+                    found.add(sub)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _RELATIVE_MODULE.fullmatch(node.value):
+            hit = resolve(1, node.value[1:])
+            if hit is not None:
+                found.add(hit)
+    return found
+
+
+def runtime_files(configs: list) -> list[Path]:
+    """The files of ``common`` that the parsed ``configs`` reach: every module a ``common.x`` name in them refers
+    to, with what those modules import, and the ``__init__.py`` of each package on the way. Nothing else (the
+    tools, other bundles' networks, the MONAI Label app) goes into a packaged bundle."""
+    names: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, str):
+            names.update(m.group(0) for m in _DOTTED.finditer(node))
+
+    for c in configs:
+        walk(c)
+    todo = [f for f in map(_module_file, sorted(names)) if f is not None] + [PACKAGE_DIR / "__init__.py"]
+    seen: set[Path] = set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        todo.extend(_imported_files(f))
+        for parent in f.relative_to(PACKAGE_DIR).parents:  # the packages holding it
+            todo.append(PACKAGE_DIR / parent / "__init__.py")
+    return sorted(seen)
+
+
+def _vendor(dest: Path, configs: list) -> list[str]:
+    """Copy :func:`runtime_files` of ``configs`` to ``dest``; return their paths relative to it."""
+    files = runtime_files(configs)
+    for f in files:
+        rel = f.relative_to(PACKAGE_DIR)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest / rel)
+    return [str(f.relative_to(PACKAGE_DIR)) for f in files]
 
 
 # where a run reads and writes: an overlay's values for these stay out of the packaged configs
@@ -133,8 +215,8 @@ def _check_weights(src: Path, ckpt: Path, overlays: list[Path]) -> None:
     """Stop, before anything is written, when the weights do not fit the network the packaged configs build."""
     from monai.bundle import ConfigParser
 
-    from .bundle import network_args
-    from .weights import load_weights, with_overlay_hint
+    from ..bundle import network_args
+    from ..weights import load_weights, with_overlay_hint
 
     parser = ConfigParser()
     parser.read_config([str(src / "configs" / "inference.json"), *map(str, overlays)])
@@ -179,6 +261,7 @@ def package_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
         (tmp / "configs").mkdir()
+        packaged = []
         for f in sorted((src / "configs").iterdir()):
             if f.suffix == ".json":
                 try:
@@ -187,6 +270,7 @@ def package_bundle(
                     raise InputError(f"{f}: not valid JSON ({e})") from e
                 if overlays and f.name in ("train.json", "inference.json"):
                     cfg = _merged(f, overlays)
+                packaged.append(cfg)
                 text = json.dumps(rewrite_config(cfg, pkg), indent=4) + "\n"
                 (tmp / "configs" / f.name).write_text(text, encoding="utf-8")
             elif f.is_file():
@@ -195,7 +279,7 @@ def package_bundle(
             shutil.copytree(src / "docs", tmp / "docs")
         if (REPO / "LICENSE").is_file():
             shutil.copy2(REPO / "LICENSE", tmp / "LICENSE")
-        _vendor(tmp / pkg)
+        vendored = _vendor(tmp / pkg, packaged)
         if ckpt_path.is_file():
             (tmp / "models").mkdir()
             shutil.copy2(ckpt_path, tmp / "models" / "model.pt")
@@ -205,7 +289,7 @@ def package_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    paths = {"folder": str(target), "package": pkg, "checkpoint": str(target / "models" / "model.pt") if ckpt_path.is_file() else None}
+    paths = {"folder": str(target), "package": pkg, "vendored": vendored, "checkpoint": str(target / "models" / "model.pt") if ckpt_path.is_file() else None}
     if make_zip:
         zip_path = out / f"{name}.zip"
         tmp_zip = zip_path.with_name(f".{zip_path.name}.tmp")
@@ -219,7 +303,7 @@ def package_bundle(
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m common.package", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m common.tools.package", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True, help="bundle name under bundles/ (e.g. unetr_btcv) or a bundle folder")
     ap.add_argument("--out", default="dist", help="output folder (default: dist)")
     ap.add_argument("--ckpt", default=None, help="checkpoint to ship as models/model.pt (default: the bundle's own, if any)")

@@ -1,6 +1,6 @@
 """Import the TransUNet authors' preprocessed Synapse data into this project's datalist format.
 
-    python -m common.synapse /data/Synapse --output /data/synapse_nifti [--labels btcv13|synapse8]
+    python -m common.tools.synapse /data/Synapse --output /data/synapse_nifti [--labels btcv13|synapse8]
                              [--btcv-raw /data/BTCV | --spacing 0.76 0.76 3.0]
 
 The authors' data (``train_npz/caseXXXX_sliceYYY.npz`` axial slices, ``test_vol_h5/caseXXXX.npy.h5``
@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io import atomic_write_bytes, atomic_write_text, image_info, nifti_bytes
-from .labels import SYNAPSE_AUTHOR_DATA_IDS, SYNAPSE_ORGAN_ORDER, organ
+from ..errors import InputError
+from ..io import atomic_write_bytes, atomic_write_text, image_info, nifti_bytes
+from ..labels import SYNAPSE_AUTHOR_DATA_IDS, SYNAPSE_ORGAN_ORDER, organ
 
 __all__ = ["DATA_ID_MAPS", "import_synapse", "check_anatomy", "main"]
 
@@ -288,7 +288,7 @@ def import_synapse(
             lut[i] = SYNAPSE_ORGAN_ORDER.index(key) + 1
     affines = {}
     if btcv_raw:
-        from .data import find_btcv_raw
+        from ..data import find_btcv_raw
 
         found = find_btcv_raw(btcv_raw)
         if found is None:
@@ -309,7 +309,7 @@ def import_synapse(
         atomic_write_bytes(out / "images" / f"case{case}.nii.gz", nifti_bytes(hu, affine))
         atomic_write_bytes(out / "labels" / f"case{case}.nii.gz", nifti_bytes(lab, affine))
         items[split].append({"image": f"images/case{case}.nii.gz", "label": f"labels/case{case}.nii.gz"})
-    from .labels import channel_def
+    from ..labels import channel_def
 
     datalist = {
         "description": f"TransUNet authors' preprocessed Synapse data imported from {src}",
@@ -327,7 +327,7 @@ def import_synapse(
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m common.synapse", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m common.tools.synapse", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="folder holding train_npz/ and test_vol_h5/")
     ap.add_argument("--output", required=True, help="where to write images/, labels/ and dataset.json")
     ap.add_argument("--labels", default="btcv13", choices=["btcv13", "synapse8"], help="label ids to write (default btcv13)")

@@ -1,7 +1,7 @@
 """Benchmark suite for every bundle: end-to-end inference, training throughput, scaling (not part of the tests).
 
-    python -m common.benchmark [--bundle unetr_btcv ...] [--parts inference,training,scaling] [--out bench]
-    python -m common.benchmark --smoke --out /tmp/bench      # tiny inputs: checks the suite, figures meaningless
+    python -m common.tools.benchmark [--bundle unetr_btcv ...] [--parts inference,training,scaling] [--out bench]
+    python -m common.tools.benchmark --smoke --out /tmp/bench      # tiny inputs: checks the suite, figures meaningless
 
 In one run on one machine, for each bundle:
 
@@ -57,13 +57,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import bundle_parser
-from .weights import load_weights
-from .io import atomic_write_text
+from ..bundle import bundle_parser
+from ..io import atomic_write_text
+from ..weights import load_weights
 
 __all__ = ["PeakMemory", "machine_info", "variants", "suite", "suite_markdown", "main"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SAMPLE = REPO.parent / "shared" / "data" / "abdomen_ct_sample" / "image.nii.gz"
 
 
@@ -213,8 +213,8 @@ def _bundle_kind(config: dict) -> str:
 
 def _phantom_file(folder: Path, shape, seed: int, with_label: bool = False, spacing=None) -> dict:
     """A phantom CT (and label) of ``shape`` (at the BTCV spacing by default), generated once into ``folder``."""
-    from .io import atomic_write_bytes, nifti_bytes
-    from .phantom import BTCV_SPACING, make_phantom
+    from ..io import atomic_write_bytes, nifti_bytes
+    from ..phantom import BTCV_SPACING, make_phantom
 
     spacing = tuple(spacing or BTCV_SPACING)
     stem = f"phantom_{'x'.join(map(str, shape))}_{'x'.join(f'{s:g}' for s in spacing)}_s{seed}"
@@ -410,7 +410,7 @@ def _dice_vs_labels(pred_file: str, label_file: str, num_classes: int) -> tuple[
     """Dice of a written label map against a label file for every class present in either, and their mean."""
     import nibabel as nib
 
-    from .metrics import dice
+    from ..metrics import dice
 
     p, g = np.asarray(nib.load(pred_file).dataobj), np.asarray(nib.load(label_file).dataobj)
     scores = {c: dice(p == c, g == c) for c in range(1, num_classes)}
@@ -504,7 +504,7 @@ class _PaperSlices(torch.utils.data.Dataset):
     nearest label) on the CPU, as TransUNet's ``RandomGenerator`` does."""
 
     def __init__(self, files: list[str], img_size):
-        from .slicewise import PaperSliceAugmentd
+        from ..slicewise import PaperSliceAugmentd
 
         self.files, self.img_size = files, tuple(img_size)
         self.augment = PaperSliceAugmentd(("image", "label"))
@@ -604,18 +604,10 @@ def _training_part(b: _Bundle, items: list[dict], work: Path, iters: int, warmup
 
 def _mtm_part(repeats: int = 5, smoke: bool = False) -> list[dict]:
     """MT-UNet's mixed transformer module stages at the official sizes: vectorised (the bundle's network)
-    against the loop reference kept in the tests (``tests/networks/mt_unet_reference.py``), forward only."""
-    import importlib.util
+    against the plain loop reference (``common.tools.mt_unet_reference``), forward only."""
+    from ..networks.mt_unet import OFFICIAL_MTM_STAGES, build_mtm_stage
+    from . import mt_unet_reference as ref
 
-    from .networks.mt_unet import OFFICIAL_MTM_STAGES, build_mtm_stage
-
-    ref_file = REPO / "tests" / "networks" / "mt_unet_reference.py"
-    if not ref_file.is_file():
-        print(f"  mtm: skipped, the loop reference {ref_file} is not here (it lives in the repository's tests)")
-        return []
-    spec = importlib.util.spec_from_file_location("mt_unet_reference", ref_file)
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
     rows = []
     stages = {"encoder1 (smoke)": (32, 8)} if smoke else OFFICIAL_MTM_STAGES
     for name, (dim, grid) in stages.items():
@@ -824,7 +816,7 @@ def _write(result: dict, stem: Path, markdown: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m common.benchmark", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m common.tools.benchmark", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", action="append", default=None, help="bundle(s) to measure (default: all in bundles/)")
     ap.add_argument("--ckpt", action="append", default=[], help="bundle=path of trained weights (default: bundles/<b>/demo/models/model.pt if present)")
     ap.add_argument("--parts", default="inference,agreement,dataset,training,scaling,mtm",

@@ -1,6 +1,6 @@
 """Turn a BTCV download into a checked MONAI datalist for a named split.
 
-    python -m common.prepare /data/BTCV --split dataset_0 --output /data/BTCV/datalist_dataset_0.json
+    python -m common.tools.prepare /data/BTCV --split dataset_0 --output /data/BTCV/datalist_dataset_0.json
 
 The download folder is the one holding ``RawData/Training/img`` and ``.../label`` (``RawData`` or
 ``RawData/Training`` work too). Every file of the split is checked (exists, readable, single-channel
@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from .data import SPLITS, btcv_datalist, check_items
-from .errors import InputError
-from .io import atomic_write_text
+from ..data import SPLITS, btcv_datalist, check_items
+from ..errors import InputError
+from ..io import atomic_write_text
 
 
 def prepare(raw_root: str, split: str = "dataset_0", output: str | None = None, check: bool = True) -> Path:
@@ -41,13 +41,13 @@ def prepare(raw_root: str, split: str = "dataset_0", output: str | None = None, 
 
 
 def _organ_names() -> list[str]:
-    from .labels import organ_names
+    from ..labels import organ_names
 
     return organ_names("btcv13")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m common.prepare", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m common.tools.prepare", description=__doc__.split("\n\n")[0])
     ap.add_argument("raw_root", help="BTCV download folder (holding RawData/Training/img and label)")
     ap.add_argument("--split", default="dataset_0", choices=sorted(SPLITS), help="named split (default dataset_0)")
     ap.add_argument("--output", default=None, help="datalist JSON to write (default ./datalist_<split>.json)")

@@ -1,7 +1,7 @@
 """Export a bundle's network to TorchScript (through MONAI's ``ckpt_export``) or ONNX, checked against eager.
 
-    python -m common.export torchscript --bundle unetr_btcv [--ckpt models/model.pt] [--out models/model.ts]
-    python -m common.export onnx --bundle transunet_btcv [--ckpt ...] [--config overlay.json] [--out models/model.onnx]
+    python -m common.tools.export torchscript --bundle unetr_btcv [--ckpt models/model.pt] [--out models/model.ts]
+    python -m common.tools.export onnx --bundle transunet_btcv [--ckpt ...] [--config overlay.json] [--out models/model.onnx]
 
 TorchScript: MONAI's ``ckpt_export`` on the bundle's ``inference.json`` ``network_def``, scripted where
 ``torch.jit.script`` can compile the network (MONAI's ``UNETR``) and traced where it cannot (``SwinUNETR`` and
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from .bundle import BUNDLES_DIR, bundle_configs, bundle_parser, network_args
-from .weights import load_weights, with_overlay_hint
-from .errors import InputError, find_input_error
-from .io import atomic_path
+from ..bundle import BUNDLES_DIR, bundle_configs, bundle_parser, network_args
+from ..errors import InputError, find_input_error
+from ..io import atomic_path
+from ..weights import load_weights, with_overlay_hint
 
 __all__ = ["build_network", "example_input", "export_torchscript", "export_onnx", "main", "DEFAULT_TOLERANCE"]
 
@@ -135,7 +135,7 @@ def export_onnx(bundle: str, out: str, ckpt: str | None = None, configs=(), over
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m common.export", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m common.tools.export", description=__doc__.split("\n\n")[0])
     ap.add_argument("format", choices=["torchscript", "onnx"])
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--ckpt", default=None, help="weights (default: the bundle's models/model.pt)")

@@ -1,4 +1,4 @@
-"""Straightforward (slow) reference for MT-UNet's LGG-SA, for tests and benchmarks only.
+"""Straightforward (slow) reference for MT-UNet's LGG-SA, the baseline of the tests and the benchmark.
 
 It follows the official algorithm (Dootmaan/MT-UNet, model/MTUNet.py) step by step, written
 plainly: padding by writing into a zero canvas, window attention with explicit matmul + softmax,
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.networks.mt_unet import GaussianAxialAttention, LocalGlobalGaussianAttention
+from ..networks.mt_unet import GaussianAxialAttention, LocalGlobalGaussianAttention
 
 
 class LoopGaussianAxialAttention(nn.Module):
