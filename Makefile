@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 UNETR := bundles/unetr_btcv/configs
 
-.PHONY: install demo test test-monailabel clean-demo
+.PHONY: install demo test lint test-monailabel clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ demo: install
 test: install
 	@start=$$(date +%s); $(BIN)/python -m pytest -q; rc=$$?; \
 	  echo "make test: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+# ruff, configured in pyproject.toml (line length 120, as MONAI): lint, and check the formatting
+# (`$(BIN)/ruff format .` applies it)
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # MONAI Label 0.8.5 needs torchvision, which has no CPU build here: its tests get their own environment with the
 # CUDA build of torch from PyPI (about 8 GB, 5 minutes). `--isolated` keeps pip away from the local CPU wheel

@@ -10,9 +10,25 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "bundle", "data", "distributed", "errors", "evaluation", "io", "labels", "inference", "losses", "metrics",
-    "weights", "networks", "phantom", "protocols", "slicewise", "transforms", "tools", "figures",
-}  # fmt: skip
+    "bundle",
+    "data",
+    "distributed",
+    "errors",
+    "evaluation",
+    "io",
+    "labels",
+    "inference",
+    "losses",
+    "metrics",
+    "weights",
+    "networks",
+    "phantom",
+    "protocols",
+    "slicewise",
+    "transforms",
+    "tools",
+    "figures",
+}
 
 
 def __getattr__(name: str):

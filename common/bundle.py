@@ -111,15 +111,27 @@ def network_args(parser) -> dict:
 
 
 # network_def arguments that choose how the same network runs, not which network it is
-RUNTIME_ARGS = {"mode", "slice_batch", "autocast", "output", "resize", "channels_last", "use_checkpoint",
-                "use_flash_attention"}  # fmt: skip
+RUNTIME_ARGS = {
+    "mode",
+    "slice_batch",
+    "autocast",
+    "output",
+    "resize",
+    "channels_last",
+    "use_checkpoint",
+    "use_flash_attention",
+}
 
 
 def differing_args(recorded: dict, current: dict) -> list[str]:
     """``name recorded (this configuration: current)`` for every network argument that differs (run-time switches
     such as the slice batch or autocast are not the network's and are left out)."""
     keys = sorted((set(recorded) | set(current)) - RUNTIME_ARGS)
-    return [f"{k} {recorded.get(k)!r} (this configuration: {current.get(k)!r})" for k in keys if recorded.get(k) != current.get(k)]
+    return [
+        f"{k} {recorded.get(k)!r} (this configuration: {current.get(k)!r})"
+        for k in keys
+        if recorded.get(k) != current.get(k)
+    ]
 
 
 class CheckpointRecord:
@@ -279,7 +291,11 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
 
     state = dict(objects)
     state["trainer"] = trainer
-    rank0 = not torch.distributed.is_available() or not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    rank0 = (
+        not torch.distributed.is_available()
+        or not torch.distributed.is_initialized()
+        or torch.distributed.get_rank() == 0
+    )
     if rank0:
         CheckpointSaver(str(ckpt_dir), save_dict=state, save_interval=1, n_saved=1, epoch_level=True).attach(trainer)
         from ignite.engine import Events
@@ -293,10 +309,13 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
             for p in glob.glob(os.path.join(glob.escape(str(ckpt_dir)), "checkpoint_epoch=*.pt")):
                 if os.path.abspath(p) != os.path.abspath(keep):
                     os.remove(p)
+
     latest = latest_checkpoint(ckpt_dir) if resume else ""
     if latest:
         _check_training_state(latest, objects.get("model"))
-        CheckpointLoader(load_path=latest, load_dict=state, map_location=getattr(trainer.state, "device", None) or "cpu").attach(trainer)
+        CheckpointLoader(
+            load_path=latest, load_dict=state, map_location=getattr(trainer.state, "device", None) or "cpu"
+        ).attach(trainer)
         print(f"resuming training from {latest}", flush=True)
     return latest
 
@@ -363,7 +382,9 @@ def bundle_parser(bundle: str, overrides: dict | None = None, config: str = "inf
 OVERLAY_EXCLUDED = {"train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "metadata.json"}
 
 
-def fitting_overlays(root: str | os.PathLike, ckpt: str | os.PathLike, used=(), overrides: dict | None = None) -> list[str]:
+def fitting_overlays(
+    root: str | os.PathLike, ckpt: str | os.PathLike, used=(), overrides: dict | None = None
+) -> list[str]:
     """The overlays of the bundle at ``root`` (``configs/*.json`` other than the base files and those in ``used``)
     under whose network ``ckpt``'s weights load: what to add when a checkpoint does not fit (a demo model needs
     ``configs/demo.json``). Empty when none fits."""

@@ -50,8 +50,26 @@ __all__ = [
 # The 30 labelled BTCV training cases (ANCHORS.md section 1).
 BTCV_CASES: tuple[str, ...] = tuple(f"{i:04d}" for i in (*range(1, 11), *range(21, 41)))
 
-_SYNAPSE_TRAIN = ("0005", "0006", "0007", "0009", "0010", "0021", "0023", "0024", "0026", "0027", "0028",
-                  "0030", "0031", "0033", "0034", "0037", "0039", "0040")  # fmt: skip
+_SYNAPSE_TRAIN = (
+    "0005",
+    "0006",
+    "0007",
+    "0009",
+    "0010",
+    "0021",
+    "0023",
+    "0024",
+    "0026",
+    "0027",
+    "0028",
+    "0030",
+    "0031",
+    "0033",
+    "0034",
+    "0037",
+    "0039",
+    "0040",
+)
 _SYNAPSE_TEST = ("0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "0032", "0035", "0036", "0038")
 
 SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -82,8 +100,12 @@ def cv_folds(cases: Sequence[str] = BTCV_CASES, n_splits: int = CV_FOLDS, seed: 
     for size in sizes:
         held = set(order[start : start + size].tolist())
         start += size
-        folds.append({"training": tuple(k for i, k in enumerate(keys) if i not in held),
-                      "validation": tuple(k for i, k in enumerate(keys) if i in held)})  # fmt: skip
+        folds.append(
+            {
+                "training": tuple(k for i, k in enumerate(keys) if i not in held),
+                "validation": tuple(k for i, k in enumerate(keys) if i in held),
+            }
+        )
     return folds
 
 
@@ -127,7 +149,10 @@ def split_cases(split: str, fold: int | str | None = None) -> dict[str, tuple[st
     """Case ids of a named split (``dataset_0``, ``synapse``, ``model_zoo``, ``cv5`` with or without a fold)."""
     split = split_name(split, fold)
     if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}", hint=f"choose one of: dataset_0, synapse, model_zoo, cv5 (with --fold 0..{CV_FOLDS - 1})")
+        raise InputError(
+            f"unknown split {split!r}",
+            hint=f"choose one of: dataset_0, synapse, model_zoo, cv5 (with --fold 0..{CV_FOLDS - 1})",
+        )
     return SPLITS[split]
 
 
@@ -348,7 +373,9 @@ def get_datalist(
             validation (scoring out-of-fold predictions) and none for training.
     """
     if split == "cv5" and fold in (None, "") and "training" in keys:
-        raise InputError("split 'cv5' needs a fold to train", hint=f"add --fold 0 (one of 0..{CV_FOLDS - 1}); nnU-Net's 5-fold split")
+        raise InputError(
+            "split 'cv5' needs a fold to train", hint=f"add --fold 0 (one of 0..{CV_FOLDS - 1}); nnU-Net's 5-fold split"
+        )
     split_name(split, fold)  # a fold given with another split, or an unknown fold, stops here
     dataset_dir = str(dataset_dir or "")
     datalist_file = str(datalist_file or "")
@@ -362,7 +389,9 @@ def get_datalist(
     else:
         root = Path(dataset_dir).expanduser()
         if not root.exists():
-            raise InputError(f"{root}: dataset_dir not found", hint="give the folder of your BTCV download or of a datalist JSON")
+            raise InputError(
+                f"{root}: dataset_dir not found", hint="give the folder of your BTCV download or of a datalist JSON"
+            )
         if find_btcv_raw(root) is not None:
             data = btcv_datalist(root, split, fold=fold)
         else:
@@ -420,7 +449,10 @@ def find_images(folder: str | os.PathLike, pattern: str | None = None) -> list[d
     clashes = {n: files for n, files in by_name.items() if len(files) > 1}
     if clashes:  # each would be written as <name>_seg.nii.gz: one would silently overwrite the other
         raise InputError(
-            [f"{folder}: {' and '.join(files)} would both be written as {n}_seg.nii.gz" for n, files in clashes.items()],
+            [
+                f"{folder}: {' and '.join(files)} would both be written as {n}_seg.nii.gz"
+                for n, files in clashes.items()
+            ],
             hint="rename one of them, or choose with --image_pattern; nothing was run",
         )
     return found

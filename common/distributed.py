@@ -8,7 +8,17 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init", "device", "rank", "world_size", "samples_per_rank", "is_rank0", "wrap_ddp", "rank0_handlers", "cleanup"]
+__all__ = [
+    "init",
+    "device",
+    "rank",
+    "world_size",
+    "samples_per_rank",
+    "is_rank0",
+    "wrap_ddp",
+    "rank0_handlers",
+    "cleanup",
+]
 
 # handlers that write files or print per-epoch summaries: only rank 0 keeps them
 _RANK0_ONLY = ("CheckpointSaver", "TensorBoardStatsHandler", "StatsHandler", "ProgressBar", "SegmentationReport")
@@ -71,7 +81,9 @@ def wrap_ddp(
     dev = dev or device()
     module = module.to(dev)
     ids = [dev] if dev.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def rank0_handlers(handlers: list | None) -> list:

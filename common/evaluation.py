@@ -55,6 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 def run_info(checkpoint: str | None = None) -> dict:
     """Library versions and the checkpoint's SHA-256, recorded with every result."""
     import monai
@@ -81,7 +82,9 @@ def card_check(card: dict, protocol: str, split: str, measured: float | None) ->
     out = dict(card)
     out["measured_mean_dice"] = measured
     if card.get("protocol") != protocol or str(split).split(" ")[0] != str(card.get("split", "")):
-        verdict = f"not comparable (card: {card.get('protocol')}, split {card.get('split')}; run: {protocol}, split {split})"
+        verdict = (
+            f"not comparable (card: {card.get('protocol')}, split {card.get('split')}; run: {protocol}, split {split})"
+        )
     elif exp.get("mean_dice") is None:
         verdict = "no published number under this protocol and split"
     elif measured is None:
@@ -91,8 +94,10 @@ def card_check(card: dict, protocol: str, split: str, measured: float | None) ->
         verdict += f" the card's tolerance of +/- {exp.get('tolerance', 0.0):.3f}"
     expected = "-" if exp.get("mean_dice") is None else f"{exp['mean_dice']:.4f} ({exp.get('source', '')})"
     out["verdict"] = verdict
-    out["line"] = (f"card {card.get('name', '')}: expected mean Dice {expected}; measured "
-                   f"{_fmt(measured, 4) if measured is not None else '-'}: {verdict}")  # fmt: skip
+    out["line"] = (
+        f"card {card.get('name', '')}: expected mean Dice {expected}; measured "
+        f"{_fmt(measured, 4) if measured is not None else '-'}: {verdict}"
+    )
     return out
 
 
@@ -127,8 +132,17 @@ def format_summary(summary: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-_META_KEYS = ("bundle", "bundle_version", "protocol", "split", "hd95_definition", "checkpoint", "checkpoint_sha256",
-              "num_cases", "created")  # fmt: skip
+_META_KEYS = (
+    "bundle",
+    "bundle_version",
+    "protocol",
+    "split",
+    "hd95_definition",
+    "checkpoint",
+    "checkpoint_sha256",
+    "num_cases",
+    "created",
+)
 
 
 def _meta_lines(meta: dict) -> list[tuple[str, str]]:
@@ -148,14 +162,19 @@ def _markdown(summary: dict, meta: dict, rule: str) -> str:
     out = [f"# Evaluation: {meta.get('bundle', '')}".rstrip(": "), ""]
     out += [f"- {k}: `{v}`" for k, v in _meta_lines(meta)]
     out += [f"- rule: {rule}", ""]
-    head = ["organ"] + [f"{m if m != 'dice' else 'Dice'} mean{get_protocol(protocol).units()[m]} | {m if m != 'dice' else 'Dice'} std" for m in metrics]
+    head = ["organ"] + [
+        f"{m if m != 'dice' else 'Dice'} mean{get_protocol(protocol).units()[m]} | {m if m != 'dice' else 'Dice'} std"
+        for m in metrics
+    ]
     out.append("| " + " | ".join(head) + " | n |")
     out.append("| --- |" + " ---: | ---: |" * len(metrics) + " ---: |")
     for o in summary["organs"].values():
         cells = [f"{_fmt(o[m]['mean'], _digits(m))} | {_fmt(o[m]['std'], _digits(m))}" for m in metrics]
         out.append(f"| {o['name']} | " + " | ".join(cells) + f" | {o['dice']['n']} |")
     mean = summary["mean"]
-    cells = [f"**{_fmt(mean[m], _digits(m))}** | {_fmt(mean['dice_std_over_cases']) if m == 'dice' else ''}" for m in metrics]
+    cells = [
+        f"**{_fmt(mean[m], _digits(m))}** | {_fmt(mean['dice_std_over_cases']) if m == 'dice' else ''}" for m in metrics
+    ]
     out.append("| **mean** | " + " | ".join(cells) + f" | {summary['num_cases']} |")
     return "\n".join(out) + "\n"
 
@@ -186,7 +205,11 @@ def write_report(
     meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     for k, v in run_info(meta.get("checkpoint")).items():
         meta.setdefault(k, v)
-    tol = float(meta.setdefault("nsd_tolerance_mm", NSD_TOLERANCE_MM)) if "nsd" in metric_names(protocol) else NSD_TOLERANCE_MM
+    tol = (
+        float(meta.setdefault("nsd_tolerance_mm", NSD_TOLERANCE_MM))
+        if "nsd" in metric_names(protocol)
+        else NSD_TOLERANCE_MM
+    )
     meta["hd95_definition"] = f"{get_protocol(protocol).hd95}, in {get_protocol(protocol).hd95_unit}"
     rule = protocol_rule(protocol, tol)
     summary = summarize({c: v["scores"] for c, v in cases.items()}, protocol)
@@ -199,8 +222,10 @@ def write_report(
     rows = [["case", "image", "label", "mean_dice"] + [f"{k}_{m}" for k, _, _ in organs for m in metrics]]
     for cid, c in cases.items():
         s = c["scores"]
-        rows.append([cid, c.get("image", ""), c.get("label", ""), _fmt(summary["case_mean_dice"][cid], 6)]
-                    + [_fmt(s[k][m], 6) for k, _, _ in organs for m in metrics])  # fmt: skip
+        rows.append(
+            [cid, c.get("image", ""), c.get("label", ""), _fmt(summary["case_mean_dice"][cid], 6)]
+            + [_fmt(s[k][m], 6) for k, _, _ in organs for m in metrics]
+        )
     paths = {"per_case": out / "metrics_per_case.csv"}
     atomic_write_text(paths["per_case"], _csv_text(rows, meta))
 
@@ -208,7 +233,11 @@ def write_report(
     for k, o in summary["organs"].items():
         rows.append([k] + [_fmt(o[m][stat], 6) for m in metrics for stat in ("mean", "std")] + [o["dice"]["n"]])
     mean = summary["mean"]
-    rows.append(["mean"] + [x for m in metrics for x in (_fmt(mean[m], 6), _fmt(mean["dice_std_over_cases"], 6) if m == "dice" else "")] + [summary["num_cases"]])
+    rows.append(
+        ["mean"]
+        + [x for m in metrics for x in (_fmt(mean[m], 6), _fmt(mean["dice_std_over_cases"], 6) if m == "dice" else "")]
+        + [summary["num_cases"]]
+    )
     paths["summary_csv"] = out / "summary.csv"
     atomic_write_text(paths["summary_csv"], _csv_text(rows, meta))
 
@@ -242,7 +271,9 @@ def evaluation_items(items: Sequence[dict]) -> list[dict]:
     out = []
     for it in items:
         if "label" not in it:
-            raise InputError(f"{it.get('image')}: evaluation needs a label for every case", hint="use a datalist with labels")
+            raise InputError(
+                f"{it.get('image')}: evaluation needs a label for every case", hint="use a datalist with labels"
+            )
         out.append({"image": it["image"], "label_file": it["label"]})
     return out
 
@@ -348,13 +379,27 @@ class SegmentationReport:
         gt_b = to_btcv_ids(np.rint(gt).astype(np.int64), self.label_ids)
         pred_b = to_btcv_ids(np.rint(pred_np).astype(np.int64), self.pred_ids)
         scores = score_case(
-            pred_b, gt_b, spacing=[float(s) for s in spacing], protocol=self.protocol,
+            pred_b,
+            gt_b,
+            spacing=[float(s) for s in spacing],
+            protocol=self.protocol,
             nsd_tolerance_mm=self.meta["nsd_tolerance_mm"],
-        )  # fmt: skip
+        )
         image = item.get(self.image_key)
-        image_path = image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", "")) if image is not None else ""
+        image_path = (
+            image
+            if isinstance(image, str)
+            else str(getattr(image, "meta", {}).get("filename_or_obj", ""))
+            if image is not None
+            else ""
+        )
         cid = case_id(label_path or image_path or f"case{len(self.cases):04d}")
-        self.cases[cid] = {"image": image_path, "label": label_path, "spacing": [float(s) for s in spacing], "scores": scores}
+        self.cases[cid] = {
+            "image": image_path,
+            "label": label_path,
+            "spacing": [float(s) for s in spacing],
+            "scores": scores,
+        }
         if len(self.cases) <= self.overlays and image_path and os.path.exists(image_path):
             self._overlay(cid, image_path, gt_b, pred_b, affine)
         return scores
@@ -365,8 +410,14 @@ class SegmentationReport:
         from .io import atomic_write_bytes
 
         ct, _ = load_array(image_path)
-        png, _ = overlay_png(ct[0] if ct.ndim == 4 else ct, gt, {"prediction": pred}, affine, cid,
-                             [k for k, _, _ in protocol_organs(self.protocol)])  # fmt: skip
+        png, _ = overlay_png(
+            ct[0] if ct.ndim == 4 else ct,
+            gt,
+            {"prediction": pred},
+            affine,
+            cid,
+            [k for k, _, _ in protocol_organs(self.protocol)],
+        )
         path = atomic_write_bytes(Path(self.output_dir) / "overlays" / f"{cid}.png", png)
         self.figures.append(str(path))
 

@@ -16,7 +16,16 @@ __all__ = ["overlay_png", "bar_chart", "PANEL", "HEADER", "CHART_WIDTH"]
 PANEL = 160  # pixels per overlay panel
 HEADER = 24  # pixels of the overlay title row
 CHART_WIDTH = 1000
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127)]
+_PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+]
 
 
 def _font(size: int = 13):
@@ -58,8 +67,14 @@ def _fit(img, size: int):
     return canvas
 
 
-def overlay_png(ct: np.ndarray, gt: np.ndarray, preds: dict[str, np.ndarray], affine: np.ndarray, title: str,
-                organs: Sequence[str] | None = None) -> tuple[bytes, tuple[int, int]]:  # fmt: skip
+def overlay_png(
+    ct: np.ndarray,
+    gt: np.ndarray,
+    preds: dict[str, np.ndarray],
+    affine: np.ndarray,
+    title: str,
+    organs: Sequence[str] | None = None,
+) -> tuple[bytes, tuple[int, int]]:
     """Overlay figure of one case: a row per organ present in ``gt`` (BTCV ids), columns CT | ground truth |
     each prediction, on the axial slice where the organ's ground truth is largest. Returns (PNG, size)."""
     from PIL import Image, ImageDraw
@@ -74,7 +89,9 @@ def overlay_png(ct: np.ndarray, gt: np.ndarray, preds: dict[str, np.ndarray], af
     font = _font(12)
     for c, name in enumerate(["CT", "ground truth", *preds]):
         draw.text((c * PANEL + 4, 5), name[:24], fill=(0, 0, 0), font=font)
-    draw.text((width - 8 - draw.textlength(title, font=font), 5), title, fill=(90, 90, 90), font=font) if cols > 2 else None
+    draw.text(
+        (width - 8 - draw.textlength(title, font=font), 5), title, fill=(90, 90, 90), font=font
+    ) if cols > 2 else None
     window = np.clip((ct.astype(np.float32) + 175.0) / 425.0, 0, 1)
     for r, key in enumerate(keys):
         o = organ(key)
@@ -122,7 +139,11 @@ def bar_chart(results: dict[str, dict], protocol: str, title: str = "") -> tuple
             v = results[n]["summary"]["organs"][key]["dice"]["mean"]
             y = y0 + bi * bar
             if v is not None and not math.isnan(v):
-                d.rectangle([left, y, left + plot_w * max(0.0, min(1.0, v)), y + bar - 2], fill=_PALETTE[bi % len(_PALETTE)])
-                d.text((left + plot_w * max(0.0, min(1.0, v)) + 4, y - 1), f"{v:.2f}", fill=(60, 60, 60), font=_font(10))
+                d.rectangle(
+                    [left, y, left + plot_w * max(0.0, min(1.0, v)), y + bar - 2], fill=_PALETTE[bi % len(_PALETTE)]
+                )
+                d.text(
+                    (left + plot_w * max(0.0, min(1.0, v)) + 4, y - 1), f"{v:.2f}", fill=(60, 60, 60), font=_font(10)
+                )
     d.line([left, top - 4, left, height - bottom], fill=(0, 0, 0))
     return _png_bytes(img), (width, height)

@@ -58,7 +58,6 @@ __all__ = [
 ]
 
 
-
 def to_btcv_ids(label: np.ndarray, id_space: str = "btcv13") -> np.ndarray:
     """Map an integer label array to BTCV ids. ``id_space``: ``btcv13`` (unchanged) or ``synapse8``."""
     if id_space == "btcv13":
@@ -93,9 +92,12 @@ def hd95_mm(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # a deprecation inside MONAI's edge extraction
         hd = compute_hausdorff_distance(
-            torch.from_numpy(p[None, None]), torch.from_numpy(g[None, None]),
-            include_background=True, percentile=95, spacing=[float(s) for s in spacing],
-        )  # fmt: skip
+            torch.from_numpy(p[None, None]),
+            torch.from_numpy(g[None, None]),
+            include_background=True,
+            percentile=95,
+            spacing=[float(s) for s in spacing],
+        )
     return float(hd[0, 0])
 
 
@@ -105,9 +107,12 @@ def nsd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tolerance_mm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # a deprecation inside MONAI's edge extraction
         v = compute_surface_dice(
-            torch.from_numpy(p[None, None]), torch.from_numpy(g[None, None]), class_thresholds=[float(tolerance_mm)],
-            include_background=True, spacing=[float(s) for s in spacing],
-        )  # fmt: skip
+            torch.from_numpy(p[None, None]),
+            torch.from_numpy(g[None, None]),
+            class_thresholds=[float(tolerance_mm)],
+            include_background=True,
+            spacing=[float(s) for s in spacing],
+        )
     return float(v[0, 0])
 
 
@@ -186,7 +191,12 @@ def score_case(
                 out[key] = {"dice": 0.0, "hd95": 0.0, "status": "missed" if has_g else "absent"}
             continue
         if has_p and has_g:
-            out[key] = {"dice": dice(p, g), "hd95": hd95_mm(p, g, spacing), "nsd": nsd(p, g, spacing, nsd_tolerance_mm), "status": "scored"}
+            out[key] = {
+                "dice": dice(p, g),
+                "hd95": hd95_mm(p, g, spacing),
+                "nsd": nsd(p, g, spacing, nsd_tolerance_mm),
+                "status": "scored",
+            }
         elif has_g:
             out[key] = {"dice": 0.0, "hd95": worst, "nsd": 0.0, "status": "missed"}
         elif has_p:
@@ -217,9 +227,7 @@ def summarize(cases: dict[str, dict[str, dict[str, float]]], protocol: str = "bt
         per_organ[key] = {"name": name}
         for m in metrics:
             per_organ[key][m] = _nanstats([c[key][m] for c in cases.values() if key in c])
-    case_means = {
-        cid: _nanstats([c[k]["dice"] for k, _, _ in organs if k in c])["mean"] for cid, c in cases.items()
-    }
+    case_means = {cid: _nanstats([c[k]["dice"] for k, _, _ in organs if k in c])["mean"] for cid, c in cases.items()}
     mean = {m: _nanstats([per_organ[k][m]["mean"] for k, _, _ in organs])["mean"] for m in metrics}
     mean["dice_std_over_cases"] = _nanstats(list(case_means.values()))["std"]
     return {

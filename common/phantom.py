@@ -45,7 +45,15 @@ from scipy import ndimage
 from .io import atomic_write_bytes, atomic_write_text, nifti_bytes
 from .labels import BTCV_ORGANS, organ
 
-__all__ = ["Phantom", "make_phantom", "write_phantom_dataset", "DEMO_SHAPE", "DEMO_SPACING", "BTCV_SHAPE", "BTCV_SPACING"]
+__all__ = [
+    "Phantom",
+    "make_phantom",
+    "write_phantom_dataset",
+    "DEMO_SHAPE",
+    "DEMO_SPACING",
+    "BTCV_SHAPE",
+    "BTCV_SPACING",
+]
 
 # The demo's default grid: 384 x 384 x 256 mm at 2 x 2 x 4 mm (thick-slice CT), small enough to train on
 # two CPU cores. BTCV_* gives a full-size BTCV-like grid (512 x 512 x 150 at 0.8 x 0.8 x 2.5 mm).
@@ -245,7 +253,9 @@ def make_phantom(seed: int = 0, shape=DEMO_SHAPE, spacing=DEMO_SPACING, noise_hu
         bx, m = p.tube([(side * 34, spine_y - 26, -60), (side * 34, spine_y - 26, top)], 24, flatten=0.8)
         p.paint(bx, m, 55)
         # psoas: grows towards the pelvis, lateral to the vertebral bodies
-        bx, m = p.tube([(side * 30, spine_y + 8, 150), (side * 42, spine_y + 14, 60), (side * 55, spine_y + 18, -40)], [4, 14, 22])
+        bx, m = p.tube(
+            [(side * 30, spine_y + 8, 150), (side * 42, spine_y + 14, 60), (side * 55, spine_y + 18, -40)], [4, 14, 22]
+        )
         p.paint(bx, m, 50)
     bx, m = p.tube([(0, spine_y, -60), (0, spine_y + 4, 150), (0, spine_y - 4, top)], 19, flatten=0.85)
     p.paint(bx, m, 260 + _jit(rng, 40))  # vertebral bodies
@@ -318,7 +328,9 @@ def make_phantom(seed: int = 0, shape=DEMO_SHAPE, spacing=DEMO_SPACING, noise_hu
             p.paint(bx, m & (p.lab[bx] == organ(key).id), -20 + _jit(rng, 15))
 
     # gallbladder, under the right lobe
-    bx, m = p.ellipsoid(jitter_c((52, 50, 118), 6), jitter_a((16, 17, 30), 0.2), _rot(20, "x") @ _rot(_jit(rng, 15), "z"), wobble=0.08)
+    bx, m = p.ellipsoid(
+        jitter_c((52, 50, 118), 6), jitter_a((16, 17, 30), 0.2), _rot(20, "x") @ _rot(_jit(rng, 15), "z"), wobble=0.08
+    )
     p.paint(bx, m, 12 + _jit(rng, 6), organ("gallbladder").id, only=cavity)
 
     # pancreas: head (right, low) -> neck -> body -> tail (left, at the splenic hilum)

@@ -26,10 +26,20 @@ from dataclasses import dataclass
 from .errors import InputError
 from .labels import BTCV_ORGANS, SYNAPSE_ORGAN_ORDER, organ
 
-__all__ = ["Protocol", "PROTOCOLS", "HD95_MONAI", "HD95_MEDPY", "get_protocol", "protocol_organs", "metric_names",
-           "protocol_rule"]  # fmt: skip
+__all__ = [
+    "Protocol",
+    "PROTOCOLS",
+    "HD95_MONAI",
+    "HD95_MEDPY",
+    "get_protocol",
+    "protocol_organs",
+    "metric_names",
+    "protocol_rule",
+]
 
-HD95_MONAI = "MONAI compute_hausdorff_distance(percentile=95): the larger of the two directed 95th-percentile surface distances"
+HD95_MONAI = (
+    "MONAI compute_hausdorff_distance(percentile=95): the larger of the two directed 95th-percentile surface distances"
+)
 HD95_MEDPY = "medpy hd95: the 95th percentile of both directions' surface distances pooled"
 NSD_TOLERANCE_MM = 2.0  # normalised surface Dice tolerance of btcv13
 
@@ -56,26 +66,49 @@ class Protocol:
         return {m: (f" ({self.hd95_unit})" if m == "hd95" else "") for m in self.metrics}
 
 
-_PAPERS = ("Prediction empty: (0, 0); prediction non-empty and ground truth empty: (1, 0). Mean over cases, then over "
-           "organs.")  # fmt: skip
+_PAPERS = (
+    "Prediction empty: (0, 0); prediction non-empty and ground truth empty: (1, 0). Mean over cases, then over organs."
+)
 
 PROTOCOLS: dict[str, Protocol] = {
     "btcv13": Protocol(
-        "btcv13", tuple(o.key for o in BTCV_ORGANS), ("dice", "hd95", "nsd"), False, True, HD95_MONAI, "dataset_0",
+        "btcv13",
+        tuple(o.key for o in BTCV_ORGANS),
+        ("dice", "hd95", "nsd"),
+        False,
+        True,
+        HD95_MONAI,
+        "dataset_0",
         "13 BTCV organs; Dice, HD95 in mm (" + HD95_MONAI + ") and normalised surface Dice at a {tol:g} mm tolerance. "
         "Organ absent from the ground truth and not predicted: not scored (NaN, skipped by means). Present in exactly "
         "one of ground truth and prediction: Dice 0, NSD 0, HD95 = image diagonal in mm. Mean = mean over organs of the "
         "per-organ means over cases.",
     ),
     "synapse8": Protocol(
-        "synapse8", SYNAPSE_ORGAN_ORDER, ("dice", "hd95"), True, False, HD95_MEDPY, "synapse",
-        "8 Synapse organs (papers' column order); medpy dc and hd95 without voxel spacing (HD95 in voxels; " + HD95_MEDPY
-        + "). " + _PAPERS,
+        "synapse8",
+        SYNAPSE_ORGAN_ORDER,
+        ("dice", "hd95"),
+        True,
+        False,
+        HD95_MEDPY,
+        "synapse",
+        "8 Synapse organs (papers' column order); medpy dc and hd95 without voxel spacing (HD95 in voxels; "
+        + HD95_MEDPY
+        + "). "
+        + _PAPERS,
     ),
     "synapse8_3d": Protocol(
-        "synapse8_3d", SYNAPSE_ORGAN_ORDER, ("dice", "hd95"), True, True, HD95_MEDPY, "synapse",
-        "8 Synapse organs (papers' column order); medpy dc and hd95 with the voxel spacing (HD95 in mm; " + HD95_MEDPY
-        + "), as the 3D Synapse papers (nnFormer, UNETR++) report it. " + _PAPERS,
+        "synapse8_3d",
+        SYNAPSE_ORGAN_ORDER,
+        ("dice", "hd95"),
+        True,
+        True,
+        HD95_MEDPY,
+        "synapse",
+        "8 Synapse organs (papers' column order); medpy dc and hd95 with the voxel spacing (HD95 in mm; "
+        + HD95_MEDPY
+        + "), as the 3D Synapse papers (nnFormer, UNETR++) report it. "
+        + _PAPERS,
     ),
 }
 

@@ -79,7 +79,7 @@ def slice_preprocessing(
     xs += [
         Orientationd(keys, axcodes="RAS", labels=None, allow_missing_keys=True),
         HUWindowd(keys[0], a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0, b_max=1.0, clip=True),
-    ]  # fmt: skip
+    ]
     xs += label_map_transform(label_map)
     return Compose(xs)
 
@@ -180,7 +180,9 @@ def zoom_axial_slices(vol: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     vol = vol.contiguous()
     rows = torch.empty((c, h, sy, sz), dtype=vol.dtype, device=vol.device)
     for o0, o1, i0, i1, m in cubic_zoom_bands(sx, h):
-        part = torch.matmul(torch.as_tensor(m, dtype=vol.dtype, device=vol.device), vol[:, i0:i1].reshape(c, i1 - i0, -1))
+        part = torch.matmul(
+            torch.as_tensor(m, dtype=vol.dtype, device=vol.device), vol[:, i0:i1].reshape(c, i1 - i0, -1)
+        )
         rows[:, o0:o1] = part.reshape(c, o1 - o0, sy, sz)
     out = torch.empty((c, h, w, sz), dtype=vol.dtype, device=vol.device)
     for o0, o1, i0, i1, m in cubic_zoom_bands(sy, w):
@@ -294,10 +296,12 @@ def bilinear_argmax(y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if int((nx[ci] * nz[cj]).sum()) > DENSE_SHARE * n * H * W:
         # a fragmented prediction (random or barely trained weights): gathering pixel by pixel would cost far
         # more than interpolating every channel, which gives the same labels
-        return torch.cat([
-            compact_argmax(F.interpolate(y[k : k + 4].float(), size=(H, W), mode="bilinear", align_corners=True))
-            for k in range(0, n, 4)
-        ]).to(out.dtype)  # fmt: skip
+        return torch.cat(
+            [
+                compact_argmax(F.interpolate(y[k : k + 4].float(), size=(H, W), mode="bilinear", align_corners=True))
+                for k in range(0, n, 4)
+            ]
+        ).to(out.dtype)
     kx, kz = int(nx.max()), int(nz.max())
     ox = torch.arange(kx, device=y.device)
     oz = torch.arange(kz, device=y.device)
@@ -384,9 +388,11 @@ class SliceDataset(Dataset):
     def sampler(self, num_samples: int | None = None, generator: torch.Generator | None = None):
         """A ``WeightedRandomSampler`` drawing ``num_samples`` (default: one epoch = all slices) by weight."""
         return torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(self.weights, dtype=torch.double), num_samples or len(self), replacement=True,
+            torch.as_tensor(self.weights, dtype=torch.double),
+            num_samples or len(self),
+            replacement=True,
             generator=generator,
-        )  # fmt: skip
+        )
 
 
 SLICE_MODES = ("batched", "reference")

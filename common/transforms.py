@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.config import DtypeLike, KeysCollection
+from monai.data.meta_obj import get_track_meta
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -37,7 +38,6 @@ from monai.transforms import (
     Spacingd,
     SpatialPadd,
 )
-from monai.data.meta_obj import get_track_meta
 from monai.utils import convert_data_type, convert_to_tensor, ensure_tuple
 
 from .errors import InputError
@@ -111,8 +111,12 @@ class CheckInputd(MapTransform):
                         f"{_source(d, self.image_key)} {tuple(img.shape[1:])}"
                     )
                 ia, la = getattr(img, "affine", None), getattr(lab, "affine", None)
-                if ia is not None and la is not None and not torch.allclose(
-                    torch.as_tensor(ia, dtype=torch.float64), torch.as_tensor(la, dtype=torch.float64), atol=1e-3
+                if (
+                    ia is not None
+                    and la is not None
+                    and not torch.allclose(
+                        torch.as_tensor(ia, dtype=torch.float64), torch.as_tensor(la, dtype=torch.float64), atol=1e-3
+                    )
                 ):
                     raise InputError(
                         f"{lsrc}: label affine differs from its image {_source(d, self.image_key)}: "
@@ -235,8 +239,17 @@ class HUWindowd(ScaleIntensityRanged):
     each cost a pass and fresh memory.
     """
 
-    def __init__(self, keys: KeysCollection, a_min: float, a_max: float, b_min=0.0, b_max=1.0, clip: bool = True,
-                 dtype=np.float32, allow_missing_keys: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        keys: KeysCollection,
+        a_min: float,
+        a_max: float,
+        b_min=0.0,
+        b_max=1.0,
+        clip: bool = True,
+        dtype=np.float32,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, a_min, a_max, b_min, b_max, clip, dtype, allow_missing_keys)
         self.scaler = _OneBufferScaleIntensityRange(a_min, a_max, b_min, b_max, clip, dtype)
 
@@ -253,7 +266,9 @@ def label_map_transform(label_map: str = "btcv13", label_key: str = "label") -> 
     if label_map == "synapse8":
         lut = btcv_to_synapse_lut()
         orig = list(range(len(lut)))
-        return [MapLabelValued(label_key, orig_labels=orig, target_labels=[int(v) for v in lut], allow_missing_keys=True)]
+        return [
+            MapLabelValued(label_key, orig_labels=orig, target_labels=[int(v) for v in lut], allow_missing_keys=True)
+        ]
     raise InputError(f"unknown label_map {label_map!r}", hint="use 'btcv13' (14 classes) or 'synapse8' (9 classes)")
 
 
@@ -311,8 +326,14 @@ def btcv_train_augmentation(
     return [
         SpatialPadd(keys, spatial_size=roi),
         RandCropByPosNegLabeld(
-            keys, label_key=keys[1], spatial_size=roi, pos=pos, neg=neg, num_samples=num_samples,
-            image_key=keys[0], image_threshold=0,
+            keys,
+            label_key=keys[1],
+            spatial_size=roi,
+            pos=pos,
+            neg=neg,
+            num_samples=num_samples,
+            image_key=keys[0],
+            image_threshold=0,
         ),
         RandFlipd(keys, prob=flip_prob, spatial_axis=0),
         RandFlipd(keys, prob=flip_prob, spatial_axis=1),
@@ -320,7 +341,7 @@ def btcv_train_augmentation(
         RandRotate90d(keys, prob=rot90_prob, max_k=3, spatial_axes=(0, 1)),
         RandScaleIntensityd(keys[0], factors=scale_factor, prob=scale_prob),
         RandShiftIntensityd(keys[0], offsets=shift_offset, prob=shift_prob),
-    ]  # fmt: skip
+    ]
 
 
 def btcv_train_transforms(
@@ -337,4 +358,3 @@ def btcv_train_transforms(
     pre = btcv_preprocessing(keys, spacing, hu_window, True, label_map, device=device)
     aug = btcv_train_augmentation(keys, roi_size, num_samples, **augmentation)
     return Compose(list(pre.transforms) + aug)
-

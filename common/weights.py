@@ -103,8 +103,11 @@ def _read_npz(path: Path) -> dict:
             return {key: npz[key] for key in npz.files}
     except ValueError as e:
         if "allow_pickle" in str(e):
-            raise _refuse(path, "holds Python objects, not plain arrays: refused for safety (allow_pickle=False)",
-                          "use a .npz of numeric arrays only") from e  # fmt: skip
+            raise _refuse(
+                path,
+                "holds Python objects, not plain arrays: refused for safety (allow_pickle=False)",
+                "use a .npz of numeric arrays only",
+            ) from e
         raise _refuse(path, f"not a readable NumPy .npz file ({e})", "check that the file is complete") from e
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise _refuse(path, f"the .npz file is damaged or cut short ({e})", "copy or download it again") from e
@@ -129,13 +132,20 @@ def _read_torch(path: Path):
                 "holds Python objects other than tensors, so it was refused for safety (loaded with weights_only=True)",
                 f"if you trust the file, {_RESAVE}",
             ) from e
-        raise _refuse(path, "not a PyTorch or NumPy weights file", "give a .pt/.pth saved by torch.save or a .npz") from e
+        raise _refuse(
+            path, "not a PyTorch or NumPy weights file", "give a .pt/.pth saved by torch.save or a .npz"
+        ) from e
     except Exception as e:  # noqa: BLE001 - torch's legacy reader fails in many ways on a file that is not its own
         text = str(e)
         if "zip archive" in text or "central directory" in text or isinstance(e, EOFError):
-            raise _refuse(path, "the file is cut short or damaged (incomplete archive)", "copy or download it again") from e
-        raise _refuse(path, f"not a PyTorch or NumPy weights file ({type(e).__name__})",
-                      "give a .pt/.pth saved by torch.save or a .npz") from e  # fmt: skip
+            raise _refuse(
+                path, "the file is cut short or damaged (incomplete archive)", "copy or download it again"
+            ) from e
+        raise _refuse(
+            path,
+            f"not a PyTorch or NumPy weights file ({type(e).__name__})",
+            "give a .pt/.pth saved by torch.save or a .npz",
+        ) from e
 
 
 def _unwrap(obj, path: Path) -> dict:
@@ -145,12 +155,18 @@ def _unwrap(obj, path: Path) -> dict:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise _refuse(path, f"holds no state dict (found {type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''})",
-                      f"give a file of named tensors; {_RESAVE}")  # fmt: skip
+        raise _refuse(
+            path,
+            f"holds no state dict (found {type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''})",
+            f"give a file of named tensors; {_RESAVE}",
+        )
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, (torch.Tensor, np.ndarray))]
     if bad:
-        raise _refuse(path, f"holds entries that are not tensors: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}",
-                      f"give a file of named tensors; {_RESAVE}")  # fmt: skip
+        raise _refuse(
+            path,
+            f"holds entries that are not tensors: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}",
+            f"give a file of named tensors; {_RESAVE}",
+        )
     if all(k.startswith("module.") for k in obj):  # DDP / DataParallel save
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
@@ -178,7 +194,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             with zipfile.ZipFile(p) as z:
                 names = z.namelist()
         except (zipfile.BadZipFile, OSError) as e:
-            raise _refuse(p, "the file is cut short or damaged (incomplete archive)", "copy or download it again") from e
+            raise _refuse(
+                p, "the file is cut short or damaged (incomplete archive)", "copy or download it again"
+            ) from e
         if names and all(n.endswith(".npy") for n in names):
             return _unwrap(_read_npz(p), p)
     return _unwrap(_read_torch(p), p)
@@ -295,8 +313,11 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, purpose: str
     reinitialised: list[str] = []
     if change is not None and purpose == "finetune":
         reinitialised = sorted(k for k, _, _ in mismatched)
-        print(f"{path}: trained for {change[0]} classes, this network has {change[1]}: the output layer "
-              f"({', '.join(reinitialised)}) starts from its initialisation", flush=True)  # fmt: skip
+        print(
+            f"{path}: trained for {change[0]} classes, this network has {change[1]}: the output layer "
+            f"({', '.join(reinitialised)}) starts from its initialisation",
+            flush=True,
+        )
     elif change is not None:
         raise InputError(
             f"{path}: the checkpoint predicts {change[0]} classes, this configuration {change[1]}",
@@ -336,8 +357,11 @@ def with_pretrained(network: torch.nn.Module, path: str | os.PathLike | None) ->
     if path:
         report = load_weights(network, path, purpose="finetune")
         kept = len(report["not_loaded"])
-        print(f"loaded pretrained weights from {path} ({report['layout']} layout): {report['num_tensors']} tensors"
-              + (f", {kept} left as initialised" if kept else ""), flush=True)  # fmt: skip
+        print(
+            f"loaded pretrained weights from {path} ({report['layout']} layout): {report['num_tensors']} tensors"
+            + (f", {kept} left as initialised" if kept else ""),
+            flush=True,
+        )
     return network
 
 
@@ -351,8 +375,13 @@ class CheckpointLoader:
     builds its network (a model trained with ``configs/demo.json`` loads only with it).
     """
 
-    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module, purpose: str = "inference",
-                 bundle_root: str | os.PathLike | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        load_path: str | os.PathLike,
+        network: torch.nn.Module,
+        purpose: str = "inference",
+        bundle_root: str | os.PathLike | None = None,
+    ) -> None:
         self.load_path, self.network, self.purpose, self.bundle_root = str(load_path), network, purpose, bundle_root
 
     def attach(self, engine) -> None:
@@ -378,8 +407,14 @@ def checkpoint_record(path: str | os.PathLike) -> dict | None:
     return dict(record) if isinstance(record, Mapping) else None
 
 
-def with_overlay_hint(err: InputError, ckpt: str | os.PathLike, root: str | os.PathLike | None, used=(),
-                      overrides: dict | None = None, current: dict | None = None) -> InputError:  # fmt: skip
+def with_overlay_hint(
+    err: InputError,
+    ckpt: str | os.PathLike,
+    root: str | os.PathLike | None,
+    used=(),
+    overrides: dict | None = None,
+    current: dict | None = None,
+) -> InputError:
     """``err`` for a checkpoint that does not fit, made specific where possible: the network arguments that differ
     from the ones the checkpoint records (``current``: this run's resolved ``network_def``, else the running
     workflow's), and the overlay of the bundle at ``root`` that builds the checkpoint's network."""
@@ -405,12 +440,22 @@ def with_overlay_hint(err: InputError, ckpt: str | os.PathLike, root: str | os.P
     what = f"trained as {record.get('bundle')} {record.get('version')}" if record.get("bundle") else "these weights are"
     problem = f"{ckpt}: {what} of another network configuration"
     if fits:
-        problem = f"{ckpt}: these weights are of the network that {' or '.join(fits)} builds, not of this configuration's"
+        problem = (
+            f"{ckpt}: these weights are of the network that {' or '.join(fits)} builds, not of this configuration's"
+        )
     if differ:
-        problem += "; the arguments that differ: " + "; ".join(differ[:10]) + (f"; and {len(differ) - 10} more" if len(differ) > 10 else "")
+        problem += (
+            "; the arguments that differ: "
+            + "; ".join(differ[:10])
+            + (f"; and {len(differ) - 10} more" if len(differ) > 10 else "")
+        )
     if fits:
-        hint = (f"add {fits[0]} after the bundle's configs, e.g. --config_file "
-                f"\"['{Path(root) / 'configs' / 'inference.json'}','{Path(root) / fits[0]}']\"")  # fmt: skip
+        hint = (
+            f"add {fits[0]} after the bundle's configs, e.g. --config_file "
+            f"\"['{Path(root) / 'configs' / 'inference.json'}','{Path(root) / fits[0]}']\""
+        )
     else:
-        hint = "run with the configuration it was trained with (set the arguments above, or the overlay used in training)"
+        hint = (
+            "run with the configuration it was trained with (set the arguments above, or the overlay used in training)"
+        )
     return InputError(problem, hint=hint)

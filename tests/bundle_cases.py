@@ -70,7 +70,6 @@ BUNDLE_TINY: dict[str, dict] = {
 BUNDLE_NAMES = sorted(BUNDLE_TINY)
 
 
-
 class ConstantLabelNet(torch.nn.Module):
     """A stand-in 2D network (for ``common.slicewise.slicewise_network``) whose scores pick ``label`` everywhere, so
     an evaluation through a bundle has predictions known in advance."""

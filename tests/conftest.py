@@ -116,7 +116,9 @@ def _monailabel_available() -> bool:
 collect_ignore = []
 if not _monailabel_available():
     if os.environ.get("BTCV_REQUIRE_MONAILABEL"):
-        raise RuntimeError("BTCV_REQUIRE_MONAILABEL is set but monailabel is not importable: run `make test-monailabel`")
+        raise RuntimeError(
+            "BTCV_REQUIRE_MONAILABEL is set but monailabel is not importable: run `make test-monailabel`"
+        )
     collect_ignore.append("monailabel_env")
 
 

@@ -100,9 +100,17 @@ def write_npz(path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[s
 
 
 def official_transunet_state_dict(
-    block_units=(3, 4, 9), width=64, hidden=768, layers=12, mlp=3072, grid=14, n_classes=9,
-    decoder_head=512, decoder=(256, 128, 64, 16), n_skip=3,
-) -> dict[str, tuple[int, ...]]:  # fmt: skip
+    block_units=(3, 4, 9),
+    width=64,
+    hidden=768,
+    layers=12,
+    mlp=3072,
+    grid=14,
+    n_classes=9,
+    decoder_head=512,
+    decoder=(256, 128, 64, 16),
+    n_skip=3,
+) -> dict[str, tuple[int, ...]]:
     """Every key of ``VisionTransformer.state_dict()`` in Beckschen/TransUNet (``networks/vit_seg_modeling.py``,
     ``vit_seg_modeling_resnet_skip.py``), with its shape, written from the official module tree: ``transformer``
     (``embeddings`` with ``hybrid_model`` root/body and ``patch_embeddings``, ``encoder.layer[i]`` with
@@ -111,7 +119,11 @@ def official_transunet_state_dict(
     ``segmentation_head`` (conv)."""
     hm = "transformer.embeddings.hybrid_model."
     shapes: dict[str, tuple[int, ...]] = {"transformer.embeddings.position_embeddings": (1, grid * grid, hidden)}
-    shapes |= {hm + "root.conv.weight": (width, 3, 7, 7), hm + "root.gn.weight": (width,), hm + "root.gn.bias": (width,)}
+    shapes |= {
+        hm + "root.conv.weight": (width, 3, 7, 7),
+        hm + "root.gn.weight": (width,),
+        hm + "root.gn.bias": (width,),
+    }
     cin, skips = width, [width]
     for b, n_units in enumerate(block_units, start=1):
         cmid, cout = width * 2 ** (b - 1), width * 2 ** (b - 1) * 4
@@ -120,21 +132,33 @@ def official_transunet_state_dict(
             unit_in = cin if u == 1 else cout
             for g, c in (("gn1", cmid), ("gn2", cmid), ("gn3", cout)):
                 shapes |= {f"{p}{g}.weight": (c,), f"{p}{g}.bias": (c,)}
-            shapes |= {p + "conv1.weight": (cmid, unit_in, 1, 1), p + "conv2.weight": (cmid, cmid, 3, 3),
-                       p + "conv3.weight": (cout, cmid, 1, 1)}  # fmt: skip
+            shapes |= {
+                p + "conv1.weight": (cmid, unit_in, 1, 1),
+                p + "conv2.weight": (cmid, cmid, 3, 3),
+                p + "conv3.weight": (cout, cmid, 1, 1),
+            }
             if u == 1:
-                shapes |= {p + "downsample.weight": (cout, cin, 1, 1), p + "gn_proj.weight": (cout,),
-                           p + "gn_proj.bias": (cout,)}  # fmt: skip
+                shapes |= {
+                    p + "downsample.weight": (cout, cin, 1, 1),
+                    p + "gn_proj.weight": (cout,),
+                    p + "gn_proj.bias": (cout,),
+                }
         cin = cout
         skips.append(cout)
-    shapes |= {"transformer.embeddings.patch_embeddings.weight": (hidden, cin, 1, 1),
-               "transformer.embeddings.patch_embeddings.bias": (hidden,)}  # fmt: skip
+    shapes |= {
+        "transformer.embeddings.patch_embeddings.weight": (hidden, cin, 1, 1),
+        "transformer.embeddings.patch_embeddings.bias": (hidden,),
+    }
     for i in range(layers):
         p = f"transformer.encoder.layer.{i}."
         for n in ("attention_norm", "ffn_norm"):
             shapes |= {f"{p}{n}.weight": (hidden,), f"{p}{n}.bias": (hidden,)}
-        shapes |= {p + "ffn.fc1.weight": (mlp, hidden), p + "ffn.fc1.bias": (mlp,),
-                   p + "ffn.fc2.weight": (hidden, mlp), p + "ffn.fc2.bias": (hidden,)}  # fmt: skip
+        shapes |= {
+            p + "ffn.fc1.weight": (mlp, hidden),
+            p + "ffn.fc1.bias": (mlp,),
+            p + "ffn.fc2.weight": (hidden, mlp),
+            p + "ffn.fc2.bias": (hidden,),
+        }
         for n in ("query", "key", "value", "out"):
             shapes |= {f"{p}attn.{n}.weight": (hidden, hidden), f"{p}attn.{n}.bias": (hidden,)}
     shapes |= {"transformer.encoder.encoder_norm.weight": (hidden,), "transformer.encoder.encoder_norm.bias": (hidden,)}
@@ -156,9 +180,7 @@ def official_transunet_state_dict(
 
 def expected_relative_position_index(ws: int) -> torch.Tensor:
     idx = torch.empty(ws * ws, ws * ws, dtype=torch.long)
-    for (a, (ha, wa)), (b, (hb, wb)) in itertools.product(
-        enumerate(itertools.product(range(ws), range(ws))), repeat=2
-    ):
+    for (a, (ha, wa)), (b, (hb, wb)) in itertools.product(enumerate(itertools.product(range(ws), range(ws))), repeat=2):
         idx[a, b] = (ha - hb + ws - 1) * (2 * ws - 1) + (wa - wb + ws - 1)
     return idx
 
@@ -247,22 +269,36 @@ def official_swin_unet_state_dict(
     shifted block."""
     shapes: dict[str, tuple[int, ...]] = {}
     pe = "swin_unet.patch_embed."
-    shapes |= {pe + "proj.weight": (embed_dim, 3, patch, patch), pe + "proj.bias": (embed_dim,),
-               pe + "norm.weight": (embed_dim,), pe + "norm.bias": (embed_dim,)}  # fmt: skip
+    shapes |= {
+        pe + "proj.weight": (embed_dim, 3, patch, patch),
+        pe + "proj.bias": (embed_dim,),
+        pe + "norm.weight": (embed_dim,),
+        pe + "norm.bias": (embed_dim,),
+    }
     n = len(depths)
 
     def blocks(prefix, c, heads, depth, res):
         ws, shift = (res, 0) if res <= window else (window, window // 2)
         for j in range(depth):
             p = f"{prefix}blocks.{j}."
-            shapes.update({p + "norm1.weight": (c,), p + "norm1.bias": (c,),
-                           p + "attn.relative_position_bias_table": ((2 * ws - 1) ** 2, heads),
-                           p + "attn.relative_position_index": (ws * ws, ws * ws),
-                           p + "attn.qkv.weight": (3 * c, c), p + "attn.qkv.bias": (3 * c,),
-                           p + "attn.proj.weight": (c, c), p + "attn.proj.bias": (c,),
-                           p + "norm2.weight": (c,), p + "norm2.bias": (c,),
-                           p + "mlp.fc1.weight": (4 * c, c), p + "mlp.fc1.bias": (4 * c,),
-                           p + "mlp.fc2.weight": (c, 4 * c), p + "mlp.fc2.bias": (c,)})  # fmt: skip
+            shapes.update(
+                {
+                    p + "norm1.weight": (c,),
+                    p + "norm1.bias": (c,),
+                    p + "attn.relative_position_bias_table": ((2 * ws - 1) ** 2, heads),
+                    p + "attn.relative_position_index": (ws * ws, ws * ws),
+                    p + "attn.qkv.weight": (3 * c, c),
+                    p + "attn.qkv.bias": (3 * c,),
+                    p + "attn.proj.weight": (c, c),
+                    p + "attn.proj.bias": (c,),
+                    p + "norm2.weight": (c,),
+                    p + "norm2.bias": (c,),
+                    p + "mlp.fc1.weight": (4 * c, c),
+                    p + "mlp.fc1.bias": (4 * c,),
+                    p + "mlp.fc2.weight": (c, 4 * c),
+                    p + "mlp.fc2.bias": (c,),
+                }
+            )
             if j % 2 == 1 and shift > 0:
                 shapes[p + "attn_mask"] = ((res // ws) ** 2, ws * ws, ws * ws)
 
@@ -271,25 +307,37 @@ def official_swin_unet_state_dict(
         c, res = embed_dim * 2**i, res0 // 2**i
         blocks(f"swin_unet.layers.{i}.", c, num_heads[i], depths[i], res)
         if i < n - 1:
-            shapes |= {f"swin_unet.layers.{i}.downsample.reduction.weight": (2 * c, 4 * c),
-                       f"swin_unet.layers.{i}.downsample.norm.weight": (4 * c,),
-                       f"swin_unet.layers.{i}.downsample.norm.bias": (4 * c,)}  # fmt: skip
+            shapes |= {
+                f"swin_unet.layers.{i}.downsample.reduction.weight": (2 * c, 4 * c),
+                f"swin_unet.layers.{i}.downsample.norm.weight": (4 * c,),
+                f"swin_unet.layers.{i}.downsample.norm.bias": (4 * c,),
+            }
     top = embed_dim * 2 ** (n - 1)
     shapes |= {"swin_unet.norm.weight": (top,), "swin_unet.norm.bias": (top,)}
-    shapes |= {"swin_unet.layers_up.0.expand.weight": (2 * top, top), "swin_unet.layers_up.0.norm.weight": (top // 2,),
-               "swin_unet.layers_up.0.norm.bias": (top // 2,)}  # fmt: skip
+    shapes |= {
+        "swin_unet.layers_up.0.expand.weight": (2 * top, top),
+        "swin_unet.layers_up.0.norm.weight": (top // 2,),
+        "swin_unet.layers_up.0.norm.bias": (top // 2,),
+    }
     for k in range(1, n):
         i = n - 1 - k
         c, res = embed_dim * 2**i, res0 // 2**i
         shapes |= {f"swin_unet.concat_back_dim.{k}.weight": (c, 2 * c), f"swin_unet.concat_back_dim.{k}.bias": (c,)}
         blocks(f"swin_unet.layers_up.{k}.", c, num_heads[i], depths[i], res)
         if k < n - 1:
-            shapes |= {f"swin_unet.layers_up.{k}.upsample.expand.weight": (2 * c, c),
-                       f"swin_unet.layers_up.{k}.upsample.norm.weight": (c // 2,),
-                       f"swin_unet.layers_up.{k}.upsample.norm.bias": (c // 2,)}  # fmt: skip
-    shapes |= {"swin_unet.norm_up.weight": (embed_dim,), "swin_unet.norm_up.bias": (embed_dim,),
-               "swin_unet.up.expand.weight": (16 * embed_dim, embed_dim), "swin_unet.up.norm.weight": (embed_dim,),
-               "swin_unet.up.norm.bias": (embed_dim,), "swin_unet.output.weight": (n_classes, embed_dim, 1, 1)}  # fmt: skip
+            shapes |= {
+                f"swin_unet.layers_up.{k}.upsample.expand.weight": (2 * c, c),
+                f"swin_unet.layers_up.{k}.upsample.norm.weight": (c // 2,),
+                f"swin_unet.layers_up.{k}.upsample.norm.bias": (c // 2,),
+            }
+    shapes |= {
+        "swin_unet.norm_up.weight": (embed_dim,),
+        "swin_unet.norm_up.bias": (embed_dim,),
+        "swin_unet.up.expand.weight": (16 * embed_dim, embed_dim),
+        "swin_unet.up.norm.weight": (embed_dim,),
+        "swin_unet.up.norm.bias": (embed_dim,),
+        "swin_unet.output.weight": (n_classes, embed_dim, 1, 1),
+    }
     return shapes
 
 

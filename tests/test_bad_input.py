@@ -114,15 +114,26 @@ def test_bad_image_to_inference(bundle, problem, workers, tiny_data, tmp_path):
     image = _bad_image(problem, tiny_data, tmp_path)
     out = tmp_path / "out"
     with pytest.raises(Exception) as exc:
-        _run(bundle, ("inference.json",), "infer", dataset_dir=str(image), output_dir=str(out), load_pretrain=False,
-             num_workers=workers)  # fmt: skip
+        _run(
+            bundle,
+            ("inference.json",),
+            "infer",
+            dataset_dir=str(image),
+            output_dir=str(out),
+            load_pretrain=False,
+            num_workers=workers,
+        )
     _assert_clear(exc.value, image, IMAGE_PROBLEMS[problem])
     assert _files(out) == []
 
 
 def _datalist_with(image: Path, tiny_data, folder: Path, key: str) -> Path:
     dl = json.loads((tiny_data / "dataset.json").read_text(encoding="utf-8"))
-    dl = {k: [{f: str(tiny_data / p) for f, p in it.items()} for it in v] for k, v in dl.items() if k in ("training", "validation")}
+    dl = {
+        k: [{f: str(tiny_data / p) for f, p in it.items()} for it in v]
+        for k, v in dl.items()
+        if k in ("training", "validation")
+    }
     dl[key][0] = {"image": str(image), "label": str(tiny_data / "labelsTr" / "phantom0000.nii.gz")}  # its own grid
     path = folder / "datalist.json"
     path.write_text(json.dumps(dl), encoding="utf-8")
@@ -136,8 +147,16 @@ def test_bad_image_to_evaluation(problem, workers, tiny_data, tmp_path):
     out = tmp_path / "eval"
     datalist = _datalist_with(image, tiny_data, tmp_path, "validation")
     with pytest.raises(Exception) as exc:
-        _run("unetr_btcv", ("inference.json", "evaluate.json"), "infer", dataset_dir=str(tiny_data),
-             datalist_file=str(datalist), output_dir=str(out), load_pretrain=False, num_workers=workers)  # fmt: skip
+        _run(
+            "unetr_btcv",
+            ("inference.json", "evaluate.json"),
+            "infer",
+            dataset_dir=str(tiny_data),
+            datalist_file=str(datalist),
+            output_dir=str(out),
+            load_pretrain=False,
+            num_workers=workers,
+        )
     _assert_clear(exc.value, image, IMAGE_PROBLEMS[problem])
     assert _files(out) == []
 
@@ -150,8 +169,17 @@ def test_bad_image_to_training(bundle, problem, workers, tiny_data, tmp_path):
     image = _bad_image(problem, tiny_data, tmp_path)
     datalist = _datalist_with(image, tiny_data, tmp_path, "training")
     with pytest.raises(Exception) as exc:
-        _run(bundle, ("train.json",), "train", dataset_dir=str(tiny_data), datalist_file=str(datalist),
-             ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"), max_epochs=1, num_workers=workers)  # fmt: skip
+        _run(
+            bundle,
+            ("train.json",),
+            "train",
+            dataset_dir=str(tiny_data),
+            datalist_file=str(datalist),
+            ckpt_dir=str(tmp_path / "models"),
+            output_dir=str(tmp_path / "runs"),
+            max_epochs=1,
+            num_workers=workers,
+        )
     _assert_clear(exc.value, image, IMAGE_PROBLEMS[problem])
     assert _files(tmp_path / "models") == []
 
@@ -160,10 +188,15 @@ def test_bad_image_to_training(bundle, problem, workers, tiny_data, tmp_path):
 @pytest.mark.parametrize("bundle", BUNDLES_UNDER_TEST)
 def test_bad_checkpoint_to_inference_and_evaluation(bundle, problem, tiny_data, tmp_path):
     ckpt = _bad_checkpoint(problem, bundle, tmp_path)
-    for configs, out in ((("inference.json",), tmp_path / "pred"), (("inference.json", "evaluate.json"), tmp_path / "eval")):
+    for configs, out in (
+        (("inference.json",), tmp_path / "pred"),
+        (("inference.json", "evaluate.json"), tmp_path / "eval"),
+    ):
         data = tiny_data / "imagesTr" / "phantom0000.nii.gz" if len(configs) == 1 else tiny_data
         with pytest.raises(Exception) as exc:
-            _run(bundle, configs, "infer", dataset_dir=str(data), output_dir=str(out), ckpt_path=str(ckpt), num_workers=0)
+            _run(
+                bundle, configs, "infer", dataset_dir=str(data), output_dir=str(out), ckpt_path=str(ckpt), num_workers=0
+            )
         _assert_clear(exc.value, ckpt, CHECKPOINT_PROBLEMS[problem])
         assert _files(out) == []
 
@@ -174,8 +207,14 @@ def test_bad_checkpoint_to_the_leaderboard(problem, tiny_data, tmp_path):
 
     ckpt = _bad_checkpoint(problem, "unetr_btcv", tmp_path)
     with pytest.raises(InputError) as exc:
-        leaderboard(["unetr_btcv"], dataset_dir=str(tiny_data), out=str(tmp_path / "board"), ckpts={"unetr_btcv": str(ckpt)},
-                    overrides={"unetr_btcv": BUNDLE_TINY["unetr_btcv"]}, progress=False)  # fmt: skip
+        leaderboard(
+            ["unetr_btcv"],
+            dataset_dir=str(tiny_data),
+            out=str(tmp_path / "board"),
+            ckpts={"unetr_btcv": str(ckpt)},
+            overrides={"unetr_btcv": BUNDLE_TINY["unetr_btcv"]},
+            progress=False,
+        )
     _assert_clear(exc.value, ckpt, CHECKPOINT_PROBLEMS[problem])
     assert not (tmp_path / "board" / "leaderboard.md").exists()
 
@@ -192,8 +231,15 @@ def test_unusable_training_state_stops_before_training(problem, tiny_data, tmp_p
     else:
         state.write_bytes(ckpt.read_bytes())
     with pytest.raises(Exception) as exc:
-        _run("unetr_btcv", ("train.json",), "train", dataset_dir=str(tiny_data), ckpt_dir=str(models),
-             output_dir=str(tmp_path / "runs"), max_epochs=4)  # fmt: skip
+        _run(
+            "unetr_btcv",
+            ("train.json",),
+            "train",
+            dataset_dir=str(tiny_data),
+            ckpt_dir=str(models),
+            output_dir=str(tmp_path / "runs"),
+            max_epochs=4,
+        )
     err = _assert_clear(exc.value, state, "cut short" if problem == "truncated" else "another network configuration")
     assert "--resume false" in str(err)
     assert _files(models) == ["checkpoint_epoch=3.pt"]
@@ -203,12 +249,30 @@ def test_unusable_training_state_stops_before_training(problem, tiny_data, tmp_p
 
 
 def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, capture_output=True,
-                          encoding="utf-8", errors="replace", timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=cwd,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+    )
 
 
-TINY_CLI = ["--spacing", "[6.0,6.0,10.0]", "--roi_size", "[32,32,16]", "--network_def#feature_size", "4",
-            "--network_def#hidden_size", "32", "--network_def#mlp_dim", "64", "--network_def#num_heads", "2"]  # fmt: skip
+TINY_CLI = [
+    "--spacing",
+    "[6.0,6.0,10.0]",
+    "--roi_size",
+    "[32,32,16]",
+    "--network_def#feature_size",
+    "4",
+    "--network_def#hidden_size",
+    "32",
+    "--network_def#mlp_dim",
+    "64",
+    "--network_def#num_heads",
+    "2",
+]
 
 
 @pytest.mark.parametrize("case", ["four_d_workers", "nan_workers", "truncated_checkpoint", "pickled_checkpoint"])
@@ -219,8 +283,13 @@ def test_command_line_prints_one_message_and_fails(case, tiny_data, tmp_path):
         image = _bad_image(case[: -len("_workers")], tiny_data, tmp_path)
         args, named = ["--dataset_dir", str(image), "--load_pretrain", "false", "--num_workers", "2"], image
     else:
-        ckpt = _bad_checkpoint("truncated" if case.startswith("truncated") else "pickled_object", "unetr_btcv", tmp_path)
-        args, named = ["--dataset_dir", str(tiny_data / "imagesTr" / "phantom0000.nii.gz"), "--ckpt_path", str(ckpt)], ckpt
+        ckpt = _bad_checkpoint(
+            "truncated" if case.startswith("truncated") else "pickled_object", "unetr_btcv", tmp_path
+        )
+        args, named = (
+            ["--dataset_dir", str(tiny_data / "imagesTr" / "phantom0000.nii.gz"), "--ckpt_path", str(ckpt)],
+            ckpt,
+        )
     r = _cli("--config_file", str(cfg), "--output_dir", str(out), *args, *TINY_CLI, cwd=tmp_path)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr + r.stdout, (r.stdout + r.stderr)[-3000:]  # the log goes to stdout
@@ -239,7 +308,9 @@ def test_bad_checkpoint_to_export_and_package(tool, problem, tmp_path, capsys):
     overrides = [f"--override={k}={json.dumps(v)}" for k, v in BUNDLE_TINY["unetr_btcv"].items()]
     out = tmp_path / "out"
     if tool == "export":
-        rc = common.tools.export.main(["onnx", "--bundle", "unetr_btcv", "--ckpt", str(ckpt), "--out", str(out / "m.onnx"), *overrides])
+        rc = common.tools.export.main(
+            ["onnx", "--bundle", "unetr_btcv", "--ckpt", str(ckpt), "--out", str(out / "m.onnx"), *overrides]
+        )
     else:  # the package checks against the bundle's full-size network: every bad file fails it, for its own reason
         rc = common.tools.package.main(["--bundle", "unetr_btcv", "--ckpt", str(ckpt), "--out", str(out)])
     err = capsys.readouterr().err

@@ -15,13 +15,27 @@ TWO_D = ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv")
 def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
     ckpts = {b: random_checkpoint(b, tmp_path / f"{b}.pt") for b in BUNDLE_NAMES}
     parts = ("inference", "agreement", "dataset", "fitted", "training", "scaling", "mtm")
-    res = suite(BUNDLE_NAMES, str(tmp_path / "bench"), ckpts, parts, train_iters=1, train_warmup=0, overrides=BUNDLE_TINY, smoke=True)
+    res = suite(
+        BUNDLE_NAMES,
+        str(tmp_path / "bench"),
+        ckpts,
+        parts,
+        train_iters=1,
+        train_warmup=0,
+        overrides=BUNDLE_TINY,
+        smoke=True,
+    )
     md = (tmp_path / "bench" / "suite_smoke.md").read_text(encoding="utf-8")
     doc = json.loads((tmp_path / "bench" / "suite_smoke.json").read_text(encoding="utf-8"))
     assert doc["smoke"] and "figures meaningless" in md
     for b in BUNDLE_NAMES:
         inf = [r for r in res["inference"] if r["bundle"] == b]
-        assert [r["variant"] for r in inf] == [v for v, _ in variants("2d" if "slice_mode" in inf[1]["switches"] else "3d", __import__("torch").device("cpu"))]
+        assert [r["variant"] for r in inf] == [
+            v
+            for v, _ in variants(
+                "2d" if "slice_mode" in inf[1]["switches"] else "3d", __import__("torch").device("cpu")
+            )
+        ]
         assert inf[0]["speedup_vs_baseline"] == 1.0 and inf[0]["agreement_vs_baseline"] == 1.0
         geometry = inf[0]["prediction_geometry"]  # how fragmented the baseline's labels are
         assert isinstance(geometry["components"], int) and 0.0 <= geometry["boundary_share"] <= 1.0
@@ -34,12 +48,16 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         # the fitted part trained the (tiny) demo network on one labelled phantom, then ran every path on it
         fit = [r for r in res["fitted"] if r["bundle"] == b]
         assert [r["variant"] for r in fit] == [r["variant"] for r in inf] and fit[0]["agreement_vs_baseline"] == 1.0
-        assert (tmp_path / "bench" / "fitted" / b / "model.pt").is_file() and 0.0 <= fit[0]["baseline_dice_vs_labels"] <= 1.0
+        assert (tmp_path / "bench" / "fitted" / b / "model.pt").is_file() and 0.0 <= fit[0][
+            "baseline_dice_vs_labels"
+        ] <= 1.0
         assert fit[0]["labels_geometry"]["components"] >= 1  # the phantom's labels hold organs
         assert all((r["machinery_share"] is None) == (b not in TWO_D) for r in inf)
         # the bundle's own evaluator on a folder of three volumes, in full and in reduced precision
         ds = [r for r in res["dataset"] if r["bundle"] == b]
-        assert [r["variant"] for r in ds] == [r["variant"] for r in inf if r["switches"].get("slice_resize") != "labels"][1:]
+        assert [r["variant"] for r in ds] == [
+            r["variant"] for r in inf if r["switches"].get("slice_resize") != "labels"
+        ][1:]
         assert all(r["volumes"] == 3 for r in ds)
         assert all((r["outside_forward_share"] is None) == (b not in TWO_D) for r in ds)
         tr = [r for r in res["training"] if r["bundle"] == b]
@@ -54,8 +72,24 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
 def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr("common.tools.benchmark.suite", lambda *a: seen.update(args=a) or {})
-    assert main(["--bundle", "unetr_btcv", "--parts", "inference", "--override", 'unetr_btcv:roi_size=[32,32,16]',
-                 "--ckpt", "unetr_btcv=/x.pt", "--smoke", "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--bundle",
+                "unetr_btcv",
+                "--parts",
+                "inference",
+                "--override",
+                "unetr_btcv:roi_size=[32,32,16]",
+                "--ckpt",
+                "unetr_btcv=/x.pt",
+                "--smoke",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     bundles, out, ckpts, parts, _, _, _, _, overrides, smoke, volumes, paths, fit_epochs = seen["args"]
     assert volumes == ("sample", "btcv") and paths is None and fit_epochs == FIT_EPOCHS
     assert bundles == ["unetr_btcv"] and parts == ("inference",) and smoke

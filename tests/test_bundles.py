@@ -46,10 +46,16 @@ def trained(request, tiny_data, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"{bundle}-work")
     tiny = dict(BUNDLE_TINY[bundle])
     wf = run_workflow(
-        bundle, ("train.json",), "train",
-        dataset_dir=str(tiny_data), ckpt_dir=str(work / "models"), output_dir=str(work / "runs"),
-        max_epochs=1, val_interval=1, **tiny,
-    )  # fmt: skip
+        bundle,
+        ("train.json",),
+        "train",
+        dataset_dir=str(tiny_data),
+        ckpt_dir=str(work / "models"),
+        output_dir=str(work / "runs"),
+        max_epochs=1,
+        val_interval=1,
+        **tiny,
+    )
     assert wf.parser.get_parsed_content("train#trainer").state.epoch == 1
     return bundle, work, tiny
 
@@ -94,10 +100,15 @@ def test_training_resumes_after_interruption(trained, tiny_data, capsys):
     bundle, work, tiny = trained
     saved = torch.load(work / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     wf = ConfigWorkflow(
-        config_file=configs(bundle, "train.json")[0], workflow_type="train",
-        dataset_dir=str(tiny_data), ckpt_dir=str(work / "models"), output_dir=str(work / "runs"),
-        max_epochs=2, val_interval=1, **tiny,
-    )  # fmt: skip
+        config_file=configs(bundle, "train.json")[0],
+        workflow_type="train",
+        dataset_dir=str(tiny_data),
+        ckpt_dir=str(work / "models"),
+        output_dir=str(work / "runs"),
+        max_epochs=2,
+        val_interval=1,
+        **tiny,
+    )
     wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")
     seen: dict = {"epochs": 0}
@@ -128,9 +139,14 @@ def test_inference_writes_labels_on_the_input_grid(trained, tiny_data, tmp_path)
     image = tiny_data / "imagesTr" / "phantom0003.nii.gz"
     out = tmp_path / "pred"
     run_workflow(
-        bundle, ("inference.json",), "infer",
-        dataset_dir=str(image), output_dir=str(out), ckpt_path=str(work / "models" / "model.pt"), **tiny,
-    )  # fmt: skip
+        bundle,
+        ("inference.json",),
+        "infer",
+        dataset_dir=str(image),
+        output_dir=str(out),
+        ckpt_path=str(work / "models" / "model.pt"),
+        **tiny,
+    )
     written = out / "phantom0003_seg.nii.gz"
     assert written.is_file()
     src, pred = nib.load(str(image)), nib.load(str(written))
@@ -145,9 +161,15 @@ def test_evaluate_writes_per_organ_report(trained, tiny_data, tmp_path, capsys):
     bundle, work, tiny = trained
     out = tmp_path / "eval"
     run_workflow(
-        bundle, ("inference.json", "evaluate.json"), "infer",
-        dataset_dir=str(tiny_data), output_dir=str(out), ckpt_path=str(work / "models" / "model.pt"), overlays=1, **tiny,
-    )  # fmt: skip
+        bundle,
+        ("inference.json", "evaluate.json"),
+        "infer",
+        dataset_dir=str(tiny_data),
+        output_dir=str(out),
+        ckpt_path=str(work / "models" / "model.pt"),
+        overlays=1,
+        **tiny,
+    )
     from PIL import Image
 
     with Image.open(out / "overlays" / "phantom0003.png") as im:  # the picture the demo prints: CT | GT | prediction
@@ -157,7 +179,10 @@ def test_evaluate_writes_per_organ_report(trained, tiny_data, tmp_path, capsys):
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     meta = res["meta"]
     assert meta["protocol"] == "btcv13" and meta["split"] == f"datalist in {tiny_data}" and meta["bundle_version"]
-    assert meta["bundle"] == json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))["name"]
+    assert (
+        meta["bundle"]
+        == json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))["name"]
+    )
     from common.io import file_sha256
 
     assert meta["checkpoint_sha256"] == file_sha256(work / "models" / "model.pt")
@@ -179,10 +204,14 @@ def test_missing_checkpoint_is_a_clear_error(tiny_data, tmp_path):
 
     with pytest.raises(Exception) as exc:
         run_workflow(
-            bundle, ("inference.json",), "infer",
-            dataset_dir=str(tiny_data / "imagesTr"), output_dir=str(tmp_path), ckpt_path=str(tmp_path / "none.pt"),
+            bundle,
+            ("inference.json",),
+            "infer",
+            dataset_dir=str(tiny_data / "imagesTr"),
+            output_dir=str(tmp_path),
+            ckpt_path=str(tmp_path / "none.pt"),
             **BUNDLE_TINY[bundle],
-        )  # fmt: skip
+        )
     err = find_input_error(exc.value)
     assert isinstance(err, InputError)
     assert "no trained model" in str(err) and "train.json" in str(err)
@@ -291,9 +320,14 @@ def test_configs_are_valid_json():
 
 
 MODEL_ZOO_LAYOUT = (
-    "configs/metadata.json", "configs/train.json", "configs/inference.json", "configs/evaluate.json",
-    "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md",
-)  # fmt: skip
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/inference.json",
+    "configs/evaluate.json",
+    "configs/multi_gpu_train.json",
+    "configs/logging.conf",
+    "docs/README.md",
+)
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
@@ -350,8 +384,14 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_file(what, tmp_pat
     engine = Engine(lambda engine, batch: None)
     if what == "model.pt":
         engine.state.metrics = {"dice": 0.0}
-        CheckpointSaver(str(tmp_path), {"model": model}, save_key_metric=True, key_metric_name="dice",
-                        key_metric_filename="model.pt", key_metric_n_saved=1).attach(engine)  # fmt: skip
+        CheckpointSaver(
+            str(tmp_path),
+            {"model": model},
+            save_key_metric=True,
+            key_metric_name="dice",
+            key_metric_filename="model.pt",
+            key_metric_n_saved=1,
+        ).attach(engine)
         engine.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda e: e.state.metrics.update(dice=1.0))
         engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(dice=e.state.epoch))
     else:
@@ -390,13 +430,25 @@ def test_synapse_overlay_trains_and_scores_nine_classes(tiny_data, tmp_path):
     bundle = "transunet_btcv"
     tiny = BUNDLE_TINY[bundle]
     wf = run_workflow(
-        bundle, ("train.json", "synapse.json"), "train",
-        dataset_dir=str(tiny_data), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"),
-        max_epochs=1, val_interval=1, slices_per_epoch=16, **tiny,
-    )  # fmt: skip
+        bundle,
+        ("train.json", "synapse.json"),
+        "train",
+        dataset_dir=str(tiny_data),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
+        max_epochs=1,
+        val_interval=1,
+        slices_per_epoch=16,
+        **tiny,
+    )
     ds = wf.parser.get_parsed_content("train#dataset")
-    raw = [nib.load(str(tiny_data / it["label"])) for it in json.loads((tiny_data / "dataset.json").read_text())["training"]]
-    want = set(np.unique(btcv_to_synapse_lut()[np.concatenate([np.asarray(r.dataobj).ravel() for r in raw]).astype(int)]))
+    raw = [
+        nib.load(str(tiny_data / it["label"]))
+        for it in json.loads((tiny_data / "dataset.json").read_text())["training"]
+    ]
+    want = set(
+        np.unique(btcv_to_synapse_lut()[np.concatenate([np.asarray(r.dataobj).ravel() for r in raw]).astype(int)])
+    )
     seen = set()
     for i in range(len(ds)):
         seen |= set(torch.unique(ds[i]["label"]).int().tolist())
@@ -404,9 +456,14 @@ def test_synapse_overlay_trains_and_scores_nine_classes(tiny_data, tmp_path):
     assert wf.parser.get_parsed_content("network_def").seg_head.out_channels == 9
     out = tmp_path / "eval"
     run_workflow(
-        bundle, ("inference.json", "evaluate.json", "synapse.json"), "infer",
-        dataset_dir=str(tiny_data), output_dir=str(out), ckpt_path=str(tmp_path / "models" / "model.pt"), **tiny,
-    )  # fmt: skip
+        bundle,
+        ("inference.json", "evaluate.json", "synapse.json"),
+        "infer",
+        dataset_dir=str(tiny_data),
+        output_dir=str(out),
+        ckpt_path=str(tmp_path / "models" / "model.pt"),
+        **tiny,
+    )
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert res["meta"]["protocol"] == "synapse8" and res["meta"]["split"] == f"datalist in {tiny_data}"
     assert list(res["summary"]["organs"]) == [k for k, _, _ in protocol_organs("synapse8")]
@@ -424,14 +481,26 @@ def test_evaluation_through_the_bundle_scores_two_cases_exactly(tiny_data, tmp_p
     items = [{k: str(tiny_data / v) for k, v in it.items()} for it in (dl["training"] + dl["validation"])[-2:]]
     datalist = tmp_path / "two.json"
     datalist.write_text(json.dumps({"training": items, "validation": items}), encoding="utf-8")
-    network = {"_target_": "common.slicewise.slicewise_network", "network": "bundle_cases.ConstantLabelNet",
-               "roi_size": "@img_size", "slice_batch": "@slice_batch", "output": "@slice_output",
-               "label": organ("liver").id, "out_channels": "@num_classes"}  # fmt: skip
+    network = {
+        "_target_": "common.slicewise.slicewise_network",
+        "network": "bundle_cases.ConstantLabelNet",
+        "roi_size": "@img_size",
+        "slice_batch": "@slice_batch",
+        "output": "@slice_output",
+        "label": organ("liver").id,
+        "out_channels": "@num_classes",
+    }
     run_workflow(
-        "transunet_btcv", ("inference.json", "evaluate.json"), "infer", dataset_dir=str(tiny_data),
-        datalist_file=str(datalist), output_dir=str(tmp_path / "eval"), load_pretrain=False, network_def=network,
+        "transunet_btcv",
+        ("inference.json", "evaluate.json"),
+        "infer",
+        dataset_dir=str(tiny_data),
+        datalist_file=str(datalist),
+        output_dir=str(tmp_path / "eval"),
+        load_pretrain=False,
+        network_def=network,
         **TINY_2D_SETTINGS,
-    )  # fmt: skip
+    )
     res = json.loads((tmp_path / "eval" / "results.json").read_text(encoding="utf-8"))
     assert len(res["cases"]) == 2
     for it in items:
@@ -459,11 +528,25 @@ def test_training_killed_with_sigkill_resumes_after_its_last_saved_epoch(tiny_da
 
     import torch
 
-    cfg = json.dumps({**BUNDLE_TINY["unetr_btcv"], "dataset_dir": str(tiny_data), "ckpt_dir": str(tmp_path / "models"),
-                      "output_dir": str(tmp_path / "runs"), "max_epochs": 4, "val_interval": 100})  # fmt: skip
+    cfg = json.dumps(
+        {
+            **BUNDLE_TINY["unetr_btcv"],
+            "dataset_dir": str(tiny_data),
+            "ckpt_dir": str(tmp_path / "models"),
+            "output_dir": str(tmp_path / "runs"),
+            "max_epochs": 4,
+            "val_interval": 100,
+        }
+    )
     (tmp_path / "tiny.json").write_text(cfg, encoding="utf-8")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           str([str(BUNDLES / "unetr_btcv" / "configs" / "train.json"), str(tmp_path / "tiny.json")])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str([str(BUNDLES / "unetr_btcv" / "configs" / "train.json"), str(tmp_path / "tiny.json")]),
+    ]
     first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not list((tmp_path / "models").glob("checkpoint_epoch=*.pt")):
@@ -490,8 +573,15 @@ def test_a_checkpoint_of_another_configuration_names_the_arguments(trained, tiny
     bundle, work, tiny = trained
     small = {k: v for k, v in tiny.items() if not k.startswith("network_def#") and k != "img_size"}
     with pytest.raises(Exception) as exc:
-        run_workflow(bundle, ("inference.json",), "infer", dataset_dir=str(tiny_data / "imagesTr" / "phantom0000.nii.gz"),
-                     output_dir=str(tmp_path / "out"), ckpt_path=str(work / "models" / "model.pt"), **small)  # fmt: skip
+        run_workflow(
+            bundle,
+            ("inference.json",),
+            "infer",
+            dataset_dir=str(tiny_data / "imagesTr" / "phantom0000.nii.gz"),
+            output_dir=str(tmp_path / "out"),
+            ckpt_path=str(work / "models" / "model.pt"),
+            **small,
+        )
     err = find_input_error(exc.value)
     assert isinstance(err, InputError), exc.value
     text = str(err)

@@ -20,10 +20,12 @@ def bundle_run(*args: str, cwd) -> subprocess.CompletedProcess:
 
 def test_bundle_root_found_from_any_directory(tmp_path):
     r = bundle_run(
-        "--config_file", str(UNETR / "inference.json"),
-        "--run", "[\"$print('ROOT=' + @bundle_root)\"]",
+        "--config_file",
+        str(UNETR / "inference.json"),
+        "--run",
+        "[\"$print('ROOT=' + @bundle_root)\"]",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"ROOT={BUNDLES / 'unetr_btcv'}" in r.stdout
 
@@ -43,10 +45,16 @@ def test_bad_input_is_one_clear_message_not_a_traceback(tiny_data, tmp_path):
     dl["training"][1]["label"] = str(bad_label)
     (tmp_path / "dataset.json").write_text(json.dumps(dl), encoding="utf-8")
     r = bundle_run(
-        "--config_file", str(UNETR / "train.json"), "--dataset_dir", str(tmp_path),
-        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),
+        "--config_file",
+        str(UNETR / "train.json"),
+        "--dataset_dir",
+        str(tmp_path),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "runs"),
         cwd=REPO,
-    )  # fmt: skip
+    )
     assert r.returncode != 0
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "ERROR: 2 problems found" in r.stderr, r.stderr
@@ -59,21 +67,62 @@ def test_command_line_flags_and_nested_overrides(tiny_data, tmp_path):
     """`--load_pretrain false` (a string on the command line) really disables loading; `#` keys override."""
     image = tiny_data / "imagesTr" / "phantom0000.nii.gz"
     r = bundle_run(
-        "--config_file", str(UNETR / "inference.json"), "--dataset_dir", str(image),
-        "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(tmp_path / "missing.pt"), "--load_pretrain", "false",
-        "--spacing", "[6.0,6.0,10.0]", "--roi_size", "[32,32,16]", "--network_def#feature_size", "4",
-        "--network_def#hidden_size", "32", "--network_def#mlp_dim", "64", "--network_def#num_heads", "2",
+        "--config_file",
+        str(UNETR / "inference.json"),
+        "--dataset_dir",
+        str(image),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--ckpt_path",
+        str(tmp_path / "missing.pt"),
+        "--load_pretrain",
+        "false",
+        "--spacing",
+        "[6.0,6.0,10.0]",
+        "--roi_size",
+        "[32,32,16]",
+        "--network_def#feature_size",
+        "4",
+        "--network_def#hidden_size",
+        "32",
+        "--network_def#mlp_dim",
+        "64",
+        "--network_def#num_heads",
+        "2",
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "out" / "phantom0000_seg.nii.gz").is_file()
     assert "predictions written to" in r.stdout
 
 
 def test_phantom_command_writes_the_datalist_it_prints(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "common.phantom", str(tmp_path / "ph"), "--cases", "3", "--validation", "1",
-                        "--shape", "24", "24", "10", "--spacing", "8", "8", "12", "--seed", "5"],
-                       cwd=REPO, capture_output=True, encoding="utf-8", timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "common.phantom",
+            str(tmp_path / "ph"),
+            "--cases",
+            "3",
+            "--validation",
+            "1",
+            "--shape",
+            "24",
+            "24",
+            "10",
+            "--spacing",
+            "8",
+            "8",
+            "12",
+            "--seed",
+            "5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        encoding="utf-8",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     dl = json.loads((tmp_path / "ph" / "dataset.json").read_text(encoding="utf-8"))
     assert f"datalist: {tmp_path / 'ph' / 'dataset.json'}" in r.stdout
@@ -96,9 +145,24 @@ def test_leaderboard_command_compares_two_prediction_folders(tiny_data, tmp_path
         shutil.copy(tiny_data / it["label"], oracle / name)
         lab = nib.load(str(tiny_data / it["label"]))
         nib.save(nib.Nifti1Image(np.zeros(lab.shape, np.uint8), lab.affine), str(empty / name))
-    cmd = [sys.executable, "-m", "common.tools.leaderboard", "--predictions", f"oracle={oracle}", "--predictions",
-           f"empty={empty}", "--dataset_dir", str(tiny_data), "--compare", "oracle", "empty", "--overlay-cases", "0",
-           "--out", str(tmp_path / "board")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "common.tools.leaderboard",
+        "--predictions",
+        f"oracle={oracle}",
+        "--predictions",
+        f"empty={empty}",
+        "--dataset_dir",
+        str(tiny_data),
+        "--compare",
+        "oracle",
+        "empty",
+        "--overlay-cases",
+        "0",
+        "--out",
+        str(tmp_path / "board"),
+    ]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((tmp_path / "board" / "leaderboard.json").read_text(encoding="utf-8"))
@@ -106,5 +170,7 @@ def test_leaderboard_command_compares_two_prediction_folders(tiny_data, tmp_path
     assert doc["bundles"]["empty"]["mean"]["mean_over_organs"] == 0.0
     assert doc["comparison"]["a"] == "oracle" and doc["comparison"]["mean_dice"]["mean_difference"] == 1.0
     assert "leaderboard written to" in r.stdout
-    bad = subprocess.run(cmd[:3] + ["--protocol", "btcv99"], cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=300)
+    bad = subprocess.run(
+        cmd[:3] + ["--protocol", "btcv99"], cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=300
+    )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "btcv99" in bad.stderr

@@ -30,8 +30,14 @@ def btcv_raw(tmp_path):
     root = tmp_path / "BTCV"
     rng = np.random.default_rng(0)
     for c in BTCV_CASES:
-        _save(root / "RawData" / "Training" / "img" / f"img{c}.nii.gz", rng.integers(-1000, 400, (8, 8, 4)).astype(np.int16))
-        _save(root / "RawData" / "Training" / "label" / f"label{c}.nii.gz", rng.integers(0, 14, (8, 8, 4)).astype(np.uint8))
+        _save(
+            root / "RawData" / "Training" / "img" / f"img{c}.nii.gz",
+            rng.integers(-1000, 400, (8, 8, 4)).astype(np.int16),
+        )
+        _save(
+            root / "RawData" / "Training" / "label" / f"label{c}.nii.gz",
+            rng.integers(0, 14, (8, 8, 4)).astype(np.uint8),
+        )
     return root
 
 
@@ -41,7 +47,20 @@ def test_split_case_ids_match_anchors():
     assert len(d0["training"]) == 24 and len(d0["validation"]) == 6
     assert d0["validation"] == ("0035", "0036", "0037", "0038", "0039", "0040")
     assert len(syn["training"]) == 18 and len(syn["validation"]) == 12
-    assert syn["validation"] == ("0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "0032", "0035", "0036", "0038")
+    assert syn["validation"] == (
+        "0001",
+        "0002",
+        "0003",
+        "0004",
+        "0008",
+        "0022",
+        "0025",
+        "0029",
+        "0032",
+        "0035",
+        "0036",
+        "0038",
+    )
     assert set(syn["training"]) | set(syn["validation"]) == set(BTCV_CASES)
     # the clash ANCHORS.md warns about: 9 Synapse test cases are dataset_0 training cases
     assert len(set(syn["validation"]) & set(d0["training"])) == 9
@@ -153,7 +172,9 @@ def test_inputs_that_would_write_the_same_output_stop_before_any_work(tmp_path):
         sitk.WriteImage(img, str(tmp_path / name))
     with pytest.raises(InputError) as e:
         find_images(tmp_path)
-    assert "ct.mha and ct.nrrd would both be written as ct_seg.nii.gz" in str(e.value) and "--image_pattern" in str(e.value)
+    assert "ct.mha and ct.nrrd would both be written as ct_seg.nii.gz" in str(e.value) and "--image_pattern" in str(
+        e.value
+    )
     assert [p["image"].split("/")[-1] for p in find_images(tmp_path, pattern=r"\.mha$")] == ["ct.mha", "other.mha"]
 
 

@@ -57,9 +57,18 @@ def test_two_process_ddp_epoch(bundle, ddp_data, tmp_path):
     (tmp_path / "tiny.json").write_text(json.dumps(overrides), encoding="utf-8")
     configs = [str(cfg / "train.json"), str(cfg / "multi_gpu_train.json"), str(tmp_path / "tiny.json")]
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "-m", "monai.bundle", "run", "--config_file", str(configs),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(configs),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     if r.returncode != 0:
@@ -81,7 +90,9 @@ def test_two_process_ddp_epoch(bundle, ddp_data, tmp_path):
         assert len(d0 & d1) <= n % 2 and d0 | d1 == set(range(n)), (sorted(d0), sorted(d1))
 
     # one model: both ranks end the epoch with the same weights, and those are what rank 0 saved
-    w0, w1 = (torch.load(str(tmp_path / "runs" / f"weights{i}.pt"), map_location="cpu", weights_only=True) for i in (0, 1))
+    w0, w1 = (
+        torch.load(str(tmp_path / "runs" / f"weights{i}.pt"), map_location="cpu", weights_only=True) for i in (0, 1)
+    )
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0), "the ranks' weights differ"
     saved_file = torch.load(str(tmp_path / "models" / "model.pt"), map_location="cpu", weights_only=True)
     state = saved_file["model"]

@@ -79,10 +79,14 @@ def run_onnx(path, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_torchscript_export_matches_eager(bundle, tmp_path):
     net, x = reference_network(bundle, tmp_path / "model.pt")
-    report = export_torchscript(bundle, str(tmp_path / "model.ts"), str(tmp_path / "model.pt"), overrides=BUNDLE_TINY[bundle])
+    report = export_torchscript(
+        bundle, str(tmp_path / "model.ts"), str(tmp_path / "model.pt"), overrides=BUNDLE_TINY[bundle]
+    )
     print(bundle, report)
     assert report["input_shape"][1:] == list(x.shape[1:])  # 2D slices for the 2D bundles, the patch for 3D
-    assert_matches_eager(run_torchscript(tmp_path / "model.ts", x), net, x, f"{bundle} TorchScript ({report['method']})")
+    assert_matches_eager(
+        run_torchscript(tmp_path / "model.ts", x), net, x, f"{bundle} TorchScript ({report['method']})"
+    )
     # MONAI's exported file carries the bundle's metadata
     extra = {"metadata.json": ""}
     torch.jit.load(str(tmp_path / "model.ts"), _extra_files=extra)
@@ -93,7 +97,9 @@ def test_torchscript_export_matches_eager(bundle, tmp_path):
 def test_onnx_export_matches_eager(bundle, tmp_path):
     pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install -e '.[test]')")
     net, x = reference_network(bundle, tmp_path / "model.pt")
-    report = export_onnx(bundle, str(tmp_path / "model.onnx"), str(tmp_path / "model.pt"), overrides=BUNDLE_TINY[bundle])
+    report = export_onnx(
+        bundle, str(tmp_path / "model.onnx"), str(tmp_path / "model.pt"), overrides=BUNDLE_TINY[bundle]
+    )
     print(bundle, report)
     assert_matches_eager(run_onnx(tmp_path / "model.onnx", x), net, x, f"{bundle} ONNX")
 
@@ -173,13 +179,31 @@ def test_export_names_the_overlay_a_demo_checkpoint_needs(cli_bundle, tmp_path, 
     net = bundle_parser(CLI_BUNDLE, None, extra=[demo]).get_parsed_content("network_def")
     torch.save(net.state_dict(), tmp_path / "demo_model.pt")
     out = tmp_path / "x" / "model.ts"
-    assert common.tools.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "demo_model.pt"),
-                               "--out", str(out)]) == 1  # fmt: skip
+    assert (
+        common.tools.export.main(
+            ["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "demo_model.pt"), "--out", str(out)]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "these weights are of the network that configs/demo.json builds" in err and "demo.json']" in err, err
     assert len(err.strip().splitlines()) == 2 and not out.exists()
-    assert common.tools.export.main(["torchscript", "--bundle", CLI_BUNDLE, "--ckpt", str(tmp_path / "demo_model.pt"),
-                               "--out", str(out), "--config", str(demo)]) == 0  # fmt: skip
+    assert (
+        common.tools.export.main(
+            [
+                "torchscript",
+                "--bundle",
+                CLI_BUNDLE,
+                "--ckpt",
+                str(tmp_path / "demo_model.pt"),
+                "--out",
+                str(out),
+                "--config",
+                str(demo),
+            ]
+        )
+        == 0
+    )
     assert out.is_file()
 
 

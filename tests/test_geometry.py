@@ -53,9 +53,14 @@ def _geometry_and_orientation(bundle: str, image, tmp_path) -> None:
     for name, inp in (("ras", image), ("lps", lps_dir / "image_lps.nii.gz")):
         out = tmp_path / f"out_{name}"
         run_workflow(
-            bundle, ("inference.json",), "infer",
-            dataset_dir=str(inp), output_dir=str(out), ckpt_path=ckpt, **BUNDLE_TINY[bundle],
-        )  # fmt: skip
+            bundle,
+            ("inference.json",),
+            "infer",
+            dataset_dir=str(inp),
+            output_dir=str(out),
+            ckpt_path=ckpt,
+            **BUNDLE_TINY[bundle],
+        )
         outs[name] = nib.load(str(next(out.glob("*_seg.nii.gz"))))
     ras, lps = outs["ras"], outs["lps"]
     # the output has the input's exact shape and affine

@@ -63,7 +63,10 @@ def test_stitch_switch_decides_where_windows_are_stitched(monkeypatch):
     x = torch.rand(1, 1, 20, 18, 12)
     calls = _record_stitching(monkeypatch)
     with torch.no_grad():
-        out = {s: SlidingWindowInferer((8, 8, 8), sw_batch_size=2, overlap=0.5, stitch=s)(x, net) for s in ("device", "cpu", "auto")}
+        out = {
+            s: SlidingWindowInferer((8, 8, 8), sw_batch_size=2, overlap=0.5, stitch=s)(x, net)
+            for s in ("device", "cpu", "auto")
+        }
     assert [str(c[0]) if c[0] is not None else None for c in calls] == [None, "cpu", None]  # auto: a CPU input stays
     assert torch.equal(out["device"], out["cpu"]) and torch.equal(out["device"], out["auto"])
 
@@ -99,9 +102,19 @@ def _bundle_inference(bundle, image, out, ckpt, monkeypatch, **switches) -> tupl
         return real_invert(self, data)
 
     monkeypatch.setattr(Invertd, "__call__", invert_spy)
-    overrides = {**BUNDLE_TINY[bundle], "spacing": [4.5, 4.5, 7.0], **switches}  # finer than the data: inversion resamples
-    wf = ConfigWorkflow(config_file=str(BUNDLES / bundle / "configs" / "inference.json"), workflow_type="infer",
-                        dataset_dir=str(image), output_dir=str(out), ckpt_path=ckpt, **overrides)  # fmt: skip
+    overrides = {
+        **BUNDLE_TINY[bundle],
+        "spacing": [4.5, 4.5, 7.0],
+        **switches,
+    }  # finer than the data: inversion resamples
+    wf = ConfigWorkflow(
+        config_file=str(BUNDLES / bundle / "configs" / "inference.json"),
+        workflow_type="infer",
+        dataset_dir=str(image),
+        output_dir=str(out),
+        ckpt_path=ckpt,
+        **overrides,
+    )
     wf.initialize()
     net = wf.parser.get_parsed_content("network")
     conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))

@@ -51,7 +51,9 @@ def _write_dicom_series(img: sitk.Image, folder, series_uid: str = SERIES_UID, p
         "0008|0060": "CT",
         "0020|000e": series_uid,
         "0020|000d": "1.2.826.0.1.3680043.2.1125.1.54321",
-        "0020|0037": "\\".join(map(str, (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))),
+        "0020|0037": "\\".join(
+            map(str, (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))
+        ),
         "0028|1050": "40",
         "0028|1051": "400",
     }
@@ -371,7 +373,10 @@ def test_atomic_writer_writes_what_monais_writer_writes(tmp_path):
     data = rng.integers(0, 14, (1, 9, 7, 5)).astype(np.float32)
     affine = np.array([[-0.8, 0, 0, 10], [0, 0.8, 0, -3], [0, 0, 2.5, 7], [0, 0, 0, 1]])
     files = []
-    for w, given in ((NibabelWriter(output_dtype=np.uint8), data), (AtomicNibabelWriter(output_dtype=np.uint8), MetaTensor(data))):
+    for w, given in (
+        (NibabelWriter(output_dtype=np.uint8), data),
+        (AtomicNibabelWriter(output_dtype=np.uint8), MetaTensor(data)),
+    ):
         w.set_data_array(given, channel_dim=0)
         w.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
         files.append(tmp_path / f"{type(w).__name__}.nii.gz")

@@ -18,9 +18,20 @@ from common.protocols import protocol_organs
 def test_btcv_map_is_the_challenge_order():
     names = [o.name for o in BTCV_ORGANS]
     assert names == [
-        "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
-        "inferior vena cava", "portal and splenic vein", "pancreas", "right adrenal gland", "left adrenal gland",
-    ]  # fmt: skip
+        "spleen",
+        "right kidney",
+        "left kidney",
+        "gallbladder",
+        "esophagus",
+        "liver",
+        "stomach",
+        "aorta",
+        "inferior vena cava",
+        "portal and splenic vein",
+        "pancreas",
+        "right adrenal gland",
+        "left adrenal gland",
+    ]
     assert [o.id for o in BTCV_ORGANS] == list(range(1, 14))
     assert BTCV_NUM_CLASSES == 14
     assert len({o.colour for o in BTCV_ORGANS}) == 13
@@ -28,12 +39,28 @@ def test_btcv_map_is_the_challenge_order():
 
 
 def test_synapse_subset_in_paper_column_order():
-    assert SYNAPSE_ORGAN_ORDER == ("aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach")
+    assert SYNAPSE_ORGAN_ORDER == (
+        "aorta",
+        "gallbladder",
+        "kidney_left",
+        "kidney_right",
+        "liver",
+        "pancreas",
+        "spleen",
+        "stomach",
+    )
     assert [k for k, _, _ in protocol_organs("synapse8")] == list(SYNAPSE_ORGAN_ORDER)
     assert channel_def("synapse8") == {
-        "0": "background", "1": "aorta", "2": "gallbladder", "3": "left kidney", "4": "right kidney",
-        "5": "liver", "6": "pancreas", "7": "spleen", "8": "stomach",
-    }  # fmt: skip
+        "0": "background",
+        "1": "aorta",
+        "2": "gallbladder",
+        "3": "left kidney",
+        "4": "right kidney",
+        "5": "liver",
+        "6": "pancreas",
+        "7": "spleen",
+        "8": "stomach",
+    }
 
 
 def test_synapse_mapping_round_trip_and_dropped_organs():

@@ -36,10 +36,16 @@ def test_leaderboard_end_to_end(tiny_data, oracle, tmp_path, capsys):
     ck = {b: random_checkpoint(b, tmp_path / f"{b}.pt") for b in ("unetr_btcv", "transunet_btcv")}
     out = tmp_path / "board"
     doc = leaderboard(
-        bundles=["unetr_btcv", "transunet_btcv"], predictions={"oracle": str(oracle)}, dataset_dir=str(tiny_data),
-        protocol="btcv13", out=str(out), ckpts=ck, overrides={b: BUNDLE_TINY[b] for b in ck},
-        compare=["oracle", "unetr_btcv"], progress=False,
-    )  # fmt: skip
+        bundles=["unetr_btcv", "transunet_btcv"],
+        predictions={"oracle": str(oracle)},
+        dataset_dir=str(tiny_data),
+        protocol="btcv13",
+        out=str(out),
+        ckpts=ck,
+        overrides={b: BUNDLE_TINY[b] for b in ck},
+        compare=["oracle", "unetr_btcv"],
+        progress=False,
+    )
     for f in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "per_organ_dice.png"):
         assert (out / f).is_file(), f
     table = doc["bundles"]
@@ -112,9 +118,16 @@ def test_leaderboard_statistics_on_two_cases_with_known_predictions(tiny_data, t
         nib.save(nib.Nifti1Image(bad, img.affine), str(corrupted / name))
         per_organ = [_dice(bad == o.id, gt == o.id) for o in BTCV_ORGANS]
         expected[Path(it["label"]).name.replace(".nii.gz", "")] = float(np.nanmean(per_organ))
-    doc = leaderboard(predictions={"oracle": str(oracle), "corrupted": str(corrupted)}, dataset_dir=str(tiny_data),
-                      datalist_file=datalist, protocol="btcv13", out=str(tmp_path / "board"),
-                      compare=["oracle", "corrupted"], overlay_cases=0, progress=False)  # fmt: skip
+    doc = leaderboard(
+        predictions={"oracle": str(oracle), "corrupted": str(corrupted)},
+        dataset_dir=str(tiny_data),
+        datalist_file=datalist,
+        protocol="btcv13",
+        out=str(tmp_path / "board"),
+        compare=["oracle", "corrupted"],
+        overlay_cases=0,
+        progress=False,
+    )
     res = json.loads((tmp_path / "board" / "corrupted" / "results.json").read_text(encoding="utf-8"))
     got = res["summary"]["case_mean_dice"]
     assert set(got) == set(expected) and len(got) == 2
@@ -144,13 +157,24 @@ def test_leaderboard_synapse_protocol_with_a_9_class_bundle(tiny_data, tmp_path)
     for it in items:
         img = nib.load(it["label"])
         ids = btcv_to_synapse_lut()[np.asarray(img.dataobj).astype(np.int64)].astype(np.uint8)
-        nib.save(nib.Nifti1Image(ids, img.affine), str(oracle / Path(it["image"]).name.replace(".nii.gz", "_seg.nii.gz")))
+        nib.save(
+            nib.Nifti1Image(ids, img.affine), str(oracle / Path(it["image"]).name.replace(".nii.gz", "_seg.nii.gz"))
+        )
     out = tmp_path / "syn"
     doc = leaderboard(
-        bundles=[b], predictions={"oracle9": str(oracle)}, pred_ids={"oracle9": "synapse8"}, dataset_dir=str(tiny_data),
-        datalist_file=datalist, protocol="synapse8", out=str(out), ckpts={b: ckpt}, configs={b: [str(synapse)]},
-        overrides={b: BUNDLE_TINY[b]}, overlay_cases=0, progress=False,
-    )  # fmt: skip
+        bundles=[b],
+        predictions={"oracle9": str(oracle)},
+        pred_ids={"oracle9": "synapse8"},
+        dataset_dir=str(tiny_data),
+        datalist_file=datalist,
+        protocol="synapse8",
+        out=str(out),
+        ckpts={b: ckpt},
+        configs={b: [str(synapse)]},
+        overrides={b: BUNDLE_TINY[b]},
+        overlay_cases=0,
+        progress=False,
+    )
     assert doc["bundles"]["oracle9"]["mean"]["mean_over_organs"] == 1.0
     res = json.loads((out / b / "results.json").read_text(encoding="utf-8"))
     assert res["meta"]["protocol"] == "synapse8" and len(res["cases"]) == 2
@@ -158,7 +182,9 @@ def test_leaderboard_synapse_protocol_with_a_9_class_bundle(tiny_data, tmp_path)
     assert tuple(doc["bundles"][b]["organs"]) == organs
     for it in items:
         cid = Path(it["label"]).name.replace(".nii.gz", "")
-        pred9 = np.asarray(nib.load(str(out / b / "predictions" / Path(it["image"]).name.replace(".nii.gz", "_seg.nii.gz"))).dataobj)
+        pred9 = np.asarray(
+            nib.load(str(out / b / "predictions" / Path(it["image"]).name.replace(".nii.gz", "_seg.nii.gz"))).dataobj
+        )
         assert pred9.max() <= 8 and len(np.unique(pred9)) > 2  # a 9-class prediction with several organs
         pred, gt = synapse_to_btcv_lut()[pred9.astype(np.int64)], np.asarray(nib.load(it["label"]).dataobj)
         for key in organs:
@@ -189,6 +215,10 @@ def test_published_numbers_only_under_the_same_protocol_and_split():
     from common.tools.anchors import anchors_for
 
     assert [a["source"] for a in anchors_for("transunet_btcv", "synapse8", "synapse")] == ["TransUNet paper, Table 1"]
-    assert anchors_for("transunet_btcv", "synapse8", "dataset_0") == [] == anchors_for("transunet_btcv", "btcv13", "synapse")
+    assert (
+        anchors_for("transunet_btcv", "synapse8", "dataset_0")
+        == []
+        == anchors_for("transunet_btcv", "btcv13", "synapse")
+    )
     assert anchors_for("unetr_btcv", "btcv13", None) == []  # demo phantoms or one's own datalist
     assert [a["mean_dice"] for a in anchors_for("swin_unetr_btcv", "btcv13", "cv5")] == [0.7889]

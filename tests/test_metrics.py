@@ -55,10 +55,22 @@ def test_absent_organ_rule_btcv13():
     s = score_case(pred, gt, spacing, "btcv13")
     diag = math.sqrt(10**2 + 20**2 + 30**2)
     assert s["liver"] == {"dice": 1.0, "hd95": 0.0, "nsd": 1.0, "status": "scored"}
-    assert s["spleen"]["dice"] == 0.0 and s["spleen"]["hd95"] == pytest.approx(diag) and s["spleen"]["status"] == "false_positive"
-    assert s["stomach"]["dice"] == 0.0 and s["stomach"]["hd95"] == pytest.approx(diag) and s["stomach"]["status"] == "missed"
+    assert (
+        s["spleen"]["dice"] == 0.0
+        and s["spleen"]["hd95"] == pytest.approx(diag)
+        and s["spleen"]["status"] == "false_positive"
+    )
+    assert (
+        s["stomach"]["dice"] == 0.0
+        and s["stomach"]["hd95"] == pytest.approx(diag)
+        and s["stomach"]["status"] == "missed"
+    )
     assert s["spleen"]["nsd"] == 0.0 and s["stomach"]["nsd"] == 0.0
-    assert math.isnan(s["esophagus"]["dice"]) and math.isnan(s["esophagus"]["nsd"]) and s["esophagus"]["status"] == "absent"
+    assert (
+        math.isnan(s["esophagus"]["dice"])
+        and math.isnan(s["esophagus"]["nsd"])
+        and s["esophagus"]["status"] == "absent"
+    )
     summ = summarize({"c1": s, "c2": s}, "btcv13")
     assert summ["organs"]["esophagus"]["dice"]["n"] == 0  # absent everywhere: not scored
     assert summ["organs"]["liver"]["dice"]["mean"] == 1.0

@@ -57,8 +57,12 @@ def test_missing_bundle_and_checkpoint_are_clear_errors(tmp_path, capsys):
     assert "not a bundle folder" in capsys.readouterr().err
 
 
-OWN_NETWORK = {"transunet_btcv": "transunet", "swin_unet_btcv": "swin_unet", "mt_unet_btcv": "mt_unet",
-               "unet_btcv": "nnunet_plan"}  # fmt: skip
+OWN_NETWORK = {
+    "transunet_btcv": "transunet",
+    "swin_unet_btcv": "swin_unet",
+    "mt_unet_btcv": "mt_unet",
+    "unet_btcv": "nnunet_plan",
+}
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
@@ -92,9 +96,17 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path,
     image = tiny_data / "imagesTr" / "phantom0000.nii.gz"
     out = tmp_path / "pred"
     cmd = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(folder / "configs" / "inference.json"),
-        "--dataset_dir", str(image), "--output_dir", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(folder / "configs" / "inference.json"),
+        "--dataset_dir",
+        str(image),
+        "--output_dir",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(decoy)}
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
@@ -112,9 +124,14 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path,
     ref_out = tmp_path / "pred-unpackaged"
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the workflow installs the project's hook
     wf = ConfigWorkflow(
-        config_file=str(BUNDLES / bundle / "configs" / "inference.json"), logging_file=False, workflow_type="infer",
-        dataset_dir=str(image), output_dir=str(ref_out), ckpt_path=ckpt, **BUNDLE_TINY[bundle],
-    )  # fmt: skip
+        config_file=str(BUNDLES / bundle / "configs" / "inference.json"),
+        logging_file=False,
+        workflow_type="infer",
+        dataset_dir=str(image),
+        output_dir=str(ref_out),
+        ckpt_path=ckpt,
+        **BUNDLE_TINY[bundle],
+    )
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -128,9 +145,24 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path,
     assert differ == 0, f"packaged and unpackaged labels differ in {differ} of {labels.size} voxels"
 
     # the packaged train.json trains (one tiny epoch, validation included) with the vendored code alone
-    train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(folder / "configs" / "train.json"),
-             "--dataset_dir", str(tiny_data), "--ckpt_dir", str(tmp_path / "trained"), "--output_dir", str(tmp_path / "runs"),
-             "--max_epochs", "1", "--val_interval", "1"]  # fmt: skip
+    train = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(folder / "configs" / "train.json"),
+        "--dataset_dir",
+        str(tiny_data),
+        "--ckpt_dir",
+        str(tmp_path / "trained"),
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--max_epochs",
+        "1",
+        "--val_interval",
+        "1",
+    ]
     r = subprocess.run(train, cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "trained" / "model.pt").is_file()
@@ -138,9 +170,17 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path,
     # the vendored copy, not the project, was loaded
     probe = subprocess.run(
         [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(folder)!r}); import {pkg}; print({pkg}.__file__)"],
-        cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=120,
-    )  # fmt: skip
-    assert probe.returncode == 0 and probe.stdout.strip() == str(folder / pkg / "__init__.py"), (probe.stdout, probe.stderr)
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=120,
+    )
+    assert probe.returncode == 0 and probe.stdout.strip() == str(folder / pkg / "__init__.py"), (
+        probe.stdout,
+        probe.stderr,
+    )
 
 
 def test_package_cli_writes_the_bundle_its_checkpoint_and_zip(tmp_path, capsys):
@@ -182,8 +222,21 @@ def test_demo_checkpoint_is_checked_before_writing_and_packaged_with_its_overlay
     assert main(["--bundle", "unet_btcv", "--out", str(out), "--ckpt", str(tmp_path / "demo_model.pt")]) == 2
     err = capsys.readouterr().err
     assert "these weights are of the network that configs/demo.json builds" in err and not out.exists()
-    assert main(["--bundle", "unet_btcv", "--out", str(out), "--ckpt", str(tmp_path / "demo_model.pt"),
-                 "--config", str(demo)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--bundle",
+                "unet_btcv",
+                "--out",
+                str(out),
+                "--ckpt",
+                str(tmp_path / "demo_model.pt"),
+                "--config",
+                str(demo),
+            ]
+        )
+        == 0
+    )
     packaged = ConfigParser()
     packaged.read_config(str(out / "unet_btcv" / "configs" / "inference.json"))
     assert packaged["roi_size"] == [64, 64, 32] and packaged["spacing"] == [4.0, 4.0, 5.0]
@@ -193,5 +246,7 @@ def test_demo_checkpoint_is_checked_before_writing_and_packaged_with_its_overlay
     plain["bundle_root"] = str(BUNDLES / "unet_btcv")
     want = rewrite_config(json.loads(json.dumps(plain.config)), vendored_name("unet_btcv"))["network_def"]
     assert packaged["network_def"] == want  # the demo network
-    assert torch.equal(torch.load(out / "unet_btcv" / "models" / "model.pt", weights_only=True)["input_block.conv1.conv.weight"],
-                       net.state_dict()["input_block.conv1.conv.weight"])  # fmt: skip
+    assert torch.equal(
+        torch.load(out / "unet_btcv" / "models" / "model.pt", weights_only=True)["input_block.conv1.conv.weight"],
+        net.state_dict()["input_block.conv1.conv.weight"],
+    )

@@ -13,9 +13,15 @@ def ph():
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    a = write_phantom_dataset(tmp_path / "a", num_cases=2, num_validation=1, seed=3, shape=(48, 48, 20), spacing=(8, 8, 13))
-    b = write_phantom_dataset(tmp_path / "b", num_cases=2, num_validation=1, seed=3, shape=(48, 48, 20), spacing=(8, 8, 13))
-    c = write_phantom_dataset(tmp_path / "c", num_cases=2, num_validation=1, seed=4, shape=(48, 48, 20), spacing=(8, 8, 13))
+    a = write_phantom_dataset(
+        tmp_path / "a", num_cases=2, num_validation=1, seed=3, shape=(48, 48, 20), spacing=(8, 8, 13)
+    )
+    b = write_phantom_dataset(
+        tmp_path / "b", num_cases=2, num_validation=1, seed=3, shape=(48, 48, 20), spacing=(8, 8, 13)
+    )
+    c = write_phantom_dataset(
+        tmp_path / "c", num_cases=2, num_validation=1, seed=4, shape=(48, 48, 20), spacing=(8, 8, 13)
+    )
     for sub in ("imagesTr/phantom0000.nii.gz", "labelsTr/phantom0001.nii.gz"):
         assert file_digest(a.parent / sub) == file_digest(b.parent / sub)
         assert file_digest(a.parent / sub) != file_digest(c.parent / sub)

@@ -54,8 +54,12 @@ def _pretrained_file(bundle: str, path) -> str:
     elif bundle == "swin_unetr_btcv":  # the self-supervised model_swinvit.pt
         path = path / "model_swinvit.pt"
         torch.manual_seed(5)
-        torch.save(ssl_checkpoint(type(net)(in_channels=1, out_channels=14, feature_size=12, depths=(1, 1, 1, 1),
-                                             num_heads=(1, 1, 1, 1))), path)  # fmt: skip
+        torch.save(
+            ssl_checkpoint(
+                type(net)(in_channels=1, out_channels=14, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+            ),
+            path,
+        )
     elif bundle == "mt_unet_btcv":  # a checkpoint of the official MT-UNet training script
         path = path / "mtunet_official.pth"
         torch.save(official_mtunet_checkpoint(net), path)
@@ -76,10 +80,14 @@ def test_train_json_fine_tunes_from_the_official_layout(bundle, tiny_data, tmp_p
     if bundle in ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv"):
         overrides["slices_per_epoch"] = overrides["batch_size"]  # one iteration
     wf = ConfigWorkflow(
-        config_file=str(BUNDLES / bundle / "configs" / "train.json"), workflow_type="train",
-        dataset_dir=str(tiny_data), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"),
-        pretrained_path=path, **overrides,
-    )  # fmt: skip
+        config_file=str(BUNDLES / bundle / "configs" / "train.json"),
+        workflow_type="train",
+        dataset_dir=str(tiny_data),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
+        pretrained_path=path,
+        **overrides,
+    )
     wf.initialize()
     net = wf.parser.get_parsed_content("network")
     assert f"loaded pretrained weights from {path}" in capsys.readouterr().out
@@ -99,7 +107,9 @@ def _official_full_checkpoint(bundle: str, path) -> str:
     """A 9-class checkpoint as the official training script saves it (``torch.save(model.state_dict())``)."""
     g = torch.Generator().manual_seed(11)
     if bundle == "transunet_btcv":
-        shapes = official_transunet_state_dict(**_TRANSUNET, grid=2, n_classes=9, decoder_head=16, decoder=(16, 8, 8, 4))
+        shapes = official_transunet_state_dict(
+            **_TRANSUNET, grid=2, n_classes=9, decoder_head=16, decoder=(16, 8, 8, 4)
+        )
         state = {k: torch.randn(s, generator=g) if s else torch.tensor(7) for k, s in shapes.items()}
         for k in state:
             if k.endswith("running_var"):
@@ -132,8 +142,14 @@ def test_official_checkpoint_evaluates_through_the_bundle(bundle, tiny_data, tmp
     ckpt = _official_full_checkpoint(bundle, tmp_path)
     cfg = BUNDLES / bundle / "configs"
     files = [str(cfg / n) for n in ("inference.json", "evaluate.json", "synapse.json")]
-    wf = ConfigWorkflow(config_file=files, workflow_type="infer", dataset_dir=str(tiny_data),
-                        output_dir=str(tmp_path / "eval"), ckpt_path=ckpt, **_tiny(bundle))  # fmt: skip
+    wf = ConfigWorkflow(
+        config_file=files,
+        workflow_type="infer",
+        dataset_dir=str(tiny_data),
+        output_dir=str(tmp_path / "eval"),
+        ckpt_path=ckpt,
+        **_tiny(bundle),
+    )
     wf.initialize()
     wf.run()
     res = json.loads((tmp_path / "eval" / "results.json").read_text(encoding="utf-8"))
@@ -147,9 +163,14 @@ def test_official_checkpoint_evaluates_through_the_bundle(bundle, tiny_data, tmp
 
     # the same 9-class file under the default 14-class configuration: one clear refusal, nothing written
     out = tmp_path / "pred14"
-    wf = ConfigWorkflow(config_file=str(cfg / "inference.json"), workflow_type="infer",
-                        dataset_dir=str(tiny_data / "imagesTr"), output_dir=str(out), ckpt_path=ckpt,
-                        **_tiny(bundle))  # fmt: skip
+    wf = ConfigWorkflow(
+        config_file=str(cfg / "inference.json"),
+        workflow_type="infer",
+        dataset_dir=str(tiny_data / "imagesTr"),
+        output_dir=str(out),
+        ckpt_path=ckpt,
+        **_tiny(bundle),
+    )
     wf.initialize()
     with pytest.raises(Exception) as exc:
         wf.run()

@@ -100,7 +100,9 @@ def test_mean_over_cases_then_organs_like_the_papers():
     summ = summarize(cases, "synapse8")
     per_organ = {k: np.mean([t[k][0] for t in theirs]) for k in SYNAPSE_ORGAN_ORDER}
     assert summ["mean"]["dice"] == pytest.approx(np.mean(list(per_organ.values())), abs=1e-12)
-    assert summ["mean"]["hd95"] == pytest.approx(np.mean([np.mean([t[k][1] for t in theirs]) for k in SYNAPSE_ORGAN_ORDER]), abs=1e-9)
+    assert summ["mean"]["hd95"] == pytest.approx(
+        np.mean([np.mean([t[k][1] for t in theirs]) for k in SYNAPSE_ORGAN_ORDER]), abs=1e-9
+    )
 
 
 def test_synapse8_3d_is_medpy_hd95_in_millimetres_on_the_real_ct(sample_ct):

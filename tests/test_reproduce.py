@@ -66,7 +66,9 @@ def btcv_raw(tmp_path, tiny_data):
 
 def test_cv5_datalists_and_their_errors(btcv_raw):
     d = get_datalist(str(btcv_raw), "cv5", fold=3)
-    assert [os.path.basename(it["image"]) for it in d["validation"]] == [f"img{c}.nii.gz" for c in cv_folds()[3]["validation"]]
+    assert [os.path.basename(it["image"]) for it in d["validation"]] == [
+        f"img{c}.nii.gz" for c in cv_folds()[3]["validation"]
+    ]
     assert d["split"] == "cv5_fold3" and len(d["training"]) == 24
     assert btcv_datalist(btcv_raw, "cv5")["validation"][0]["image"].endswith("img0001.nii.gz")
     with pytest.raises(InputError, match="needs a fold to train"):
@@ -98,9 +100,16 @@ def test_out_of_fold_leaderboard_runs_each_fold_model_on_its_own_cases(btcv_raw,
 
     monkeypatch.setattr(lb, "run_bundle_inference", fake_inference)
     card = BUNDLES / "unet_btcv" / "configs" / "card_cv5.json"
-    doc = lb.leaderboard(["unet_btcv"], dataset_dir=str(btcv_raw), split="cv5", out=str(tmp_path / "lb"),
-                         ckpts={"unet_btcv": "/runs/fold{fold}/model.pt"}, configs={"unet_btcv": [str(card)]},
-                         overlay_cases=0, progress=False)  # fmt: skip
+    doc = lb.leaderboard(
+        ["unet_btcv"],
+        dataset_dir=str(btcv_raw),
+        split="cv5",
+        out=str(tmp_path / "lb"),
+        ckpts={"unet_btcv": "/runs/fold{fold}/model.pt"},
+        configs={"unet_btcv": [str(card)]},
+        overlay_cases=0,
+        progress=False,
+    )
     assert [c for c, _ in calls] == [f"/runs/fold{k}/model.pt" for k in range(5)]
     for k, (_, cases) in enumerate(calls):
         assert cases == [f"img{c}.nii.gz" for c in cv_folds()[k]["validation"]]
@@ -112,10 +121,20 @@ def test_out_of_fold_leaderboard_runs_each_fold_model_on_its_own_cases(btcv_raw,
     assert res["meta"]["card"]["verdict"] == "outside the card's tolerance of +/- 0.020"
     md = (tmp_path / "lb" / "leaderboard.md").read_text(encoding="utf-8")
     assert "| -> card unet_btcv/cv5: outside the card's tolerance of +/- 0.020 | 0.831 |" in md
-    assert "| -> published: nnU-Net Revisited (nnU-Net; ResEnc L 0.8335) (5-fold cross-validation on the 30 cases) | 0.831 |" in md
+    assert (
+        "| -> published: nnU-Net Revisited (nnU-Net; ResEnc L 0.8335) (5-fold cross-validation on the 30 cases) | 0.831 |"
+        in md
+    )
     with pytest.raises(InputError, match="needs --split cv5 without --fold"):
-        lb.leaderboard(["unetr_btcv"], dataset_dir=str(btcv_raw), split="cv5", fold=1, out=str(tmp_path / "x"),
-                       ckpts={"unetr_btcv": "/runs/fold{fold}/model.pt"}, progress=False)  # fmt: skip
+        lb.leaderboard(
+            ["unetr_btcv"],
+            dataset_dir=str(btcv_raw),
+            split="cv5",
+            fold=1,
+            out=str(tmp_path / "x"),
+            ckpts={"unetr_btcv": "/runs/fold{fold}/model.pt"},
+            progress=False,
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ cards
@@ -155,8 +174,12 @@ def test_card_pins_existing_settings_consistently(card_file):
 
 
 def test_card_check_verdicts():
-    card = {"name": "x/synapse", "protocol": "synapse8", "split": "synapse",
-            "expected": {"mean_dice": 0.7748, "tolerance": 0.02, "source": "paper"}}  # fmt: skip
+    card = {
+        "name": "x/synapse",
+        "protocol": "synapse8",
+        "split": "synapse",
+        "expected": {"mean_dice": 0.7748, "tolerance": 0.02, "source": "paper"},
+    }
     assert card_check(card, "synapse8", "synapse", 0.760)["verdict"].startswith("within")
     assert card_check(card, "synapse8", "synapse", 0.750)["verdict"].startswith("outside")
     assert card_check(card, "btcv13", "synapse", 0.77)["verdict"].startswith("not comparable")
@@ -173,9 +196,12 @@ def test_evaluate_prints_and_records_the_card(tiny_data, tmp_path, capsys):
     cfg = BUNDLES / bundle / "configs"
     wf = ConfigWorkflow(
         config_file=[str(cfg / n) for n in ("inference.json", "evaluate.json", "card_dataset_0.json")],
-        workflow_type="infer", dataset_dir=str(tiny_data), output_dir=str(tmp_path / "eval"), load_pretrain=False,
+        workflow_type="infer",
+        dataset_dir=str(tiny_data),
+        output_dir=str(tmp_path / "eval"),
+        load_pretrain=False,
         **BUNDLE_TINY[bundle],
-    )  # fmt: skip
+    )
     wf.initialize()
     wf.run()
     res = json.loads((tmp_path / "eval" / "results.json").read_text(encoding="utf-8"))
@@ -183,7 +209,9 @@ def test_evaluate_prints_and_records_the_card(tiny_data, tmp_path, capsys):
     measured = res["summary"]["mean"]["dice"]
     assert card["name"] == "unetr_btcv/dataset_0" and card["measured_mean_dice"] == pytest.approx(measured)
     # the phantoms are not the card's split: the expected number is shown, no verdict is given
-    assert card["verdict"] == f"not comparable (card: btcv13, split dataset_0; run: btcv13, split datalist in {tiny_data})"
+    assert (
+        card["verdict"] == f"not comparable (card: btcv13, split dataset_0; run: btcv13, split datalist in {tiny_data})"
+    )
     out = capsys.readouterr().out
     assert "card unetr_btcv/dataset_0: expected mean Dice 0.8000" in out
     assert "- card: `card unetr_btcv/dataset_0" in (tmp_path / "eval" / "summary.md").read_text(encoding="utf-8")

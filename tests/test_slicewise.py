@@ -37,13 +37,18 @@ class IntensityNet(torch.nn.Module):
 
     def forward(self, x):
         self.calls.append(tuple(x.shape))
-        x = torch.nn.functional.avg_pool2d(x[:, :1], self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False)
+        x = torch.nn.functional.avg_pool2d(
+            x[:, :1], self.smooth, stride=1, padding=self.smooth // 2, count_include_pad=False
+        )
         return -self.sharpness * (x - self.centres.to(x)) ** 2
 
 
 @pytest.fixture(scope="module")
 def volume(tiny_data):
-    item = {"image": str(tiny_data / "imagesTr" / "phantom0000.nii.gz"), "label": str(tiny_data / "labelsTr" / "phantom0000.nii.gz")}
+    item = {
+        "image": str(tiny_data / "imagesTr" / "phantom0000.nii.gz"),
+        "label": str(tiny_data / "labelsTr" / "phantom0000.nii.gz"),
+    }
     return item, slice_preprocessing()(item)
 
 
@@ -62,7 +67,9 @@ def test_preprocessing_is_ras_with_the_paper_window(tmp_path):
     np.testing.assert_allclose(img.affine.numpy(), canon.affine, atol=1e-6)
     expected = np.clip((np.asarray(canon.dataobj).astype(np.float64) + 125.0) / 400.0, 0.0, 1.0)
     np.testing.assert_allclose(img[0].numpy(), expected, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(d["label"][0].numpy(), np.asarray(nib.as_closest_canonical(nib.Nifti1Image(lab, aff)).dataobj))
+    np.testing.assert_array_equal(
+        d["label"][0].numpy(), np.asarray(nib.as_closest_canonical(nib.Nifti1Image(lab, aff)).dataobj)
+    )
     # the probes, found through the affines
     to_out = np.linalg.inv(img.affine.numpy()) @ aff
     got = [float(img[0][tuple(np.rint(to_out @ [*p, 1.0])[:3].astype(int))]) for p in probes]
@@ -88,11 +95,16 @@ def test_preprocessing_loads_the_file_type_and_windows_to_the_same_float_values(
     np.testing.assert_allclose(d["image"][0].numpy(), np.clip((hu + 125.0) / 400.0, 0.0, 1.0), rtol=0, atol=1e-6)
     np.testing.assert_allclose(d["image"].affine.numpy(), raw.affine, atol=1e-6)
     lo, hi = PAPER_HU_WINDOW
-    as_float = Compose(load_transforms(("image", "label")) + [
-        Orientationd(("image", "label"), axcodes="RAS", labels=None),
-        ScaleIntensityRanged("image", a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True),
-    ])(item)  # fmt: skip
-    assert as_float["label"].dtype == torch.float32  # the reference really loaded float, so the comparison means something
+    as_float = Compose(
+        load_transforms(("image", "label"))
+        + [
+            Orientationd(("image", "label"), axcodes="RAS", labels=None),
+            ScaleIntensityRanged("image", a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )(item)
+    assert (
+        as_float["label"].dtype == torch.float32
+    )  # the reference really loaded float, so the comparison means something
     assert torch.equal(d["image"].as_tensor(), as_float["image"].as_tensor())
     assert torch.equal(d["label"].as_tensor().float(), as_float["label"].as_tensor())
     assert np.array_equal(d["image"].affine.numpy(), as_float["image"].affine.numpy())
@@ -104,8 +116,13 @@ def test_slice_dataset_item_i_is_slice_i_of_its_volume_and_is_cached(tiny_data):
     dataset is built, however often its slices are read."""
     from scipy import ndimage
 
-    items = [{"image": str(tiny_data / "imagesTr" / f"phantom000{k}.nii.gz"),
-              "label": str(tiny_data / "labelsTr" / f"phantom000{k}.nii.gz")} for k in (0, 2)]  # fmt: skip
+    items = [
+        {
+            "image": str(tiny_data / "imagesTr" / f"phantom000{k}.nii.gz"),
+            "label": str(tiny_data / "labelsTr" / f"phantom000{k}.nii.gz"),
+        }
+        for k in (0, 2)
+    ]
     prep = slice_preprocessing()
     calls: list[str] = []
 
@@ -128,7 +145,9 @@ def test_slice_dataset_item_i_is_slice_i_of_its_volume_and_is_cached(tiny_data):
             assert type(s["image"]) is torch.Tensor and s["image"].shape == (1, *size) == s["label"].shape
             want = np.clip(ndimage.zoom(img[:, :, z], f, order=3), 0.0, 1.0)
             np.testing.assert_allclose(s["image"][0].numpy(), want, rtol=0, atol=2e-6, err_msg=f"volume {v} slice {z}")
-            np.testing.assert_array_equal(s["label"][0].numpy(), ndimage.zoom(lab[:, :, z], f, order=0), err_msg=f"{v}/{z}")
+            np.testing.assert_array_equal(
+                s["label"][0].numpy(), ndimage.zoom(lab[:, :, z], f, order=0), err_msg=f"{v}/{z}"
+            )
             i += 1
     assert torch.equal(ds[5]["image"], ds[5]["image"]) and calls == [it["image"] for it in items]  # read from the cache
 
@@ -146,7 +165,13 @@ def test_foreground_aware_weights():
 
 
 def test_weighted_sampler_sees_small_organs_more_often(tiny_data):
-    items = [{"image": str(tiny_data / "imagesTr" / f"phantom000{i}.nii.gz"), "label": str(tiny_data / "labelsTr" / f"phantom000{i}.nii.gz")} for i in range(3)]
+    items = [
+        {
+            "image": str(tiny_data / "imagesTr" / f"phantom000{i}.nii.gz"),
+            "label": str(tiny_data / "labelsTr" / f"phantom000{i}.nii.gz"),
+        }
+        for i in range(3)
+    ]
     ds = SliceDataset(items, slice_preprocessing(), img_size=(32, 32), augment=False, fg_prob=0.5, progress=False)
     adrenal = organ("adrenal_left").id
     has = np.array([adrenal in p for p in ds._present])
@@ -270,7 +295,8 @@ def test_label_resize_reproduces_the_reference_path(volume):
 
 
 @pytest.mark.parametrize(
-    "shape, size", [((122, 101, 3), (224, 224)), ((512, 300, 2), (224, 224)), ((224, 224, 2), (60, 90)), ((40, 40, 2), (40, 40))]
+    "shape, size",
+    [((122, 101, 3), (224, 224)), ((512, 300, 2), (224, 224)), ((224, 224, 2), (60, 90)), ((40, 40, 2), (40, 40))],
 )
 def test_axial_zoom_is_scipys_zoom_of_each_slice(shape, size):
     """The batched path's input resizing is the papers' ``scipy.ndimage.zoom(order=3)`` of every axial slice and

@@ -230,7 +230,9 @@ def test_every_bad_file_reported_at_once(authors, tmp_path):
     src, _ = authors
     (src / "train_npz" / "case0005_slice004.npz").unlink()  # a missing slice
     np.savez(src / "train_npz" / "case0006_slice002.npz", img=np.zeros((48, 48)))  # wrong keys
-    np.savez(src / "train_npz" / "case0007_slice001.npz", image=np.full((48, 48), 3.0), label=np.zeros((48, 48)))  # not [0, 1]
+    np.savez(
+        src / "train_npz" / "case0007_slice001.npz", image=np.full((48, 48), 3.0), label=np.zeros((48, 48))
+    )  # not [0, 1]
     with h5py.File(src / "test_vol_h5" / "case0002.npy.h5", "w") as f:
         f.create_dataset("image", data=np.zeros((20, 48, 48)))
         f.create_dataset("label", data=np.full((20, 48, 48), 9.0))  # id outside 0..8

@@ -103,12 +103,16 @@ def test_bad_inputs_stop_with_the_file_named(pair, tmp_path):
     flat = _save(tmp_path / "flat.nii.gz", np.zeros((8, 8), np.int16), np.eye(4))
     assert "flat.nii.gz: expected a 3D volume" in str(_error(btcv_preprocessing(keys=["image"]), {"image": flat}))
     high = _save(tmp_path / "high.nii.gz", np.full((40, 36, 12), 20, np.uint8), aff)
-    assert "high.nii.gz: label values 20..20 outside the label map 0..13" in str(_error(pre, {"image": img, "label": high}))
+    assert "high.nii.gz: label values 20..20 outside the label map 0..13" in str(
+        _error(pre, {"image": img, "label": high})
+    )
     small = _save(tmp_path / "small.nii.gz", np.zeros((40, 36, 11), np.uint8), aff)
     assert "small.nii.gz: label grid (40, 36, 11) does not match" in str(_error(pre, {"image": img, "label": small}))
     moved = _save(tmp_path / "moved.nii.gz", np.zeros((40, 36, 12), np.uint8), np.diag([1.0, 1.0, 2.5, 1.0]))
     assert "moved.nii.gz: label affine differs" in str(_error(pre, {"image": img, "label": moved}))
-    assert "missing.nii.gz: file not found" in str(_error(pre, {"image": str(tmp_path / "missing.nii.gz"), "label": lab}))
+    assert "missing.nii.gz: file not found" in str(
+        _error(pre, {"image": str(tmp_path / "missing.nii.gz"), "label": lab})
+    )
     garbage = tmp_path / "garbage.nii.gz"
     garbage.write_bytes(b"not an image")
     assert "garbage.nii.gz: cannot read the image" in str(_error(pre, {"image": str(garbage), "label": lab}))
@@ -120,7 +124,9 @@ def test_monai_label_image_path_does_not_crash_spacing(pair):
 
     img, _, _ = pair
     data = {"image": img, "image_path": img}
-    plain = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), Spacingd("image", pixdim=(1.5, 1.5, 2.0))])
+    plain = Compose(
+        [LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), Spacingd("image", pixdim=(1.5, 1.5, 2.0))]
+    )
     with pytest.raises(Exception) as exc:
         plain(dict(data))  # the crash as MONAI has it
     chain, e = [], exc.value
@@ -144,12 +150,17 @@ def test_hu_window_in_one_buffer_is_monais(dtype, window):
     from common.transforms import HUWindowd
 
     g = torch.Generator().manual_seed(0)
-    x = MetaTensor((torch.rand(1, 17, 13, 5, generator=g) * 3000 - 1100).to(dtype), affine=torch.diag(torch.tensor([2.0, 2, 3, 1])))
+    x = MetaTensor(
+        (torch.rand(1, 17, 13, 5, generator=g) * 3000 - 1100).to(dtype), affine=torch.diag(torch.tensor([2.0, 2, 3, 1]))
+    )
     x[0, 0, 0, 0] = window[0]  # the window's ends exactly
     x[0, 0, 0, 1] = window[1]
     kw = dict(a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True)
     before = x.clone()
-    ours, theirs = HUWindowd("image", **kw)({"image": x})["image"], ScaleIntensityRanged("image", **kw)({"image": x})["image"]
+    ours, theirs = (
+        HUWindowd("image", **kw)({"image": x})["image"],
+        ScaleIntensityRanged("image", **kw)({"image": x})["image"],
+    )
     assert ours.dtype == theirs.dtype == torch.float32 and isinstance(ours, MetaTensor)
     assert torch.equal(ours.as_tensor(), theirs.as_tensor()) and torch.equal(ours.affine, theirs.affine)
     assert torch.equal(x.as_tensor(), before.as_tensor())

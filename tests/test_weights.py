@@ -56,8 +56,9 @@ def test_every_unreadable_file_is_one_clear_message(tmp_path, case):
 
 def test_wrappers_and_ddp_prefix_are_unwrapped(tmp_path):
     sd = _net().state_dict()
-    for i, obj in enumerate([sd, {"state_dict": sd, "epoch": 4}, {"model": sd}, {"network": sd},
-                             {"module." + k: v for k, v in sd.items()}]):  # fmt: skip
+    for i, obj in enumerate(
+        [sd, {"state_dict": sd, "epoch": 4}, {"model": sd}, {"network": sd}, {"module." + k: v for k, v in sd.items()}]
+    ):
         torch.save(obj, tmp_path / f"{i}.pt")
         got = read_checkpoint(tmp_path / f"{i}.pt")
         assert list(got) == list(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
@@ -81,7 +82,10 @@ def test_keys_of_another_network_name_them_and_copy_nothing(tmp_path):
     with pytest.raises(InputError) as e:
         load_weights(dst, tmp_path / "other.pt")
     text = str(e.value)
-    assert "key 'weight' has no place in Sequential" in text and "9 missing keys: '0.bias', '0.weight', '1.bias' and 6 more" in text
+    assert (
+        "key 'weight' has no place in Sequential" in text
+        and "9 missing keys: '0.bias', '0.weight', '1.bias' and 6 more" in text
+    )
     assert len(text.splitlines()) <= 5  # grouped, not one line per key
     assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items())
 

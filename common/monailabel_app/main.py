@@ -108,7 +108,9 @@ class BTCVBundlesApp(MONAILabelApp):
         for name, path in self.bundles.items():
             task = BundleInferTask(path, self.conf)
             if not task.is_valid():
-                logger.warning(f"{name}: not served for inference yet ({path}/models/model.pt not found); train it first")
+                logger.warning(
+                    f"{name}: not served for inference yet ({path}/models/model.pt not found); train it first"
+                )
                 continue
             problem = _weights_problem(path)
             if problem:

@@ -388,10 +388,7 @@ def build_mtm_stage(
     ``torch.randn(1, 28, 28, 256)`` is the first encoder stage of the paper model.
     """
     return nn.Sequential(
-        *(
-            MixedTransformerModule(dim, num_heads, window_size, ea_heads, ea_memory, ea_expansion)
-            for _ in range(depth)
-        )
+        *(MixedTransformerModule(dim, num_heads, window_size, ea_heads, ea_memory, ea_expansion) for _ in range(depth))
     )
 
 
@@ -520,9 +517,7 @@ class MTUNet(nn.Module):
         self.to_tokens = _conv_bn(c2, f, 1)
         # learned (an nn.Parameter, zero-initialised, counted), as in the official model
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, f))
-        self.encoder_stages = nn.ModuleList(
-            [EncoderStage(f, depths[0], **mtm), EncoderStage(2 * f, depths[1], **mtm)]
-        )
+        self.encoder_stages = nn.ModuleList([EncoderStage(f, depths[0], **mtm), EncoderStage(2 * f, depths[1], **mtm)])
         self.bottleneck = build_mtm_stage(4 * f, depths[2], **mtm)
         self.decoder_stages = nn.ModuleList(
             [
@@ -541,7 +536,9 @@ class MTUNet(nn.Module):
         channels, height, width = _static_dims(x, (1, 2, 3))
         got = f"(B, {channels}, {height}, {width})"
         if channels != self.in_channels:
-            raise ValueError(f"MTUNet was built for in_channels={self.in_channels}: expected input {expected}, got {got}")
+            raise ValueError(
+                f"MTUNet was built for in_channels={self.in_channels}: expected input {expected}, got {got}"
+            )
         if (height, width) != (self.img_size, self.img_size):
             raise ValueError(
                 f"MTUNet was built for img_size={self.img_size} and only takes {self.img_size}x{self.img_size} inputs "

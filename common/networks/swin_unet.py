@@ -524,9 +524,15 @@ def convert_imagenet_swin(state: Mapping[str, object], model: torch.nn.Module) -
     required = [n for n in params if n.startswith(("patch_embed.", "layers.", "norm.", "absolute_pos_embed"))]
     required += [n for n in params if n.startswith("layers_up.") and ".blocks." in n]
     return Conversion(
-        "Swin ImageNet (Microsoft)", tensors, ignored=ignored, unused=unused, problems=problems, partial=True,
-        required=required, notes={"recomputed_buffers": recomputed},
-    )  # fmt: skip
+        "Swin ImageNet (Microsoft)",
+        tensors,
+        ignored=ignored,
+        unused=unused,
+        problems=problems,
+        partial=True,
+        required=required,
+        notes={"recomputed_buffers": recomputed},
+    )
 
 
 def convert_official_state_dict(state: Mapping[str, object], model: torch.nn.Module) -> Conversion | None:

@@ -30,8 +30,15 @@ from ..weights import Conversion
 __all__ = ["CONVERTERS", "convert_ssl_encoder", "SSL_IGNORED_PREFIXES"]
 
 # heads of the self-supervised pre-training network that the segmentation network does not have
-SSL_IGNORED_PREFIXES = ("rotation_head.", "rotation_pre.", "contrastive_head.", "contrastive_pre.", "convTrans3d.",
-                        "conv.", "norm.")  # fmt: skip
+SSL_IGNORED_PREFIXES = (
+    "rotation_head.",
+    "rotation_pre.",
+    "contrastive_head.",
+    "contrastive_pre.",
+    "convTrans3d.",
+    "conv.",
+    "norm.",
+)
 
 
 def _bare(key: str) -> str:

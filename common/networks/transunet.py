@@ -417,8 +417,7 @@ class TransUNet(nn.Module):
             raise ValueError(f"TransUNet expects a 4-D input {expected}, got shape {tuple(x.shape)}.")
         if x.shape[1] != self.in_channels:
             raise ValueError(
-                f"TransUNet expects {self.in_channels} input channel(s), input {expected}, "
-                f"got shape {tuple(x.shape)}."
+                f"TransUNet expects {self.in_channels} input channel(s), input {expected}, got shape {tuple(x.shape)}."
             )
         if x.shape[2] != self.img_size[0] or x.shape[3] != self.img_size[1]:
             raise ValueError(
@@ -613,7 +612,11 @@ def convert_imagenet_npz(arrays: Mapping[str, object], model: torch.nn.Module) -
     entries = _encoder_key_map(model)
     expected_keys = set(entries) | {_POS_KEY}
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    ignored = {k: "not read by the official loader (classifier head, pre-logits, class token)" for k in arrays if _is_ignored(k)}
+    ignored = {
+        k: "not read by the official loader (classifier head, pre-logits, class token)"
+        for k in arrays
+        if _is_ignored(k)
+    }
     unused = sorted(k for k in arrays if k not in expected_keys and not _is_ignored(k))
     problems = [f"npz key {k!r} is missing" for k in sorted(expected_keys - set(arrays))]
     for key in sorted(set(entries) & set(arrays)):
@@ -624,7 +627,9 @@ def convert_imagenet_npz(arrays: Mapping[str, object], model: torch.nn.Module) -
     if pos is not None and (pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != model.hidden_size):
         problems.append(f"{_POS_KEY}: file shape {tuple(pos.shape)}, model expects (1, N, {model.hidden_size})")
     if problems and "conv_root/kernel" in arrays and model.in_channels not in (1, 3):
-        problems.append(f"the pretrained root convolution takes 3 channels: build the model with in_channels 1 or 3, not {model.in_channels}")
+        problems.append(
+            f"the pretrained root convolution takes 3 channels: build the model with in_channels 1 or 3, not {model.in_channels}"
+        )
     tensors: dict[str, torch.Tensor] = {}
     notes: dict = {}
     if not problems:
@@ -638,9 +643,15 @@ def convert_imagenet_npz(arrays: Mapping[str, object], model: torch.nn.Module) -
         else:
             tensors["pos_embed"] = torch.from_numpy(np.ascontiguousarray(pos_array))
     return Conversion(
-        "TransUNet ImageNet-21k npz", tensors, ignored=ignored, unused=unused, problems=problems, partial=True,
-        required=model.encoder_parameter_names(), notes=notes,
-    )  # fmt: skip
+        "TransUNet ImageNet-21k npz",
+        tensors,
+        ignored=ignored,
+        unused=unused,
+        problems=problems,
+        partial=True,
+        required=model.encoder_parameter_names(),
+        notes=notes,
+    )
 
 
 # official ``VisionTransformer`` (networks/vit_seg_modeling.py) module paths -> ours; tensors keep their layout

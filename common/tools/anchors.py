@@ -25,20 +25,62 @@ def _synapse(mean_dsc: float, hd95: float | None, organs: tuple[float, ...], sou
 
 
 ANCHORS: dict[str, list[dict]] = {
-    "transunet_btcv": [_synapse(77.48, 31.69, (87.23, 63.13, 81.87, 77.02, 94.08, 55.86, 85.08, 75.62), "TransUNet paper, Table 1")],
-    "swin_unet_btcv": [_synapse(79.13, 21.55, (85.47, 66.53, 83.28, 79.61, 94.29, 56.58, 90.66, 76.60), "Swin-Unet paper, Table 1")],
-    "mt_unet_btcv": [_synapse(78.59, 26.59, (87.92, 64.99, 81.47, 77.29, 93.06, 59.46, 87.75, 76.81), "MT-UNet paper, Table 1")],
+    "transunet_btcv": [
+        _synapse(77.48, 31.69, (87.23, 63.13, 81.87, 77.02, 94.08, 55.86, 85.08, 75.62), "TransUNet paper, Table 1")
+    ],
+    "swin_unet_btcv": [
+        _synapse(79.13, 21.55, (85.47, 66.53, 83.28, 79.61, 94.29, 56.58, 90.66, 76.60), "Swin-Unet paper, Table 1")
+    ],
+    "mt_unet_btcv": [
+        _synapse(78.59, 26.59, (87.92, 64.99, 81.47, 77.29, 93.06, 59.46, 87.75, 76.81), "MT-UNet paper, Table 1")
+    ],
     "unetr_btcv": [
-        {"protocol": "btcv13", "split": "BTCV standard leaderboard (test set)", "split_id": "btcv_test", "mean_dice": 0.856, "source": "UNETR paper"},
-        {"protocol": "btcv13", "split": "dataset_0 (6 validation cases)", "split_id": "dataset_0", "mean_dice": 0.80, "source": "MONAI UNETR tutorial, about"},
+        {
+            "protocol": "btcv13",
+            "split": "BTCV standard leaderboard (test set)",
+            "split_id": "btcv_test",
+            "mean_dice": 0.856,
+            "source": "UNETR paper",
+        },
+        {
+            "protocol": "btcv13",
+            "split": "dataset_0 (6 validation cases)",
+            "split_id": "dataset_0",
+            "mean_dice": 0.80,
+            "source": "MONAI UNETR tutorial, about",
+        },
     ],
     "swin_unetr_btcv": [
-        {"protocol": "btcv13", "split": "dataset_0 (6 validation cases), overlap 0.7", "split_id": "dataset_0", "mean_dice": 0.8225, "source": "research-contributions SwinUNETR"},
-        {"protocol": "btcv13", "split": "model_zoo (last 9 cases)", "split_id": "model_zoo", "mean_dice": 0.82, "source": "model zoo swin_unetr_btcv_segmentation"},
-        {"protocol": "btcv13", "split": "5-fold cross-validation on the 30 cases", "split_id": "cv5", "mean_dice": 0.7889, "source": "nnU-Net Revisited (SwinUNETR)"},
+        {
+            "protocol": "btcv13",
+            "split": "dataset_0 (6 validation cases), overlap 0.7",
+            "split_id": "dataset_0",
+            "mean_dice": 0.8225,
+            "source": "research-contributions SwinUNETR",
+        },
+        {
+            "protocol": "btcv13",
+            "split": "model_zoo (last 9 cases)",
+            "split_id": "model_zoo",
+            "mean_dice": 0.82,
+            "source": "model zoo swin_unetr_btcv_segmentation",
+        },
+        {
+            "protocol": "btcv13",
+            "split": "5-fold cross-validation on the 30 cases",
+            "split_id": "cv5",
+            "mean_dice": 0.7889,
+            "source": "nnU-Net Revisited (SwinUNETR)",
+        },
     ],
     "unet_btcv": [
-        {"protocol": "btcv13", "split": "5-fold cross-validation on the 30 cases", "split_id": "cv5", "mean_dice": 0.8308, "source": "nnU-Net Revisited (nnU-Net; ResEnc L 0.8335)"},
+        {
+            "protocol": "btcv13",
+            "split": "5-fold cross-validation on the 30 cases",
+            "split_id": "cv5",
+            "mean_dice": 0.8308,
+            "source": "nnU-Net Revisited (nnU-Net; ResEnc L 0.8335)",
+        },
     ],
 }
 

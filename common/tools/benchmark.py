@@ -194,12 +194,18 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
     fast = _fast_precision(dev)
     if kind == "3d":
         return [
-            ("baseline: model zoo", {"autocast": None, "invert": "probabilities", "stitch": "device", "flash_attention": False}),
+            (
+                "baseline: model zoo",
+                {"autocast": None, "invert": "probabilities", "stitch": "device", "flash_attention": False},
+            ),
             ("invert labels", {"autocast": None, "invert": "labels", "stitch": "auto"}),
             (f"invert labels + {fast}", {"autocast": fast, "invert": "labels", "stitch": "auto"}),
         ]
     return [
-        ("baseline: per-slice", {"slice_mode": "reference", "autocast": None, "slice_resize": "logits", "flash_attention": False}),
+        (
+            "baseline: per-slice",
+            {"slice_mode": "reference", "autocast": None, "slice_resize": "logits", "flash_attention": False},
+        ),
         ("batched", {"slice_mode": "batched", "autocast": None, "slice_resize": "logits"}),
         ("batched + label resize", {"slice_mode": "batched", "autocast": None, "slice_resize": "labels"}),
         (f"batched + {fast}", {"slice_mode": "batched", "autocast": fast, "slice_resize": "logits"}),
@@ -315,7 +321,8 @@ class _Bundle:
             "outside_forward_share": (total - fwd) / total if fwd is not None else None,
             # the 2D machinery: resizing, argmax, stacking (network stage less the forwards), inversion, writing
             "machinery_share": (times["network"] - fwd + times["postprocess"] + times["write"]) / total
-            if fwd is not None else None,
+            if fwd is not None
+            else None,
             "shape": [int(s) for s in d["image"].shape[1:]],
             "stages_s": times,
             "seconds": sum(times.values()),
@@ -396,11 +403,19 @@ def _dataset_part(b: _Bundle, files: list[str], work: Path) -> list[dict]:
         written = sorted(out_dir.glob("*.nii.gz"))
         if len(written) != len(files):
             raise RuntimeError(f"{b.name}: the bundle's inference wrote {len(written)} of {len(files)} label files")
-        r = {"bundle": b.name, "variant": name, "switches": switches, "volumes": len(files),
-             "num_workers": parser["num_workers"], "seconds": total, "seconds_per_volume": total / len(files),
-             "forward_s": sum(forwards) if forwards else None,
-             "outside_forward_share": 1.0 - sum(forwards) / total if forwards else None,
-             "peak_rss_mb": mem.peak_rss_mb, "peak_cuda_mb": mem.peak_cuda_mb}  # fmt: skip
+        r = {
+            "bundle": b.name,
+            "variant": name,
+            "switches": switches,
+            "volumes": len(files),
+            "num_workers": parser["num_workers"],
+            "seconds": total,
+            "seconds_per_volume": total / len(files),
+            "forward_s": sum(forwards) if forwards else None,
+            "outside_forward_share": 1.0 - sum(forwards) / total if forwards else None,
+            "peak_rss_mb": mem.peak_rss_mb,
+            "peak_cuda_mb": mem.peak_cuda_mb,
+        }
         rows.append(r)
         print(f"  {b.name} | dataset of {len(files)} | {name}: {r['seconds_per_volume']:.1f} s per volume", flush=True)
     return rows
@@ -455,8 +470,15 @@ def _fitted_part(
     ckpt = folder / "model.pt"
     datalist = folder / "datalist.json"
     item = {"image": str(image), "label": str(label)}
-    settings = {**overrides, "datalist_file": str(datalist), "max_epochs": epochs, "val_interval": epochs,
-                "ckpt_dir": str(folder), "ckpt_path": str(ckpt), "output_dir": str(folder / "runs")}  # fmt: skip
+    settings = {
+        **overrides,
+        "datalist_file": str(datalist),
+        "max_epochs": epochs,
+        "val_interval": epochs,
+        "ckpt_dir": str(folder),
+        "ckpt_path": str(ckpt),
+        "output_dir": str(folder / "runs"),
+    }
     train_s = None
     if not (ckpt.is_file() and _same_fit(folder, settings, item)):
         # no weights yet, or weights of another fit (other epochs, overrides or CT): fit again from scratch
@@ -522,7 +544,10 @@ class _PaperSlices(torch.utils.data.Dataset):
         f = (self.img_size[0] / img.shape[0], self.img_size[1] / img.shape[1])
         img = zoom(img, f, order=3)
         lab = zoom(lab, f, order=0)
-        return {"image": torch.from_numpy(img[None].astype(np.float32)), "label": torch.from_numpy(lab[None].astype(np.float32))}
+        return {
+            "image": torch.from_numpy(img[None].astype(np.float32)),
+            "label": torch.from_numpy(lab[None].astype(np.float32)),
+        }
 
 
 def _paper_slice_files(parser, items: list[dict], folder: Path) -> list[str]:
@@ -543,7 +568,9 @@ def _training_part(b: _Bundle, items: list[dict], work: Path, iters: int, warmup
     """Iterations of the bundle's own training step, fed by its pipeline and by the plain baseline."""
     from monai.data import Dataset, list_data_collate
 
-    parser = bundle_parser(b.name, {**b.overrides, "datalist": {"training": items, "validation": items[:1]}}, "train.json")
+    parser = bundle_parser(
+        b.name, {**b.overrides, "datalist": {"training": items, "validation": items[:1]}}, "train.json"
+    )
     parser["device"] = b.dev
     net = parser.get_parsed_content("network").train()
     loss_fn, opt = parser.get_parsed_content("loss"), parser.get_parsed_content("optimizer")
@@ -560,7 +587,9 @@ def _training_part(b: _Bundle, items: list[dict], work: Path, iters: int, warmup
     else:
         ds = _PaperSlices(_paper_slice_files(parser, items, work / b.name / "slices"), parser["img_size"])
     prep_s = time.perf_counter() - t
-    plain = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=nw, collate_fn=list_data_collate)
+    plain = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, num_workers=nw, collate_fn=list_data_collate
+    )
 
     def run(loader, label, setup_s):
         it = iter(loader)
@@ -588,10 +617,16 @@ def _training_part(b: _Bundle, items: list[dict], work: Path, iters: int, warmup
                 samples.append(int(x.shape[0]))
         total = sum(data_s) + sum(step_s)
         row = {
-            "bundle": b.name, "pipeline": label, "iterations": iters, "batch": samples[0],
-            "it_per_s": iters / total, "samples_per_s": sum(samples) / total,
-            "data_s_per_it": float(np.mean(data_s)), "step_s_per_it": float(np.mean(step_s)), "setup_s": setup_s,
-        }  # fmt: skip
+            "bundle": b.name,
+            "pipeline": label,
+            "iterations": iters,
+            "batch": samples[0],
+            "it_per_s": iters / total,
+            "samples_per_s": sum(samples) / total,
+            "data_s_per_it": float(np.mean(data_s)),
+            "step_s_per_it": float(np.mean(step_s)),
+            "setup_s": setup_s,
+        }
         print(f"  {b.name} | training {label}: {row['it_per_s']:.3f} it/s", flush=True)
         return row
 
@@ -627,10 +662,20 @@ def _mtm_part(repeats: int = 5, smoke: bool = False) -> list[dict]:
                     ts.append(time.perf_counter() - t0)
                 times[label] = (min(ts), y)
         diff = float((times["vectorised"][1] - times["loop"][1]).abs().max())
-        row = {"stage": name, "channels": dim, "grid": grid, "vectorised_ms": 1000 * times["vectorised"][0],
-               "loop_ms": 1000 * times["loop"][0], "speedup": times["loop"][0] / times["vectorised"][0], "max_abs_diff": diff}  # fmt: skip
+        row = {
+            "stage": name,
+            "channels": dim,
+            "grid": grid,
+            "vectorised_ms": 1000 * times["vectorised"][0],
+            "loop_ms": 1000 * times["loop"][0],
+            "speedup": times["loop"][0] / times["vectorised"][0],
+            "max_abs_diff": diff,
+        }
         rows.append(row)
-        print(f"  mt_unet mtm {name}: {row['vectorised_ms']:.1f} ms vs loop {row['loop_ms']:.1f} ms ({row['speedup']:.2f}x)", flush=True)
+        print(
+            f"  mt_unet mtm {name}: {row['vectorised_ms']:.1f} ms vs loop {row['loop_ms']:.1f} ms ({row['speedup']:.2f}x)",
+            flush=True,
+        )
     return rows
 
 
@@ -650,14 +695,29 @@ def suite(
     fit_epochs: int = FIT_EPOCHS,
 ) -> dict:
     """Run the benchmark suite (see the module docstring) and write ``<out_dir>/suite.md`` and ``suite.json``."""
-    dev = torch.device(device) if device else (torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu"))
+    dev = (
+        torch.device(device)
+        if device
+        else (torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu"))
+    )
     sizes = dict(sizes or (SMOKE_SIZES if smoke else SIZES))
     out = Path(out_dir)
     work = Path(tempfile.mkdtemp(prefix="suite-", dir=out if out.exists() else None))
     data = out / "data"
-    result = {"benchmark": "suite", "smoke": smoke, "machine": machine_info(dev), "sizes": sizes,
-              "weights": {}, "inference": [], "agreement": [], "fitted": [], "dataset": [], "training": [], "scaling": [],
-              "mtm": []}  # fmt: skip
+    result = {
+        "benchmark": "suite",
+        "smoke": smoke,
+        "machine": machine_info(dev),
+        "sizes": sizes,
+        "weights": {},
+        "inference": [],
+        "agreement": [],
+        "fitted": [],
+        "dataset": [],
+        "training": [],
+        "scaling": [],
+        "mtm": [],
+    }
     spacing = SMOKE_SPACING if smoke else None
     btcv = _phantom_file(data, sizes["btcv"], seed=2024, spacing=spacing)["image"]
     use_sample = "sample" in volumes and DEFAULT_SAMPLE.is_file() and not smoke
@@ -675,7 +735,9 @@ def suite(
                 # the demo trained a reduced network: switches' agreement measured on it, in its configuration
                 trained = _Bundle(name, str(demo), dev, b.overrides, configs=[demo_cfg])
                 for r in _inference_part(trained, volumes, work / "agreement"):
-                    r["configuration"] = f"{demo_cfg.relative_to(REPO)} (the demo's reduced network), weights {demo.relative_to(REPO)}"
+                    r["configuration"] = (
+                        f"{demo_cfg.relative_to(REPO)} (the demo's reduced network), weights {demo.relative_to(REPO)}"
+                    )
                     result["agreement"].append(r)
         b.ckpt = ckpt
         result["weights"][name] = ckpt or "random initialisation (timings do not depend on the weights; agreement does)"
@@ -685,7 +747,11 @@ def suite(
         if "dataset" in parts:
             result["dataset"] += _dataset_part(b, [btcv] + [it["image"] for it in train_items], work)
         if "fitted" in parts and (smoke or use_sample):
-            case = train_items[0] if smoke else {"image": DEFAULT_SAMPLE, "label": DEFAULT_SAMPLE.with_name("label.nii.gz")}
+            case = (
+                train_items[0]
+                if smoke
+                else {"image": DEFAULT_SAMPLE, "label": DEFAULT_SAMPLE.with_name("label.nii.gz")}
+            )
             result["fitted"] += _fitted_part(name, b.overrides, dev, case, out, work, 1 if smoke else fit_epochs)
         if "training" in parts:
             result["training"] += _training_part(b, train_items, work, train_iters, train_warmup)
@@ -696,7 +762,10 @@ def suite(
                 r = b.infer(vol, fast, work / name / f"scaling_{size_name}")
                 r.update({"bundle": name, "size": size_name, "input_shape": list(shape), "variant": fast_name})
                 result["scaling"].append(r)
-                print(f"  {name} | scaling {size_name}: {r['seconds']:.1f} s, peak RAM {r['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"  {name} | scaling {size_name}: {r['seconds']:.1f} s, peak RAM {r['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "suite.partial.json", json.dumps(result, indent=2, default=str) + "\n")
     if "mtm" in parts and "mt_unet_btcv" in bundles:
@@ -721,60 +790,189 @@ def suite_markdown(res: dict) -> str:
         shape = "x".join(map(str, res["sizes"]["btcv"]))
         lines += _table(
             f"Inference end to end (file to written label file): the real CT sample and a {shape} phantom at 0.8 x 0.8 x 2.5 mm",
-            ["bundle", "volume", "path", ">load s", ">preprocess s", ">network s", ">postprocess s", ">write s", ">total s",
-             ">speed-up", ">outside forward", ">of which machinery", ">agreement with baseline", ">peak RAM MB", ">peak GPU MB"],
-            [[r["bundle"], r["volume"], r["variant"], *(_fmt(r["stages_s"][k]) for k in STAGES), _fmt(r["seconds"]),
-              f"{_fmt(r['speedup_vs_baseline'])}x", _share(r.get("outside_forward_share")), _share(r.get("machinery_share")),
-              f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%", _fmt(r["peak_rss_mb"], 0), _fmt(r["peak_cuda_mb"], 0)]
-             for r in res["inference"]],
-        )  # fmt: skip
+            [
+                "bundle",
+                "volume",
+                "path",
+                ">load s",
+                ">preprocess s",
+                ">network s",
+                ">postprocess s",
+                ">write s",
+                ">total s",
+                ">speed-up",
+                ">outside forward",
+                ">of which machinery",
+                ">agreement with baseline",
+                ">peak RAM MB",
+                ">peak GPU MB",
+            ],
+            [
+                [
+                    r["bundle"],
+                    r["volume"],
+                    r["variant"],
+                    *(_fmt(r["stages_s"][k]) for k in STAGES),
+                    _fmt(r["seconds"]),
+                    f"{_fmt(r['speedup_vs_baseline'])}x",
+                    _share(r.get("outside_forward_share")),
+                    _share(r.get("machinery_share")),
+                    f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%",
+                    _fmt(r["peak_rss_mb"], 0),
+                    _fmt(r["peak_cuda_mb"], 0),
+                ]
+                for r in res["inference"]
+            ],
+        )
     if res.get("agreement"):
         lines += _table(
             "Agreement of the switches on a trained model (the demo's reduced network and configuration)",
             ["bundle", "volume", "path", ">total s", ">speed-up", ">agreement with baseline", "configuration"],
-            [[r["bundle"], r["volume"], r["variant"], _fmt(r["seconds"]), f"{_fmt(r['speedup_vs_baseline'])}x",
-              f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%", r["configuration"]] for r in res["agreement"]],
-        )  # fmt: skip
+            [
+                [
+                    r["bundle"],
+                    r["volume"],
+                    r["variant"],
+                    _fmt(r["seconds"]),
+                    f"{_fmt(r['speedup_vs_baseline'])}x",
+                    f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%",
+                    r["configuration"],
+                ]
+                for r in res["agreement"]
+            ],
+        )
     if res.get("dataset"):
         lines += _table(
             "The bundle's own inference on a folder of BTCV-size volumes (its evaluator and DataLoader workers)",
-            ["bundle", "path", ">volumes", ">workers", ">total s", ">s per volume", ">outside forward", ">peak RAM MB", ">peak GPU MB"],
-            [[r["bundle"], r["variant"], r["volumes"], r["num_workers"], _fmt(r["seconds"]), _fmt(r["seconds_per_volume"]),
-              _share(r["outside_forward_share"]), _fmt(r["peak_rss_mb"], 0), _fmt(r["peak_cuda_mb"], 0)] for r in res["dataset"]],
-        )  # fmt: skip
+            [
+                "bundle",
+                "path",
+                ">volumes",
+                ">workers",
+                ">total s",
+                ">s per volume",
+                ">outside forward",
+                ">peak RAM MB",
+                ">peak GPU MB",
+            ],
+            [
+                [
+                    r["bundle"],
+                    r["variant"],
+                    r["volumes"],
+                    r["num_workers"],
+                    _fmt(r["seconds"]),
+                    _fmt(r["seconds_per_volume"]),
+                    _share(r["outside_forward_share"]),
+                    _fmt(r["peak_rss_mb"], 0),
+                    _fmt(r["peak_cuda_mb"], 0),
+                ]
+                for r in res["dataset"]
+            ],
+        )
     if res.get("fitted"):
         lines += _table(
             "Agreement on weights fitted to the real CT sample (the demo's network trained on that CT)",
-            ["bundle", "path", ">total s", ">speed-up", ">agreement with baseline", ">baseline Dice vs labels",
-             ">components: baseline / labels", "configuration"],
-            [[r["bundle"], r["variant"], _fmt(r["seconds"]), f"{_fmt(r['speedup_vs_baseline'])}x",
-              f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%", _fmt(r["baseline_dice_vs_labels"], 3),
-              f"{r['prediction_geometry']['components']} / {r['labels_geometry']['components']}" if "prediction_geometry" in r else "",
-              r["configuration"]] for r in res["fitted"]],
-        )  # fmt: skip
+            [
+                "bundle",
+                "path",
+                ">total s",
+                ">speed-up",
+                ">agreement with baseline",
+                ">baseline Dice vs labels",
+                ">components: baseline / labels",
+                "configuration",
+            ],
+            [
+                [
+                    r["bundle"],
+                    r["variant"],
+                    _fmt(r["seconds"]),
+                    f"{_fmt(r['speedup_vs_baseline'])}x",
+                    f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%",
+                    _fmt(r["baseline_dice_vs_labels"], 3),
+                    f"{r['prediction_geometry']['components']} / {r['labels_geometry']['components']}"
+                    if "prediction_geometry" in r
+                    else "",
+                    r["configuration"],
+                ]
+                for r in res["fitted"]
+            ],
+        )
     if res["training"]:
         lines += _table(
             "Training throughput (the bundle's batch and crop settings; data time separated from the model step)",
-            ["bundle", "pipeline", ">batch", ">it/s", ">samples/s", ">data s/it", ">step s/it", ">setup s", ">speed-up"],
-            [[r["bundle"], r["pipeline"], r["batch"], _fmt(r["it_per_s"], 3), _fmt(r["samples_per_s"], 2),
-              _fmt(r["data_s_per_it"]), _fmt(r["step_s_per_it"]), _fmt(r["setup_s"], 1), f"{_fmt(r['speedup_vs_baseline'])}x"]
-             for r in res["training"]],
-        )  # fmt: skip
+            [
+                "bundle",
+                "pipeline",
+                ">batch",
+                ">it/s",
+                ">samples/s",
+                ">data s/it",
+                ">step s/it",
+                ">setup s",
+                ">speed-up",
+            ],
+            [
+                [
+                    r["bundle"],
+                    r["pipeline"],
+                    r["batch"],
+                    _fmt(r["it_per_s"], 3),
+                    _fmt(r["samples_per_s"], 2),
+                    _fmt(r["data_s_per_it"]),
+                    _fmt(r["step_s_per_it"]),
+                    _fmt(r["setup_s"], 1),
+                    f"{_fmt(r['speedup_vs_baseline'])}x",
+                ]
+                for r in res["training"]
+            ],
+        )
     if res["scaling"]:
         lines += _table(
             "Scaling (fastest path of each bundle; input at 0.8 x 0.8 x 2.5 mm)",
-            ["bundle", "path", "input", "network grid", ">total s", ">network s", ">peak RAM MB", ">peak GPU MB", "stitching"],
-            [[r["bundle"], r["variant"], "x".join(map(str, r["input_shape"])), "x".join(map(str, r["shape"])),
-              _fmt(r["seconds"]), _fmt(r["stages_s"]["network"]), _fmt(r["peak_rss_mb"], 0), _fmt(r["peak_cuda_mb"], 0),
-              r["stitching"] or "-"] for r in res["scaling"]],
-        )  # fmt: skip
+            [
+                "bundle",
+                "path",
+                "input",
+                "network grid",
+                ">total s",
+                ">network s",
+                ">peak RAM MB",
+                ">peak GPU MB",
+                "stitching",
+            ],
+            [
+                [
+                    r["bundle"],
+                    r["variant"],
+                    "x".join(map(str, r["input_shape"])),
+                    "x".join(map(str, r["shape"])),
+                    _fmt(r["seconds"]),
+                    _fmt(r["stages_s"]["network"]),
+                    _fmt(r["peak_rss_mb"], 0),
+                    _fmt(r["peak_cuda_mb"], 0),
+                    r["stitching"] or "-",
+                ]
+                for r in res["scaling"]
+            ],
+        )
     if res.get("mtm"):
         lines += _table(
             "MT-UNet mixed transformer module stages (2 MTMs each, batch 1, forward, minimum of 5 runs)",
             ["stage", "channels @ grid", ">vectorised ms", ">loop reference ms", ">speed-up", ">max abs difference"],
-            [[r["stage"], f"{r['channels']} @ {r['grid']}", _fmt(r["vectorised_ms"], 1), _fmt(r["loop_ms"], 1),
-              f"{_fmt(r['speedup'])}x", f"{r['max_abs_diff']:.1e}"] for r in res["mtm"]],
-        )  # fmt: skip
+            [
+                [
+                    r["stage"],
+                    f"{r['channels']} @ {r['grid']}",
+                    _fmt(r["vectorised_ms"], 1),
+                    _fmt(r["loop_ms"], 1),
+                    f"{_fmt(r['speedup'])}x",
+                    f"{r['max_abs_diff']:.1e}",
+                ]
+                for r in res["mtm"]
+            ],
+        )
     lines += [
         "",
         "Inference: one run per path after a warm-up forward; stages are the bundle's own transforms split at the "
@@ -807,6 +1005,7 @@ def _fmt(v, nd=2):
         return "-"
     return f"{v:.{nd}f}"
 
+
 def _write(result: dict, stem: Path, markdown: str) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2, default=str) + "\n")
@@ -818,36 +1017,76 @@ def _write(result: dict, stem: Path, markdown: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.tools.benchmark", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", action="append", default=None, help="bundle(s) to measure (default: all in bundles/)")
-    ap.add_argument("--ckpt", action="append", default=[], help="bundle=path of trained weights (default: bundles/<b>/demo/models/model.pt if present)")
-    ap.add_argument("--parts", default="inference,agreement,dataset,training,scaling,mtm",
-                    help="comma-separated: inference, agreement (switches on a demo-trained reduced network), dataset (the bundle's "
-                         "evaluator on a folder of 3 volumes), fitted (the demo's network "
-                         "trained on the real CT sample, then the paths on it; trains, so not in the default), training, scaling, "
-                         "mtm (MT-UNet's module stages)")
+    ap.add_argument(
+        "--ckpt",
+        action="append",
+        default=[],
+        help="bundle=path of trained weights (default: bundles/<b>/demo/models/model.pt if present)",
+    )
+    ap.add_argument(
+        "--parts",
+        default="inference,agreement,dataset,training,scaling,mtm",
+        help="comma-separated: inference, agreement (switches on a demo-trained reduced network), dataset (the bundle's "
+        "evaluator on a folder of 3 volumes), fitted (the demo's network "
+        "trained on the real CT sample, then the paths on it; trains, so not in the default), training, scaling, "
+        "mtm (MT-UNet's module stages)",
+    )
     ap.add_argument("--out", default="bench")
     ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
-    ap.add_argument("--volumes", default="sample,btcv", help="inference volumes: sample (the real CT of ../shared, when present), btcv (the BTCV-size phantom)")
-    ap.add_argument("--paths", default=None, help="comma-separated indices of the inference paths beside the baseline (0), e.g. 2 for the fastest only (default: all)")
-    ap.add_argument("--fit-epochs", type=int, default=FIT_EPOCHS, help=f"epochs of the fitted part's training (default {FIT_EPOCHS}); weights fitted with other settings are fitted again")
+    ap.add_argument(
+        "--volumes",
+        default="sample,btcv",
+        help="inference volumes: sample (the real CT of ../shared, when present), btcv (the BTCV-size phantom)",
+    )
+    ap.add_argument(
+        "--paths",
+        default=None,
+        help="comma-separated indices of the inference paths beside the baseline (0), e.g. 2 for the fastest only (default: all)",
+    )
+    ap.add_argument(
+        "--fit-epochs",
+        type=int,
+        default=FIT_EPOCHS,
+        help=f"epochs of the fitted part's training (default {FIT_EPOCHS}); weights fitted with other settings are fitted again",
+    )
     ap.add_argument("--train-iters", type=int, default=3)
     ap.add_argument("--train-warmup", type=int, default=1)
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    ap.add_argument("--override", action="append", default=[], help="bundle:key=json config override, e.g. transunet_btcv:slice_batch=32")
+    ap.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="bundle:key=json config override, e.g. transunet_btcv:slice_batch=32",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    bundles = args.bundle or sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "inference.json").is_file())
+    bundles = args.bundle or sorted(
+        p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "inference.json").is_file()
+    )
     overrides: dict[str, dict] = {}
     for o in args.override:
         name, kv = o.split(":", 1)
         k, v = kv.split("=", 1)
         overrides.setdefault(name, {})[k] = json.loads(v)
     ckpts = dict(c.split("=", 1) for c in args.ckpt)
-    suite(bundles, args.out, ckpts, tuple(p.strip() for p in args.parts.split(",")), None, args.train_iters,
-          args.train_warmup, args.device, overrides, args.smoke, tuple(v.strip() for v in args.volumes.split(",")),
-          tuple(int(i) for i in args.paths.split(",")) if args.paths else None, args.fit_epochs)  # fmt: skip
+    suite(
+        bundles,
+        args.out,
+        ckpts,
+        tuple(p.strip() for p in args.parts.split(",")),
+        None,
+        args.train_iters,
+        args.train_warmup,
+        args.device,
+        overrides,
+        args.smoke,
+        tuple(v.strip() for v in args.volumes.split(",")),
+        tuple(int(i) for i in args.paths.split(",")) if args.paths else None,
+        args.fit_epochs,
+    )
     return 0
 
 

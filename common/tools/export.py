@@ -68,7 +68,9 @@ def _compare(exported: torch.Tensor, eager: torch.Tensor, tolerance: float, repo
     report["max_abs_logit"] = float(eager.float().abs().max())
     report["allowed"] = tolerance * max(1.0, report["max_abs_logit"])
     if not report["max_abs_diff"] <= report["allowed"]:
-        raise RuntimeError(f"{what} output differs from eager by {report['max_abs_diff']:.3g} > {report['allowed']:.3g}: {report}")
+        raise RuntimeError(
+            f"{what} output differs from eager by {report['max_abs_diff']:.3g} > {report['allowed']:.3g}: {report}"
+        )
     return report
 
 
@@ -82,8 +84,15 @@ def _scriptable(net: torch.nn.Module) -> bool:
         return False
 
 
-def export_torchscript(bundle: str, out: str, ckpt: str, configs=(), overrides: dict | None = None,
-                       tolerance: float = DEFAULT_TOLERANCE, use_trace: bool | None = None) -> dict:  # fmt: skip
+def export_torchscript(
+    bundle: str,
+    out: str,
+    ckpt: str,
+    configs=(),
+    overrides: dict | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    use_trace: bool | None = None,
+) -> dict:
     """``ckpt_export`` the bundle's network to ``out`` and compare the TorchScript model with eager."""
     from monai.bundle import ckpt_export
 
@@ -92,23 +101,41 @@ def export_torchscript(bundle: str, out: str, ckpt: str, configs=(), overrides: 
     if use_trace is None:
         use_trace = not _scriptable(net)
     kw = dict(overrides or {})
-    report = {"format": "torchscript", "file": str(out), "method": "trace" if use_trace else "script",
-              "input_shape": list(x.shape), "tolerance": tolerance}  # fmt: skip
+    report = {
+        "format": "torchscript",
+        "file": str(out),
+        "method": "trace" if use_trace else "script",
+        "input_shape": list(x.shape),
+        "tolerance": tolerance,
+    }
     with atomic_path(out) as tmp:  # only a file that passed the comparison takes the name
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ckpt_export(
-                net_id="network_def", filepath=str(tmp), ckpt_file=str(ckpt), config_file=bundle_configs(bundle, extra=configs),
-                meta_file=str(BUNDLES_DIR / bundle / "configs" / "metadata.json"), use_trace=use_trace,
-                input_shape=list(x.shape) if use_trace else None, bundle_root=str(BUNDLES_DIR / bundle), **kw,
-            )  # fmt: skip
+                net_id="network_def",
+                filepath=str(tmp),
+                ckpt_file=str(ckpt),
+                config_file=bundle_configs(bundle, extra=configs),
+                meta_file=str(BUNDLES_DIR / bundle / "configs" / "metadata.json"),
+                use_trace=use_trace,
+                input_shape=list(x.shape) if use_trace else None,
+                bundle_root=str(BUNDLES_DIR / bundle),
+                **kw,
+            )
         ts = torch.jit.load(str(tmp), map_location="cpu").eval()
         with torch.no_grad():
             return _compare(ts(x), net(x), tolerance, report, "TorchScript")
 
 
-def export_onnx(bundle: str, out: str, ckpt: str | None = None, configs=(), overrides: dict | None = None,
-                tolerance: float = DEFAULT_TOLERANCE, check: bool = True) -> dict:  # fmt: skip
+def export_onnx(
+    bundle: str,
+    out: str,
+    ckpt: str | None = None,
+    configs=(),
+    overrides: dict | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    check: bool = True,
+) -> dict:
     """Export the bundle's network to ONNX (dynamic batch) and compare ONNX Runtime's output with eager."""
     net, parser = build_network(bundle, ckpt, configs, overrides)
     x = example_input(net, parser, batch=2)
@@ -118,12 +145,23 @@ def export_onnx(bundle: str, out: str, ckpt: str | None = None, configs=(), over
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise InputError("checking the ONNX file needs onnxruntime", hint="pip install onnxruntime, or pass --no-check") from e
+            raise InputError(
+                "checking the ONNX file needs onnxruntime", hint="pip install onnxruntime, or pass --no-check"
+            ) from e
     with atomic_path(out) as tmp:  # only a file that passed the comparison (when checked) takes the name
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (x,), str(tmp), dynamo=True, input_names=["image"], output_names=["pred"],
-                              dynamic_shapes=({0: batch},), opset_version=18, external_data=False)  # fmt: skip
+            torch.onnx.export(
+                net,
+                (x,),
+                str(tmp),
+                dynamo=True,
+                input_names=["image"],
+                output_names=["pred"],
+                dynamic_shapes=({0: batch},),
+                opset_version=18,
+                external_data=False,
+            )
         if check:
             sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
             x3 = torch.cat([x, x[:1]])  # another batch size than the one exported with

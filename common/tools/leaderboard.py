@@ -55,6 +55,8 @@ from .stats import describe, paired_comparison
 __all__ = ["leaderboard", "main"]
 
 REPO = Path(__file__).resolve().parents[2]
+
+
 def _pred_file(folder: Path, image_path: str) -> Path | None:
     stem = case_id(image_path)
     for name in (f"{stem}_seg.nii.gz", f"{stem}.nii.gz", f"{stem}_seg.nii", f"{stem}.nii"):
@@ -73,8 +75,14 @@ def _split_pairs(values: Sequence[str] | None, sep: str = "=") -> dict[str, str]
     return out
 
 
-def run_bundle_inference(bundle: str, items: list[dict], out_dir: Path, ckpt: str | None = None,
-                         configs: Sequence[str] = (), overrides: dict | None = None) -> tuple[Path, str, dict]:  # fmt: skip
+def run_bundle_inference(
+    bundle: str,
+    items: list[dict],
+    out_dir: Path,
+    ckpt: str | None = None,
+    configs: Sequence[str] = (),
+    overrides: dict | None = None,
+) -> tuple[Path, str, dict]:
     """Predict ``items`` with a bundle's ``inference.json``; return (prediction folder, id space, settings)."""
     from monai.bundle import ConfigWorkflow
 
@@ -98,8 +106,14 @@ def run_bundle_inference(bundle: str, items: list[dict], out_dir: Path, ckpt: st
 def _run_inference(wf, out_dir: Path) -> tuple[Path, str, dict]:
     wf.initialize()
     num_classes = int(wf.parser.get_parsed_content("num_classes"))
-    settings = {k: wf.parser.get_parsed_content(k) for k in ("roi_size", "img_size", "sw_overlap", "slice_mode", "slice_batch", "autocast", "spacing", "amp") if k in wf.parser}
-    settings["checkpoint"] = str(wf.parser.get_parsed_content("ckpt_path")) if wf.parser.get_parsed_content("load_pretrain") else "untrained"
+    settings = {
+        k: wf.parser.get_parsed_content(k)
+        for k in ("roi_size", "img_size", "sw_overlap", "slice_mode", "slice_batch", "autocast", "spacing", "amp")
+        if k in wf.parser
+    }
+    settings["checkpoint"] = (
+        str(wf.parser.get_parsed_content("ckpt_path")) if wf.parser.get_parsed_content("load_pretrain") else "untrained"
+    )
     if "card" in wf.parser and wf.parser.get_parsed_content("card"):  # a reproduction card among the configs
         settings["card"] = wf.parser.get_parsed_content("card")
     wf.run()
@@ -167,34 +181,55 @@ def leaderboard(
                     raise InputError(f"--ckpt {name}={ckpt}: a {{fold}} pattern needs --split cv5 without --fold")
                 folds = []
                 for k in range(CV_FOLDS):
-                    fold_items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"], fold=k)["validation"]
+                    fold_items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"], fold=k)[
+                        "validation"
+                    ]
                     folder, ids, settings = run_bundle_inference(
-                        name, fold_items, out_dir / name / "predictions", ckpt.format(fold=k),
-                        (configs or {}).get(name, ()), (overrides or {}).get(name),
-                    )  # fmt: skip
+                        name,
+                        fold_items,
+                        out_dir / name / "predictions",
+                        ckpt.format(fold=k),
+                        (configs or {}).get(name, ()),
+                        (overrides or {}).get(name),
+                    )
                     folds.append(settings.pop("checkpoint"))
                 settings["checkpoint"] = ckpt
                 settings["fold_checkpoints"] = folds
             else:
                 folder, ids, settings = run_bundle_inference(
-                    name, items, out_dir / name / "predictions", ckpt, (configs or {}).get(name, ()),
+                    name,
+                    items,
+                    out_dir / name / "predictions",
+                    ckpt,
+                    (configs or {}).get(name, ()),
                     (overrides or {}).get(name),
-                )  # fmt: skip
+                )
             bar.update(1)
         bar.set_description(f"scoring {name}")
         meta = {"bundle": name, "split": label, "inference": settings}
         if settings.get("checkpoint"):
             meta["checkpoint"] = settings["checkpoint"]
         card = settings.pop("card", None)
-        report = SegmentationReport(out_dir / name, protocol=protocol, pred_ids=ids, label_ids=label_ids, meta=meta,
-                                    print_table=False, card=card)  # fmt: skip
+        report = SegmentationReport(
+            out_dir / name,
+            protocol=protocol,
+            pred_ids=ids,
+            label_ids=label_ids,
+            meta=meta,
+            print_table=False,
+            card=card,
+        )
         files = {}
         for it in items:
             pf = _pred_file(folder, it["image"])
             if pf is None:
-                raise InputError(f"{folder}: no prediction for {it['image']} (expected {case_id(it['image'])}_seg.nii.gz)")
+                raise InputError(
+                    f"{folder}: no prediction for {it['image']} (expected {case_id(it['image'])}_seg.nii.gz)"
+                )
             arr, aff = load_array(pf)
-            report.add_case({"pred": MetaTensor(arr[None], affine=aff), "label_file": it["label"], "image": it["image"]})
+            report.add_case(
+                {"pred": MetaTensor(arr[None], affine=aff), "label_file": it["label"], "image": it["image"]}
+            )
             files[case_id(it["label"])] = pf
             bar.update(1)
         results[name] = report.finish()
@@ -208,11 +243,19 @@ def leaderboard(
     table: dict[str, dict] = {}
     for name, res in results.items():
         cases = json.loads(Path(res["paths"]["json"]).read_text(encoding="utf-8"))["cases"]
-        row = {"mean": describe([res["summary"]["case_mean_dice"][c] for c in res["summary"]["case_mean_dice"]]), "organs": {}}
+        row = {
+            "mean": describe([res["summary"]["case_mean_dice"][c] for c in res["summary"]["case_mean_dice"]]),
+            "organs": {},
+        }
         row["mean"]["mean_over_organs"] = res["summary"]["mean"]["dice"]
         row["mean_hd95"] = res["summary"]["mean"]["hd95"]
         for key, _, _ in organs:
-            row["organs"][key] = {m: describe([(c["scores"][key][m] if c["scores"][key][m] is not None else math.nan) for c in cases.values()]) for m in metrics}
+            row["organs"][key] = {
+                m: describe(
+                    [(c["scores"][key][m] if c["scores"][key][m] is not None else math.nan) for c in cases.values()]
+                )
+                for m in metrics
+            }
         row["anchors"] = anchors_for(name, protocol, named)
         row["card"] = res["meta"].get("card")
         table[name] = row
@@ -239,15 +282,24 @@ def leaderboard(
         cid = case_id(it["label"])
         ct, aff = load_array(it["image"])
         gt = to_btcv_ids(np.rint(load_array(it["label"])[0]).astype(np.int64), label_ids)
-        preds = {n: to_btcv_ids(np.rint(load_array(pred_files[n][cid])[0]).astype(np.int64), results[n]["pred_ids"]) for n in names}
+        preds = {
+            n: to_btcv_ids(np.rint(load_array(pred_files[n][cid])[0]).astype(np.int64), results[n]["pred_ids"])
+            for n in names
+        }
         keys = [k for k, _, _ in organs]
         png, _ = overlay_png(ct, gt, preds, aff, cid, keys)
         overlay_paths.append(str(atomic_write_bytes(out_dir / "overlays" / f"{cid}.png", png)))
     paths["overlays"] = str(out_dir / "overlays")
 
-    doc = {"protocol": protocol, "rule": protocol_rule(protocol), "split": label, "num_cases": len(items),
-           "bundles": table, "comparison": comparison,
-           "reports": {n: r["paths"] for n, r in results.items()}}  # fmt: skip
+    doc = {
+        "protocol": protocol,
+        "rule": protocol_rule(protocol),
+        "split": label,
+        "num_cases": len(items),
+        "bundles": table,
+        "comparison": comparison,
+        "reports": {n: r["paths"] for n, r in results.items()},
+    }
     paths["json"] = str(atomic_write_text(out_dir / "leaderboard.json", json.dumps(json_clean(doc), indent=2) + "\n"))
     paths["csv"] = str(atomic_write_text(out_dir / "leaderboard.csv", _csv(table, protocol)))
     paths["markdown"] = str(atomic_write_text(out_dir / "leaderboard.md", _markdown(doc, results)))
@@ -268,11 +320,19 @@ def _csv(table: dict, protocol: str) -> str:
     buf = io.StringIO()
     buf.write(f"# protocol: {protocol}\n# rule: {protocol_rule(protocol)}\n")
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["bundle", "mean_dice", "mean_dice_ci_low", "mean_dice_ci_high", "mean_hd95"]
-               + [f"{k}_dice{s}" for k, _, _ in organs for s in ("", "_std", "_ci_low", "_ci_high")])  # fmt: skip
+    w.writerow(
+        ["bundle", "mean_dice", "mean_dice_ci_low", "mean_dice_ci_high", "mean_hd95"]
+        + [f"{k}_dice{s}" for k, _, _ in organs for s in ("", "_std", "_ci_low", "_ci_high")]
+    )
     for name, row in table.items():
         m = row["mean"]
-        cells = [name, _fmt(m["mean_over_organs"], 6), _fmt(m["ci_low"], 6), _fmt(m["ci_high"], 6), _fmt(row["mean_hd95"], 6)]
+        cells = [
+            name,
+            _fmt(m["mean_over_organs"], 6),
+            _fmt(m["ci_low"], 6),
+            _fmt(m["ci_high"], 6),
+            _fmt(row["mean_hd95"], 6),
+        ]
         for k, _, _ in organs:
             s = row["organs"][k]["dice"]
             cells += [_fmt(s["mean"], 6), _fmt(s["std"], 6), _fmt(s["ci_low"], 6), _fmt(s["ci_high"], 6)]
@@ -286,47 +346,80 @@ def _markdown_table(table: dict, protocol: str) -> str:
     head = "| bundle | mean Dice | HD95 (" + unit + ") | " + " | ".join(n for _, n, _ in organs) + " |"
     lines = [head, "| --- | ---: | ---: |" + " ---: |" * len(organs)]
     for name, row in table.items():
-        lines.append(f"| {name} | {_fmt(row['mean']['mean_over_organs'])} | {_fmt(row['mean_hd95'], 2)} | "
-                     + " | ".join(_fmt(row["organs"][k]["dice"]["mean"]) for k, _, _ in organs) + " |")  # fmt: skip
+        lines.append(
+            f"| {name} | {_fmt(row['mean']['mean_over_organs'])} | {_fmt(row['mean_hd95'], 2)} | "
+            + " | ".join(_fmt(row["organs"][k]["dice"]["mean"]) for k, _, _ in organs)
+            + " |"
+        )
         card = row.get("card")
         if card:
             exp = card.get("expected") or {}
-            lines.append(f"| -> card {card['name']}: {card['verdict']} | {_fmt(exp.get('mean_dice'))} | "
-                         f"{_fmt(exp.get('mean_hd95'), 2)} |" + " |" * len(organs))  # fmt: skip
+            lines.append(
+                f"| -> card {card['name']}: {card['verdict']} | {_fmt(exp.get('mean_dice'))} | "
+                f"{_fmt(exp.get('mean_hd95'), 2)} |" + " |" * len(organs)
+            )
         for a in row["anchors"]:
             organ_cells = " | ".join(_fmt(a.get("organs", {}).get(k)) for k, _, _ in organs)
-            lines.append(f"| -> published: {a['source']} ({a['split']}) | {_fmt(a['mean_dice'])} | {_fmt(a.get('mean_hd95'), 2)} | {organ_cells} |")
+            lines.append(
+                f"| -> published: {a['source']} ({a['split']}) | {_fmt(a['mean_dice'])} | {_fmt(a.get('mean_hd95'), 2)} | {organ_cells} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def _markdown(doc: dict, results: dict) -> str:
     protocol, table = doc["protocol"], doc["bundles"]
     organs = protocol_organs(protocol)
-    out = [f"# Leaderboard: protocol `{protocol}`, split `{doc['split']}`, {doc['num_cases']} case(s)", "",
-           f"Rule: {doc['rule']}", "", f"HD95: {get_protocol(protocol).hd95}, in {get_protocol(protocol).hd95_unit}.", "",
-           "Published numbers (rows marked `-> published`) are shown only under the same protocol and named split of the "
-           "BTCV data, each with its source.", "",
-           _markdown_table(table, protocol), "## Per-organ statistics (Dice over cases)", "",
-           "| bundle | organ | mean | std | 95 % CI | n |", "| --- | --- | ---: | ---: | --- | ---: |"]  # fmt: skip
+    out = [
+        f"# Leaderboard: protocol `{protocol}`, split `{doc['split']}`, {doc['num_cases']} case(s)",
+        "",
+        f"Rule: {doc['rule']}",
+        "",
+        f"HD95: {get_protocol(protocol).hd95}, in {get_protocol(protocol).hd95_unit}.",
+        "",
+        "Published numbers (rows marked `-> published`) are shown only under the same protocol and named split of the "
+        "BTCV data, each with its source.",
+        "",
+        _markdown_table(table, protocol),
+        "## Per-organ statistics (Dice over cases)",
+        "",
+        "| bundle | organ | mean | std | 95 % CI | n |",
+        "| --- | --- | ---: | ---: | --- | ---: |",
+    ]
     for name, row in table.items():
         m = row["mean"]
-        out.append(f"| {name} | **case mean** | {_fmt(m['mean'])} | {_fmt(m['std'])} | [{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}] | {m['n']} |")
+        out.append(
+            f"| {name} | **case mean** | {_fmt(m['mean'])} | {_fmt(m['std'])} | [{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}] | {m['n']} |"
+        )
         for k, n, _ in organs:
             s = row["organs"][k]["dice"]
-            out.append(f"| {name} | {n} | {_fmt(s['mean'])} | {_fmt(s['std'])} | [{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}] | {s['n']} |")
+            out.append(
+                f"| {name} | {n} | {_fmt(s['mean'])} | {_fmt(s['std'])} | [{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}] | {s['n']} |"
+            )
     comp = doc.get("comparison")
     if comp:
         c = comp["mean_dice"]
-        out += ["", f"## Paired comparison: {comp['a']} minus {comp['b']}", "",
-                f"Per-case mean Dice difference {_fmt(c['mean_difference'])} (95 % CI [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], "
-                f"n = {c['n']}), Wilcoxon signed-rank p = {_fmt(c['wilcoxon_p'], 4)}.", "",
-                "| organ | mean difference | 95 % CI | Wilcoxon p | n |", "| --- | ---: | --- | ---: | ---: |"]  # fmt: skip
+        out += [
+            "",
+            f"## Paired comparison: {comp['a']} minus {comp['b']}",
+            "",
+            f"Per-case mean Dice difference {_fmt(c['mean_difference'])} (95 % CI [{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], "
+            f"n = {c['n']}), Wilcoxon signed-rank p = {_fmt(c['wilcoxon_p'], 4)}.",
+            "",
+            "| organ | mean difference | 95 % CI | Wilcoxon p | n |",
+            "| --- | ---: | --- | ---: | ---: |",
+        ]
         for k, n, _ in organs:
             o = comp["organs"][k]
-            out.append(f"| {n} | {_fmt(o['mean_difference'])} | [{_fmt(o['ci_low'])}, {_fmt(o['ci_high'])}] | {_fmt(o['wilcoxon_p'], 4)} | {o['n']} |")
+            out.append(
+                f"| {n} | {_fmt(o['mean_difference'])} | [{_fmt(o['ci_low'])}, {_fmt(o['ci_high'])}] | {_fmt(o['wilcoxon_p'], 4)} | {o['n']} |"
+            )
         out += ["", "Per-case differences: " + ", ".join(f"{k} {v:+.3f}" for k, v in c["differences"].items())]
-    out += ["", "Figures: `per_organ_dice.png`, `overlays/<case>.png`. Per-bundle reports: "
-            + ", ".join(f"`{n}/summary.md`" for n in results), ""]  # fmt: skip
+    out += [
+        "",
+        "Figures: `per_organ_dice.png`, `overlays/<case>.png`. Per-bundle reports: "
+        + ", ".join(f"`{n}/summary.md`" for n in results),
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -341,14 +434,20 @@ def main(argv=None) -> int:
     ap.add_argument("--protocol", default="btcv13", choices=list(PROTOCOLS))
     ap.add_argument("--label-ids", default="btcv13", choices=["btcv13", "synapse8"], help="id space of the label files")
     ap.add_argument("--pred-ids", action="append", default=[], help="NAME=btcv13|synapse8 for --predictions folders")
-    ap.add_argument("--ckpt", action="append", default=[],
-                    help="NAME=PATH of a bundle's weights; with --split cv5, PATH may hold {fold} (each fold's model "
-                    "predicts its own validation cases: out-of-fold scoring)")  # fmt: skip
+    ap.add_argument(
+        "--ckpt",
+        action="append",
+        default=[],
+        help="NAME=PATH of a bundle's weights; with --split cv5, PATH may hold {fold} (each fold's model "
+        "predicts its own validation cases: out-of-fold scoring)",
+    )
     ap.add_argument("--config", action="append", default=[], help="NAME=FILE extra config merged after inference.json")
     ap.add_argument("--override", action="append", default=[], help="NAME:key=json config override")
     ap.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"), help="paired comparison A minus B")
     ap.add_argument("--max-cases", type=int, default=None)
-    ap.add_argument("--overlay-cases", type=int, default=None, help="overlay figures for the first N cases (default all)")
+    ap.add_argument(
+        "--overlay-cases", type=int, default=None, help="overlay figures for the first N cases (default all)"
+    )
     ap.add_argument("--out", default="leaderboard")
     args = ap.parse_args(argv)
     configs: dict[str, list[str]] = {}
@@ -360,9 +459,24 @@ def main(argv=None) -> int:
         k, v = kv.split("=", 1)
         overrides.setdefault(name, {})[k] = json.loads(v)
     try:
-        leaderboard(args.bundles, _split_pairs(args.predictions), args.dataset_dir, args.split, args.datalist_file,
-                    args.protocol, args.out, _split_pairs(args.ckpt), configs, overrides, _split_pairs(args.pred_ids),
-                    args.label_ids, args.compare, args.max_cases, args.overlay_cases, fold=args.fold)  # fmt: skip
+        leaderboard(
+            args.bundles,
+            _split_pairs(args.predictions),
+            args.dataset_dir,
+            args.split,
+            args.datalist_file,
+            args.protocol,
+            args.out,
+            _split_pairs(args.ckpt),
+            configs,
+            overrides,
+            _split_pairs(args.pred_ids),
+            args.label_ids,
+            args.compare,
+            args.max_cases,
+            args.overlay_cases,
+            fold=args.fold,
+        )
     except Exception as e:  # noqa: BLE001 - only an input problem is reported as one line
         err = find_input_error(e)
         if err is None or os.environ.get("BTCV_TRACEBACK"):

@@ -53,7 +53,9 @@ class LoopGaussianAxialAttention(nn.Module):
                 dist_h = torch.tensor([(i - r) ** 2 for i in range(h)], device=x.device, dtype=x.dtype)
                 a_row = torch.softmax(row_scores[:, r, col, :] - (self.shift * dist_w + self.bias), dim=-1)  # (B, W)
                 a_col = torch.softmax(col_scores[:, col, r, :] - (self.shift * dist_h + self.bias), dim=-1)  # (B, H)
-                out = (a_row.unsqueeze(-1) * v[:, r, :, :]).sum(dim=1) + (a_col.unsqueeze(-1) * v[:, :, col, :]).sum(dim=1)
+                out = (a_row.unsqueeze(-1) * v[:, r, :, :]).sum(dim=1) + (a_col.unsqueeze(-1) * v[:, :, col, :]).sum(
+                    dim=1
+                )
                 cols.append(out)  # (B, C)
             rows.append(torch.stack(cols, dim=1))
         return torch.stack(rows, dim=1)

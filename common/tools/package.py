@@ -289,7 +289,12 @@ def package_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    paths = {"folder": str(target), "package": pkg, "vendored": vendored, "checkpoint": str(target / "models" / "model.pt") if ckpt_path.is_file() else None}
+    paths = {
+        "folder": str(target),
+        "package": pkg,
+        "vendored": vendored,
+        "checkpoint": str(target / "models" / "model.pt") if ckpt_path.is_file() else None,
+    }
     if make_zip:
         zip_path = out / f"{name}.zip"
         tmp_zip = zip_path.with_name(f".{zip_path.name}.tmp")
@@ -306,10 +311,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.tools.package", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True, help="bundle name under bundles/ (e.g. unetr_btcv) or a bundle folder")
     ap.add_argument("--out", default="dist", help="output folder (default: dist)")
-    ap.add_argument("--ckpt", default=None, help="checkpoint to ship as models/model.pt (default: the bundle's own, if any)")
+    ap.add_argument(
+        "--ckpt", default=None, help="checkpoint to ship as models/model.pt (default: the bundle's own, if any)"
+    )
     ap.add_argument("--zip", action="store_true", help="also write <out>/<bundle>.zip")
-    ap.add_argument("--config", action="append", default=[],
-                    help="overlay merged into the packaged configs, as with monai.bundle run (e.g. configs/demo.json)")  # fmt: skip
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="overlay merged into the packaged configs, as with monai.bundle run (e.g. configs/demo.json)",
+    )
     args = ap.parse_args(argv)
     try:
         paths = package_bundle(args.bundle, args.out, args.ckpt, args.zip, args.config)

@@ -16,7 +16,9 @@ def _finite(values: Sequence[float]) -> np.ndarray:
     return v[np.isfinite(v)]
 
 
-def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], confidence: float = 0.95, n_boot: int = 10000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean (cases resampled with replacement).
 
     Deterministic for a given ``seed``; ``(nan, nan)`` without values, ``(x, x)`` for a single value.

@@ -103,7 +103,9 @@ def _validate(name: str, image: np.ndarray, label: np.ndarray, n_ids: int, probl
         problems.append(f"{name}: image shape {image.shape} differs from label shape {label.shape}")
         return False
     if image.size and (np.nanmin(image) < -1e-3 or np.nanmax(image) > 1 + 1e-3 or not np.isfinite(image).all()):
-        problems.append(f"{name}: image values outside [0, 1] ({np.nanmin(image):.3g}..{np.nanmax(image):.3g}); not the authors' preprocessed data")
+        problems.append(
+            f"{name}: image values outside [0, 1] ({np.nanmin(image):.3g}..{np.nanmax(image):.3g}); not the authors' preprocessed data"
+        )
         ok = False
     lab = np.unique(label)
     bad = lab[(lab < 0) | (lab > n_ids) | (lab != np.round(lab))]
@@ -116,7 +118,10 @@ def _validate(name: str, image: np.ndarray, label: np.ndarray, n_ids: int, probl
 def _collect(src: Path) -> tuple[dict[str, list[tuple[int, Path]]], dict[str, Path]]:
     train_dir, test_dir = src / "train_npz", src / "test_vol_h5"
     if not train_dir.is_dir() and not test_dir.is_dir():
-        raise InputError(f"{src}: neither train_npz/ nor test_vol_h5/ found", hint="point at the folder holding the authors' Synapse data")
+        raise InputError(
+            f"{src}: neither train_npz/ nor test_vol_h5/ found",
+            hint="point at the folder holding the authors' Synapse data",
+        )
     slices: dict[str, list[tuple[int, Path]]] = defaultdict(list)
     tests: dict[str, Path] = {}
     stray = []
@@ -135,7 +140,9 @@ def _collect(src: Path) -> tuple[dict[str, list[tuple[int, Path]]], dict[str, Pa
             elif not p.name.startswith("."):
                 stray.append(str(p))
     if stray:
-        raise InputError([f"{s}: unexpected file name (expected caseXXXX_sliceYYY.npz / caseXXXX.npy.h5)" for s in stray[:20]])
+        raise InputError(
+            [f"{s}: unexpected file name (expected caseXXXX_sliceYYY.npz / caseXXXX.npy.h5)" for s in stray[:20]]
+        )
     return slices, tests
 
 
@@ -181,15 +188,21 @@ def check_anatomy(stats: dict[int, dict], id_map: dict[str, int], volume_axis: i
         return problems  # too little data to judge (e.g. tiny test sets); the import reports counts anyway
     vox = {k: stats[i]["voxels"] for k, i in present.items()}
     if max(vox, key=vox.get) != "liver":
-        problems.append(f"the largest organ is id {id_map[max(vox, key=vox.get)]}, not the liver's id {id_map['liver']}")
+        problems.append(
+            f"the largest organ is id {id_map[max(vox, key=vox.get)]}, not the liver's id {id_map['liver']}"
+        )
     elong = {k: stats[i]["elongation"] for k, i in present.items()}
     if max(elong, key=elong.get) != "aorta":
-        problems.append(f"the most elongated organ along the body axis is id {id_map[max(elong, key=elong.get)]}, not the aorta's id {id_map['aorta']}")
+        problems.append(
+            f"the most elongated organ along the body axis is id {id_map[max(elong, key=elong.get)]}, not the aorta's id {id_map['aorta']}"
+        )
     x = {k: stats[i]["centroid_x"] for k, i in present.items()}
     right = np.sign(x["liver"])
     for key, side in (("kidney_right", right), ("spleen", -right), ("kidney_left", -right)):
         if np.sign(x[key]) != side:
-            problems.append(f"id {id_map[key]} ({organ(key).name}) lies on the {'same' if side != right else 'opposite'} side as the liver, anatomy says the {'same' if side == right else 'opposite'}")
+            problems.append(
+                f"id {id_map[key]} ({organ(key).name}) lies on the {'same' if side != right else 'opposite'} side as the liver, anatomy says the {'same' if side == right else 'opposite'}"
+            )
     return problems
 
 
@@ -208,7 +221,10 @@ def _case_stats(label: np.ndarray, acc: dict[int, dict]):
 
 
 def _finish_stats(acc: dict[int, dict]) -> dict[int, dict]:
-    return {i: {"voxels": s["voxels"], "centroid_x": float(np.mean(s["cx"])), "elongation": float(np.mean(s["el"]))} for i, s in acc.items()}
+    return {
+        i: {"voxels": s["voxels"], "centroid_x": float(np.mean(s["cx"])), "elongation": float(np.mean(s["el"]))}
+        for i, s in acc.items()
+    }
 
 
 def import_synapse(
@@ -253,7 +269,11 @@ def import_synapse(
             if im.ndim != 3:
                 problems.append(f"{tests[case]}: expected a (Z, H, W) volume, got shape {im.shape}")
                 continue
-            vol = (np.transpose(im, (1, 2, 0)), np.transpose(lb, (1, 2, 0))) if _validate(str(tests[case]), im, lb, 8, problems) else None
+            vol = (
+                (np.transpose(im, (1, 2, 0)), np.transpose(lb, (1, 2, 0)))
+                if _validate(str(tests[case]), im, lb, 8, problems)
+                else None
+            )
         if vol is not None:
             volumes[case] = (vol[0], vol[1], split)
     overlap = sorted(set(slices) & set(tests))
@@ -271,11 +291,21 @@ def import_synapse(
     if check_ids:
         bad = check_anatomy(stats, id_map)
         if bad:
-            lines = [f"id {i}: {s['voxels']} voxels, x-centroid {s['centroid_x']:+.1f}, elongation {s['elongation']:.2f}" for i, s in sorted(stats.items())]
+            lines = [
+                f"id {i}: {s['voxels']} voxels, x-centroid {s['centroid_x']:+.1f}, elongation {s['elongation']:.2f}"
+                for i, s in sorted(stats.items())
+            ]
             others = [n for n, m in DATA_ID_MAPS.items() if m != id_map and not check_anatomy(stats, m)]
             raise InputError(
                 [f"the label id map does not fit the data: {b}" for b in bad] + lines,
-                hint=("nothing was written. " + (f"The map '{others[0]}' fits: use --data-ids {others[0]}" if others else "Give the right map with --data-ids")),
+                hint=(
+                    "nothing was written. "
+                    + (
+                        f"The map '{others[0]}' fits: use --data-ids {others[0]}"
+                        if others
+                        else "Give the right map with --data-ids"
+                    )
+                ),
             )
 
     if labels == "btcv13":
@@ -316,7 +346,9 @@ def import_synapse(
         "labels": channel_def("btcv13" if labels == "btcv13" else "synapse8"),
         "label_space": labels,
         "source_data_ids": id_map,
-        "spacing": "original BTCV affines" if btcv_raw else f"nominal {' x '.join(f'{s:g}' for s in spacing)} mm (the files carry none)",
+        "spacing": "original BTCV affines"
+        if btcv_raw
+        else f"nominal {' x '.join(f'{s:g}' for s in spacing)} mm (the files carry none)",
         "intensity": "int16 HU = image * 400 - 125 (the authors clipped to [-125, 275] and scaled to [0, 1])",
         "training": items["training"],
         "validation": items["validation"],
@@ -330,20 +362,30 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.tools.synapse", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="folder holding train_npz/ and test_vol_h5/")
     ap.add_argument("--output", required=True, help="where to write images/, labels/ and dataset.json")
-    ap.add_argument("--labels", default="btcv13", choices=["btcv13", "synapse8"], help="label ids to write (default btcv13)")
+    ap.add_argument(
+        "--labels", default="btcv13", choices=["btcv13", "synapse8"], help="label ids to write (default btcv13)"
+    )
     ap.add_argument("--data-ids", default="anchors", choices=sorted(DATA_ID_MAPS), help="id map of the authors' files")
     ap.add_argument("--btcv-raw", default=None, help="original BTCV download: take each case's affine from it")
-    ap.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 1.0], help="nominal spacing without --btcv-raw")
+    ap.add_argument(
+        "--spacing", type=float, nargs=3, default=[1.0, 1.0, 1.0], help="nominal spacing without --btcv-raw"
+    )
     ap.add_argument("--no-id-check", action="store_true", help="skip the anatomical check of the id map")
     args = ap.parse_args(argv)
     try:
-        path = import_synapse(args.src, args.output, args.labels, args.data_ids, args.btcv_raw, args.spacing, not args.no_id_check)
+        path = import_synapse(
+            args.src, args.output, args.labels, args.data_ids, args.btcv_raw, args.spacing, not args.no_id_check
+        )
     except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     d = json.loads(path.read_text(encoding="utf-8"))
-    print(f"wrote {path}: {len(d['training'])} training and {len(d['validation'])} validation (test) cases, labels {args.labels}")
-    print(f"train a 2D bundle on it: python -m monai.bundle run --config_file bundles/transunet_btcv/configs/train.json --datalist_file {path}")
+    print(
+        f"wrote {path}: {len(d['training'])} training and {len(d['validation'])} validation (test) cases, labels {args.labels}"
+    )
+    print(
+        f"train a 2D bundle on it: python -m monai.bundle run --config_file bundles/transunet_btcv/configs/train.json --datalist_file {path}"
+    )
     return 0
 
 

@@ -125,11 +125,28 @@ def test_app_server_serves_inference_over_http(studies, tmp_path):
     app = tmp_path / "app"  # MONAI Label writes its logs into the app folder: a copy keeps the source tree clean
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "__pycache__"))
     cmd = [
-        sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--conf", "models", "unetr_btcv,transunet_btcv", "--conf", "zoo_source", "local",
-        "--conf", "bundles_dir", str(bundles_dir),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--conf",
+        "models",
+        "unetr_btcv,transunet_btcv",
+        "--conf",
+        "zoo_source",
+        "local",
+        "--conf",
+        "bundles_dir",
+        str(bundles_dir),
+    ]
     log = open(tmp_path / "server.log", "w", encoding="utf-8")
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
@@ -149,11 +166,15 @@ def test_app_server_serves_inference_over_http(studies, tmp_path):
 
         image_id = sorted(studies.glob("*.nii.gz"))[0].name[: -len(".nii.gz")]
         boundary = "btcvboundary"
-        body = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{"device": "cpu"}}\r\n--{boundary}--\r\n').encode()
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{"device": "cpu"}}\r\n--{boundary}--\r\n'
+        ).encode()
         req = urllib.request.Request(
-            f"{base}/infer/unetr_btcv?image={image_id}&output=image", data=body, method="POST",
+            f"{base}/infer/unetr_btcv?image={image_id}&output=image",
+            data=body,
+            method="POST",
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )  # fmt: skip
+        )
         with urllib.request.urlopen(req, timeout=300) as r:
             assert r.status == 200
             payload = r.read()
@@ -163,9 +184,11 @@ def test_app_server_serves_inference_over_http(studies, tmp_path):
 
         # a bad input is a clear HTTP error (the file, the problem, the fix), and the server goes on serving
         bad = urllib.request.Request(
-            f"{base}/infer/unetr_btcv?image=with_nan&output=image", data=body, method="POST",
+            f"{base}/infer/unetr_btcv?image=with_nan&output=image",
+            data=body,
+            method="POST",
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )  # fmt: skip
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(bad, timeout=300)
         assert refused.value.code == 422

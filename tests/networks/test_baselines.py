@@ -92,9 +92,18 @@ def test_nnunet_plan_isotropic_and_anisotropic():
 
 def test_bundle_unet_parameters_and_deep_supervision():
     kw = dict(patch_size=[96, 96, 96], spacing=[1.5, 1.5, 2.0])
-    net = DynUNet(3, 1, 14, nnunet_plan.kernel_sizes(**kw), nnunet_plan.strides(**kw),
-                  nnunet_plan.upsample_kernel_sizes(**kw), filters=nnunet_plan.filters(**kw), norm_name="instance",
-                  deep_supervision=True, deep_supr_num=3)  # fmt: skip
+    net = DynUNet(
+        3,
+        1,
+        14,
+        nnunet_plan.kernel_sizes(**kw),
+        nnunet_plan.strides(**kw),
+        nnunet_plan.upsample_kernel_sizes(**kw),
+        filters=nnunet_plan.filters(**kw),
+        norm_name="instance",
+        deep_supervision=True,
+        deep_supr_num=3,
+    )
     assert sum(p.numel() for p in net.parameters()) == 16_545_240
     loss = StackedDeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
     target = torch.randint(0, 3, (2, 1, 8, 8, 8))

@@ -272,12 +272,10 @@ def test_load_official_checkpoint(tmp_path, prefix: str) -> None:
         "stem.position_embedding": "pos_embed",
         "encoder.1.block.1.SlayerNorm.weight": "encoder_stages.1.blocks.1.norm1.weight",
         "encoder.0.block.0.ElayerNorm.bias": "encoder_stages.0.blocks.0.norm2.bias",
-        "encoder.0.block.0.CSAttention.win_atten.attention.key_layer.weight":
-            "encoder_stages.0.blocks.0.lgg_sa.local_attn.key.weight",
+        "encoder.0.block.0.CSAttention.win_atten.attention.key_layer.weight": "encoder_stages.0.blocks.0.lgg_sa.local_attn.key.weight",
         "encoder.0.block.0.CSAttention.win_atten.attention.out.bias": "encoder_stages.0.blocks.0.lgg_sa.local_attn.proj.bias",
         "encoder.0.block.1.CSAttention.dlightconv.linear.weight": "encoder_stages.0.blocks.1.lgg_sa.aggregate.score.weight",
-        "encoder.1.block.0.CSAttention.global_atten.value_layer.bias":
-            "encoder_stages.1.blocks.0.lgg_sa.global_attn.value.bias",
+        "encoder.1.block.0.CSAttention.global_atten.value_layer.bias": "encoder_stages.1.blocks.0.lgg_sa.global_attn.value.bias",
         "encoder.1.block.0.CSAttention.global_atten.out.weight": "encoder_stages.1.blocks.0.lgg_sa.global_attn.proj.weight",
         "encoder.1.block.0.CSAttention.gaussiantrans.shift": "encoder_stages.1.blocks.0.lgg_sa.global_attn.shift",
         "encoder.1.block.0.CSAttention.gaussiantrans.bias": "encoder_stages.1.blocks.0.lgg_sa.global_attn.bias",
@@ -306,7 +304,7 @@ def test_load_official_checkpoint(tmp_path, prefix: str) -> None:
         torch.testing.assert_close(ours[our_key], official[prefix + official_key], rtol=0, atol=0)
     # every official tensor landed, unchanged, at its place; nothing in our model kept its init
     for key, value in official.items():
-        torch.testing.assert_close(ours[official_key_to_ours(key[len(prefix):])], value, rtol=0, atol=0)
+        torch.testing.assert_close(ours[official_key_to_ours(key[len(prefix) :])], value, rtol=0, atol=0)
     official_sums = sorted(float(t.double().sum()) for t in official.values())
     assert sorted(float(t.double().sum()) for t in ours.values()) == pytest.approx(official_sums)
 

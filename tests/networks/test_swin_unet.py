@@ -232,21 +232,48 @@ def test_pretrained_loader_full_size(full_model, tmp_path):
         assert torch.equal(after[_ours(key)], value), key
     # decoder mirror: encoder stage i -> layers_up.(3 - i), blocks only
     for i, j in itertools.product(range(3), range(2)):
-        for name in ["norm1.weight", "attn.qkv.weight", "attn.relative_position_bias_table", "mlp.fc1.weight",
-                     "mlp.fc2.bias", "norm2.bias", "attn.proj.weight"]:
+        for name in [
+            "norm1.weight",
+            "attn.qkv.weight",
+            "attn.relative_position_bias_table",
+            "mlp.fc1.weight",
+            "mlp.fc2.bias",
+            "norm2.bias",
+            "attn.proj.weight",
+        ]:
             src = f"layers.{i}.blocks.{j}.{name}"
             assert torch.equal(after[_ours(f"layers_up.{3 - i}.blocks.{j}.{name}")], sd[src]), src
     # decoder-only parts keep their initialisation
-    untouched = ["layers_up.0.expand.weight", "layers_up.1.upsample.expand.weight", "layers_up.2.upsample.norm.weight",
-                 "concat_back_dim.1.weight", "concat_back_dim.3.bias", "norm_up.weight", "up.expand.weight",
-                 "up.norm.bias", "output.weight"]
+    untouched = [
+        "layers_up.0.expand.weight",
+        "layers_up.1.upsample.expand.weight",
+        "layers_up.2.upsample.norm.weight",
+        "concat_back_dim.1.weight",
+        "concat_back_dim.3.bias",
+        "norm_up.weight",
+        "up.expand.weight",
+        "up.norm.bias",
+        "output.weight",
+    ]
     for name in untouched:
         assert torch.equal(after[name], before[name]), name
     params = {n for n, _ in full_model.named_parameters()}
     assert sorted({n.rsplit(".", 1)[0] for n in report["not_loaded"] if n in params}) == sorted(
-        ["concat_back_dim.1", "concat_back_dim.2", "concat_back_dim.3", "layers_up.0.expand", "layers_up.0.norm",
-         "layers_up.1.upsample.expand", "layers_up.1.upsample.norm", "layers_up.2.upsample.expand",
-         "layers_up.2.upsample.norm", "norm_up", "output", "up.expand", "up.norm"]
+        [
+            "concat_back_dim.1",
+            "concat_back_dim.2",
+            "concat_back_dim.3",
+            "layers_up.0.expand",
+            "layers_up.0.norm",
+            "layers_up.1.upsample.expand",
+            "layers_up.1.upsample.norm",
+            "layers_up.2.upsample.expand",
+            "layers_up.2.upsample.norm",
+            "norm_up",
+            "output",
+            "up.expand",
+            "up.norm",
+        ]
     )
     # by design drops: classifier head and stage-2 blocks 2..5 (Swin-T depth 6 vs 2)
     dropped = report["ignored"]
@@ -301,7 +328,7 @@ def test_official_checkpoint_keys_map_onto_the_full_model(full_model):
     shapes = official_swin_unet_state_dict()
     assert len(shapes) == 238 and sum(1 for k in shapes if k.endswith("attn_mask")) == 6
     ours = {k: tuple(v.shape) for k, v in full_model.state_dict().items()}
-    plain = {_ours(k[len("swin_unet."):]): s for k, s in shapes.items() if not k.endswith("attn_mask")}
+    plain = {_ours(k[len("swin_unet.") :]): s for k, s in shapes.items() if not k.endswith("attn_mask")}
     assert plain == ours
 
 
@@ -331,7 +358,7 @@ def test_official_checkpoint_loads_every_tensor_in_place(tmp_path):
     ours = net.state_dict()
     for k, v in official.items():
         if not k.endswith("attn_mask"):
-            assert torch.equal(ours[_ours(k[len("swin_unet."):])], v), k
+            assert torch.equal(ours[_ours(k[len("swin_unet.") :])], v), k
     official["swin_unet.layers.0.blocks.1.attn_mask"] = official["swin_unet.layers.0.blocks.1.attn_mask"] * 0
     torch.save(official, tmp_path / "bad.pth")
     with pytest.raises(InputError, match="attn_mask: values differ"):

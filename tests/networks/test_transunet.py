@@ -292,8 +292,17 @@ def test_loader_needs_three_channel_root(tmp_path):
 # ------------------------------------------------------------------------ checkpoints of the official training code
 
 
-TINY_OFFICIAL = dict(block_units=(1, 1, 1), width=32, hidden=32, layers=2, mlp=64, grid=4, n_classes=9,
-                     decoder_head=32, decoder=(32, 16, 16, 8))  # fmt: skip
+TINY_OFFICIAL = dict(
+    block_units=(1, 1, 1),
+    width=32,
+    hidden=32,
+    layers=2,
+    mlp=64,
+    grid=4,
+    n_classes=9,
+    decoder_head=32,
+    decoder=(32, 16, 16, 8),
+)
 
 
 def test_official_checkpoint_keys_map_onto_the_full_model(full_model_shapes_only):
@@ -309,9 +318,7 @@ def test_official_checkpoint_loads_every_tensor_in_place(tmp_path, prefix):
     """An official full checkpoint (random values; tensor k holds values in [k, k + 0.5)) loads strictly, every
     tensor lands unchanged at its place, and inference refuses another class count."""
     shapes = official_transunet_state_dict(**TINY_OFFICIAL)
-    official = {
-        k: (i + 0.5 * torch.rand(s)) if s else torch.tensor(i) for i, (k, s) in enumerate(shapes.items())
-    }
+    official = {k: (i + 0.5 * torch.rand(s)) if s else torch.tensor(i) for i, (k, s) in enumerate(shapes.items())}
     torch.save({prefix + k: v for k, v in official.items()}, tmp_path / "epoch_149.pth")
     net = TransUNet(out_channels=9, img_size=64, **TINY)
     report = load_weights(net, tmp_path / "epoch_149.pth", purpose="inference")
