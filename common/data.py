@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .input_rules import image_rule, label_grid_rule, label_values_rule
 from .io import NIFTI_SUFFIXES, case_id, image_info, is_image_path, load_array
 from .labels import BTCV_NUM_CLASSES
 
@@ -202,16 +203,8 @@ def btcv_datalist(
     return out
 
 
-def _check_label_values(path: str, num_classes: int) -> str | None:
-    arr, _ = load_array(path)
-    if not np.all(np.isfinite(arr)):
-        return f"{path}: label holds non-finite values"
-    values = np.unique(arr)
-    bad = values[(values < 0) | (values >= num_classes) | (values != np.round(values))]
-    if bad.size:
-        shown = ", ".join(f"{v:g}" for v in bad[:8]) + (" ..." if bad.size > 8 else "")
-        return f"{path}: label values outside the label map 0..{num_classes - 1}: {shown}"
-    return None
+def _label_values(path: str) -> np.ndarray:
+    return np.unique(load_array(path)[0])
 
 
 def check_items(
@@ -223,9 +216,8 @@ def check_items(
 ) -> None:
     """Check every item's files; raise one :class:`InputError` listing all problems.
 
-    Checks: files exist and are readable; the image is 3D with one channel; the label (if required) is a
-    single-channel 3D image on the same grid (shape and affine) as its image; label values are integers in
-    ``0..num_classes-1``.
+    Checks: files exist and are readable, then the rules of :mod:`common.input_rules` (the image one 3D channel;
+    the label, if required, one 3D volume on its image's grid with integer values in ``0..num_classes-1``).
     """
     problems: list[str] = []
     if len(items) == 0:
@@ -242,11 +234,10 @@ def check_items(
         except InputError as e:
             problems.extend(e.problems)
             img = None
-        if img is not None and img.channels != 1:
-            problems.append(
-                f"{img.path}: image has {img.channels} channels (shape {img.spatial_shape} x {img.channels}); "
-                "the bundle takes single-channel 3D CT: give one volume per file"
-            )
+        if img is not None:
+            bad = image_rule(img.path, img.channels, img.spatial_shape)
+            problems.extend(bad)
+            img = None if bad else img
         if not require_label or "label" not in item:
             continue
         try:
@@ -254,30 +245,21 @@ def check_items(
         except InputError as e:
             problems.extend(e.problems)
             continue
-        if lab.channels != 1:
-            problems.append(f"{lab.path}: label has {lab.channels} channels; expected one integer label volume")
+        grid = label_grid_rule(
+            lab.path,
+            lab.channels,
+            lab.spatial_shape,
+            lab.affine,
+            *((img.path, img.spatial_shape, img.affine) if img is not None else ()),
+        )
+        if grid:
+            problems.extend(grid)
             continue
-        if img is not None:
-            if img.spatial_shape != lab.spatial_shape:
-                problems.append(
-                    f"{lab.path}: label grid {lab.spatial_shape} does not match its image {img.path} "
-                    f"{img.spatial_shape}"
-                )
-                continue
-            if not np.allclose(img.affine, lab.affine, rtol=0, atol=1e-3):
-                problems.append(
-                    f"{lab.path}: label affine differs from its image {img.path} (max difference "
-                    f"{np.abs(img.affine - lab.affine).max():.4g} mm): image and label must share one grid"
-                )
-                continue
         if check_label_values:
             try:
-                msg = _check_label_values(str(item["label"]), num_classes)
+                problems.extend(label_values_rule(lab.path, _label_values(str(item["label"])), num_classes))
             except InputError as e:
                 problems.extend(e.problems)
-                continue
-            if msg:
-                problems.append(msg)
     if problems:
         raise InputError(problems, hint="fix or remove these cases, then run again")
 

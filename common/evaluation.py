@@ -33,6 +33,7 @@ import torch
 
 from .errors import InputError
 from .io import atomic_write_text, case_id, image_info, load_array
+from .labels import BTCV13
 from .metrics import score_case, summarize, to_btcv_ids
 from .protocols import (
     NSD_TOLERANCE_MM,
@@ -299,12 +300,12 @@ class SegmentationReport:
     def __init__(
         self,
         output_dir: str | os.PathLike,
-        protocol: str = "btcv13",
+        protocol: str = BTCV13,
         pred_key: str = "pred",
         label_key: str = "label_file",
         image_key: str = "image",
-        pred_ids: str = "btcv13",
-        label_ids: str = "btcv13",
+        pred_ids: str = BTCV13,
+        label_ids: str = BTCV13,
         meta: dict | None = None,
         print_table: bool = True,
         nsd_tolerance_mm: float = NSD_TOLERANCE_MM,

@@ -26,7 +26,6 @@ from monai.inferers import SlidingWindowInferer as _MonaiSlidingWindowInferer
 
 __all__ = [
     "AUTOCAST_DTYPES",
-    "NO_AUTOCAST",
     "INVERT_MODES",
     "autocast_dtype",
     "autocast_call",
@@ -35,23 +34,23 @@ __all__ = [
     "SlidingWindowInferer",
 ]
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-NO_AUTOCAST = ("", "none", "null", "fp32", "float32", "false")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 INVERT_MODES = ("probabilities", "labels")
 STITCH_MODES = ("auto", "device", "cpu")
 
 
 def autocast_dtype(autocast: str | None) -> torch.dtype | None:
-    """``None``/``"fp32"``/``"none"`` -> None; ``"bf16"`` / ``"fp16"`` -> the dtype; anything else -> ValueError.
+    """``None`` (``null`` in a config, ``None`` on the command line) or ``"fp32"`` -> None (full precision);
+    ``"bf16"`` / ``"fp16"`` -> the dtype; anything else -> ValueError.
 
     The one reading of the ``autocast`` switch, for the 3D inferer and the 2D slice-wise networks alike.
     """
-    if autocast is None or str(autocast).lower() in NO_AUTOCAST:
+    if autocast is None or str(autocast).lower() == "fp32":
         return None
     try:
         return AUTOCAST_DTYPES[str(autocast).lower()]
     except KeyError:
-        raise ValueError(f"autocast must be null, 'bf16' or 'fp16', got {autocast!r}") from None
+        raise ValueError(f"autocast must be null, 'fp32', 'bf16' or 'fp16', got {autocast!r}") from None
 
 
 def _to_float32(out: Any) -> Any:
@@ -113,7 +112,6 @@ class SlidingWindowInferer(_MonaiSlidingWindowInferer):
         autocast: str | None = None,
         stitch: str = "auto",
         out_channels: int = 14,
-        gpu_memory_fraction: float = 0.5,
         **kwargs,
     ) -> None:
         super().__init__(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, **kwargs)
@@ -121,7 +119,7 @@ class SlidingWindowInferer(_MonaiSlidingWindowInferer):
         if stitch not in STITCH_MODES:
             raise ValueError(f"stitch must be one of {STITCH_MODES}, got {stitch!r}")
         self.autocast, self.stitch = autocast, stitch
-        self.out_channels, self.gpu_memory_fraction = int(out_channels), float(gpu_memory_fraction)
+        self.out_channels = int(out_channels)
         self.last_stitch_device: str | None = None
 
     def _plan(self, inputs: torch.Tensor) -> str:
@@ -130,7 +128,7 @@ class SlidingWindowInferer(_MonaiSlidingWindowInferer):
         if self.stitch == "device" or inputs.device.type != "cuda":
             return "device"
         free, _ = torch.cuda.mem_get_info(inputs.device)
-        return stitching_plan(inputs.shape[2:], self.out_channels, free, self.gpu_memory_fraction)
+        return stitching_plan(inputs.shape[2:], self.out_channels, free)
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any):
         plan = self._plan(inputs)

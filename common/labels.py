@@ -1,7 +1,9 @@
 """BTCV label definitions: the 13-organ map and the 8-organ Synapse subset, defined once.
 
 Everything that needs label ids, organ names or colours (configs, metadata ``channel_def``, metrics,
-reports, the phantom generator, the Synapse importer) reads them from here.
+reports, the phantom generator, the Synapse importer) reads them from here. A label file's classes are in one
+of two id spaces (:data:`ID_SPACES`): ``btcv13`` (the 13 BTCV organs, 14 classes) or ``synapse8`` (the 2D papers'
+8 organs, 9 classes); every conversion between them goes through :func:`to_btcv_lut` / :func:`from_btcv_lut`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ __all__ = [
     "SYNAPSE_ORGAN_ORDER",
     "SYNAPSE_AUTHOR_DATA_IDS",
     "SYNAPSE_NUM_CLASSES",
+    "BTCV13",
+    "SYNAPSE8",
+    "ID_SPACES",
+    "id_space",
+    "id_space_of",
+    "to_btcv_lut",
+    "from_btcv_lut",
     "organ_names",
     "channel_def",
-    "btcv_to_synapse_lut",
-    "synapse_to_btcv_lut",
     "remap_labels",
     "organ",
 ]
@@ -36,7 +43,7 @@ class Organ:
     colour: tuple[int, int, int]  # RGB used in overlays and charts
 
 
-# BTCV ("Beyond the Cranial Vault") label order, as in the challenge data and ANCHORS.md section 1.
+# BTCV ("Beyond the Cranial Vault", MICCAI 2015 multi-atlas labeling challenge) label order, as in the challenge data.
 BTCV_ORGANS: tuple[Organ, ...] = (
     Organ(1, "spleen", "spleen", (255, 128, 0)),
     Organ(2, "kidney_right", "right kidney", (0, 200, 0)),
@@ -57,7 +64,7 @@ BTCV_NUM_CLASSES = len(BTCV_ORGANS) + 1  # 14 with background
 _BY_KEY = {o.key: o for o in BTCV_ORGANS}
 _BY_ID = {o.id: o for o in BTCV_ORGANS}
 
-# The 2D papers' 8 organs, in the column order of their result tables (ANCHORS.md section 2).
+# The 2D papers' 8 organs, in the column order of their result tables (TransUNet, Table 1).
 SYNAPSE_ORGAN_ORDER: tuple[str, ...] = (
     "aorta",
     "gallbladder",
@@ -74,8 +81,8 @@ SYNAPSE_NUM_CLASSES = len(SYNAPSE_ORGAN_ORDER) + 1  # 9 with background
 # (1 aorta, 2 gallbladder, 3 left kidney, 4 right kidney, 5 liver, 6 pancreas, 7 spleen, 8 stomach), so a
 # result column and a class id always agree.
 
-# Class ids found in the TransUNet authors' preprocessed Synapse files (train_npz / test_vol_h5), as
-# reported by ANCHORS.md: the BTCV ids compacted after dropping the five other organs. This is NOT verified
+# Class ids of the TransUNet authors' preprocessed Synapse files (train_npz / test_vol_h5), as commonly
+# reported: the BTCV ids compacted after dropping the five other organs. This is NOT verified
 # against the files (third-party code disagrees), so the Synapse importer takes the mapping as an option and
 # checks it against the anatomy of the data it converts (see ``common.tools.synapse``).
 SYNAPSE_AUTHOR_DATA_IDS: dict[str, int] = {
@@ -90,35 +97,53 @@ SYNAPSE_AUTHOR_DATA_IDS: dict[str, int] = {
 }
 
 
-def organ_names(protocol: str = "btcv13") -> list[str]:
-    """Human-readable names of the foreground classes, in class-id order, for ``btcv13`` or ``synapse8``."""
-    if protocol == "btcv13":
-        return [o.name for o in BTCV_ORGANS]
-    if protocol == "synapse8":
-        return [_BY_KEY[k].name for k in SYNAPSE_ORGAN_ORDER]
-    raise ValueError(f"unknown protocol {protocol!r}: expected 'btcv13' or 'synapse8'")
+BTCV13, SYNAPSE8 = "btcv13", "synapse8"
+# label id spaces: the organ of each foreground class id (1..n), in id order
+ID_SPACES: dict[str, tuple[str, ...]] = {BTCV13: tuple(o.key for o in BTCV_ORGANS), SYNAPSE8: SYNAPSE_ORGAN_ORDER}
 
 
-def channel_def(protocol: str = "btcv13") -> dict[str, str]:
-    """The ``channel_def`` of a bundle's ``outputs#pred`` metadata: class id (as a string) -> name."""
-    names = ["background"] + organ_names(protocol)
-    return {str(i): n for i, n in enumerate(names)}
+def id_space(name: str) -> tuple[str, ...]:
+    """The organ keys of classes 1..n of the id space ``name``; ``ValueError`` naming the known ones otherwise."""
+    try:
+        return ID_SPACES[name]
+    except KeyError:
+        raise ValueError(f"unknown label id space {name!r}: expected one of {', '.join(ID_SPACES)}") from None
 
 
-def btcv_to_synapse_lut() -> np.ndarray:
-    """Look-up table (length 14) mapping BTCV ids to our 9-class Synapse ids; other organs map to 0."""
+def id_space_of(num_classes: int) -> str:
+    """The id space with ``num_classes`` classes (background included): 14 -> btcv13, 9 -> synapse8."""
+    for name, keys in ID_SPACES.items():
+        if len(keys) + 1 == int(num_classes):
+            return name
+    raise ValueError(f"no label id space has {num_classes} classes (btcv13: 14, synapse8: 9)")
+
+
+def to_btcv_lut(name: str) -> np.ndarray:
+    """Look-up table (length n + 1) mapping the class ids of id space ``name`` to BTCV ids."""
+    keys = id_space(name)
+    lut = np.zeros(len(keys) + 1, dtype=np.uint8)
+    for cid, key in enumerate(keys, start=1):
+        lut[cid] = _BY_KEY[key].id
+    return lut
+
+
+def from_btcv_lut(name: str) -> np.ndarray:
+    """Look-up table (length 14) mapping BTCV ids to the class ids of id space ``name``; organs it lacks map to 0."""
     lut = np.zeros(BTCV_NUM_CLASSES, dtype=np.uint8)
-    for sid, key in enumerate(SYNAPSE_ORGAN_ORDER, start=1):
-        lut[_BY_KEY[key].id] = sid
+    for cid, key in enumerate(id_space(name), start=1):
+        lut[_BY_KEY[key].id] = cid
     return lut
 
 
-def synapse_to_btcv_lut() -> np.ndarray:
-    """Look-up table (length 9) mapping our 9-class Synapse ids back to BTCV ids."""
-    lut = np.zeros(SYNAPSE_NUM_CLASSES, dtype=np.uint8)
-    for sid, key in enumerate(SYNAPSE_ORGAN_ORDER, start=1):
-        lut[sid] = _BY_KEY[key].id
-    return lut
+def organ_names(space: str = BTCV13) -> list[str]:
+    """Human-readable names of the foreground classes of id space ``space``, in class-id order."""
+    return [_BY_KEY[k].name for k in id_space(space)]
+
+
+def channel_def(space: str = BTCV13) -> dict[str, str]:
+    """The ``channel_def`` of a bundle's ``outputs#pred`` metadata: class id (as a string) -> name."""
+    names = ["background"] + organ_names(space)
+    return {str(i): n for i, n in enumerate(names)}
 
 
 def remap_labels(label, lut: np.ndarray):

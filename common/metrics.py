@@ -43,7 +43,7 @@ import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
 
-from .labels import synapse_to_btcv_lut
+from .labels import BTCV13, to_btcv_lut
 from .protocols import NSD_TOLERANCE_MM, get_protocol, metric_names, protocol_organs
 
 __all__ = [
@@ -58,17 +58,15 @@ __all__ = [
 ]
 
 
-def to_btcv_ids(label: np.ndarray, id_space: str = "btcv13") -> np.ndarray:
-    """Map an integer label array to BTCV ids. ``id_space``: ``btcv13`` (unchanged) or ``synapse8``."""
-    if id_space == "btcv13":
+def to_btcv_ids(label: np.ndarray, id_space: str = BTCV13) -> np.ndarray:
+    """Map an integer label array of ``id_space`` (see ``common.labels.ID_SPACES``) to BTCV ids."""
+    lut = to_btcv_lut(id_space)
+    if id_space == BTCV13:
         return label
-    if id_space == "synapse8":
-        lut = synapse_to_btcv_lut()
-        arr = np.asarray(label).astype(np.int64)
-        if arr.size and (arr.min() < 0 or arr.max() >= len(lut)):
-            raise ValueError(f"9-class Synapse labels must lie in 0..8, got {arr.min()}..{arr.max()}")
-        return lut[arr]
-    raise ValueError(f"unknown label id space {id_space!r}: expected 'btcv13' or 'synapse8'")
+    arr = np.asarray(label).astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= len(lut)):
+        raise ValueError(f"{id_space} labels must lie in 0..{len(lut) - 1}, got {arr.min()}..{arr.max()}")
+    return lut[arr]
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -163,7 +161,7 @@ def score_case(
     pred: np.ndarray,
     gt: np.ndarray,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    protocol: str = "btcv13",
+    protocol: str = BTCV13,
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
 ) -> dict[str, dict[str, float]]:
     """Score one case: ``{organ_key: {"dice": .., "hd95": .., ["nsd": ..,] "status": ..}}``.
@@ -214,7 +212,7 @@ def _nanstats(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
 
 
-def summarize(cases: dict[str, dict[str, dict[str, float]]], protocol: str = "btcv13") -> dict:
+def summarize(cases: dict[str, dict[str, dict[str, float]]], protocol: str = BTCV13) -> dict:
     """Summary over cases: per organ mean/std/n of Dice and HD95, and the overall mean.
 
     The overall mean is the mean over organs of the per-organ means (the papers' "mean over cases, then over

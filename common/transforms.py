@@ -23,7 +23,6 @@ from monai.transforms import (
     Compose,
     CropForegroundd,
     EnsureChannelFirstd,
-    EnsureTyped,
     LoadImaged,
     MapLabelValued,
     MapTransform,
@@ -41,8 +40,9 @@ from monai.transforms import (
 from monai.utils import convert_data_type, convert_to_tensor, ensure_tuple
 
 from .errors import InputError
+from .input_rules import image_rule, label_grid_rule, label_values_rule
 from .io import register_readers
-from .labels import BTCV_NUM_CLASSES, btcv_to_synapse_lut
+from .labels import BTCV13, BTCV_NUM_CLASSES, ID_SPACES, from_btcv_lut
 
 __all__ = [
     "CheckInputd",
@@ -66,70 +66,46 @@ def _source(d: dict, key: str) -> str:
 class CheckInputd(MapTransform):
     """Stop with an :class:`InputError` naming the file when the loaded data cannot be right.
 
-    Checks (after ``EnsureChannelFirstd``): the image is 3D with ``image_channels`` channels; if a label is
-    present, it is one 3D volume on the image's grid (same shape, same affine) with integer values in
-    ``0..num_classes-1``.
+    Checks (after ``EnsureChannelFirstd``) the rules of :mod:`common.input_rules` on the arrays: the image one 3D
+    channel with finite voxels; a label, if present, one 3D volume on the image's grid (same shape, same affine)
+    with integer values in ``0..num_classes-1``.
     """
 
     def __init__(
         self,
         image_key: str = "image",
         label_key: str | None = "label",
-        image_channels: int = 1,
         num_classes: int = BTCV_NUM_CLASSES,
     ):
         keys = [image_key] + ([label_key] if label_key else [])
         super().__init__(keys, allow_missing_keys=True)
         self.image_key, self.label_key = image_key, label_key
-        self.image_channels, self.num_classes = image_channels, num_classes
+        self.num_classes = num_classes
 
     def __call__(self, data):
         d = dict(data)
         img = d.get(self.image_key)
+        src = _source(d, self.image_key) if img is not None else None
         if img is not None:
-            src = _source(d, self.image_key)
-            if img.ndim != 4:
-                raise InputError(
-                    f"{src}: expected a 3D volume, got an image with {img.ndim - 1} spatial dimensions "
-                    f"(shape {tuple(img.shape[1:])})"
-                )
-            if img.shape[0] != self.image_channels:
-                raise InputError(
-                    f"{src}: image has {img.shape[0]} channels (shape {tuple(img.shape[1:])} x {img.shape[0]}); "
-                    f"this bundle takes {self.image_channels}-channel 3D CT: give one volume per file"
-                )
+            _raise(image_rule(src, int(img.shape[0]), tuple(img.shape[1:])))
             _refuse_non_finite(img, src)
         lab = d.get(self.label_key) if self.label_key else None
         if lab is not None and not isinstance(lab, str):
             lsrc = _source(d, self.label_key)
-            if lab.ndim != 4 or lab.shape[0] != 1:
-                raise InputError(f"{lsrc}: label must be one 3D volume, got shape {tuple(lab.shape)}")
-            if img is not None:
-                if tuple(lab.shape[1:]) != tuple(img.shape[1:]):
-                    raise InputError(
-                        f"{lsrc}: label grid {tuple(lab.shape[1:])} does not match its image "
-                        f"{_source(d, self.image_key)} {tuple(img.shape[1:])}"
-                    )
-                ia, la = getattr(img, "affine", None), getattr(lab, "affine", None)
-                if (
-                    ia is not None
-                    and la is not None
-                    and not torch.allclose(
-                        torch.as_tensor(ia, dtype=torch.float64), torch.as_tensor(la, dtype=torch.float64), atol=1e-3
-                    )
-                ):
-                    raise InputError(
-                        f"{lsrc}: label affine differs from its image {_source(d, self.image_key)}: "
-                        "image and label must share one grid"
-                    )
+            pair = (src, tuple(img.shape[1:]), getattr(img, "affine", None)) if img is not None else ()
+            _raise(label_grid_rule(lsrc, int(lab.shape[0]), tuple(lab.shape[1:]), getattr(lab, "affine", None), *pair))
             t = torch.as_tensor(lab)
-            lo, hi = float(t.min()), float(t.max())
-            if lo < 0 or hi > self.num_classes - 1 or not torch.equal(t, torch.round(t)):
-                raise InputError(
-                    f"{lsrc}: label values {lo:g}..{hi:g} outside the label map 0..{self.num_classes - 1} "
-                    "(or not integers)"
-                )
+            values = [float(t.min()), float(t.max())]
+            if t.is_floating_point():
+                frac = t[t != torch.round(t)]
+                values += [float(frac[0])] if frac.numel() else []
+            _raise(label_values_rule(lsrc, np.asarray(values), self.num_classes))
         return d
+
+
+def _raise(problems: list[str]) -> None:
+    if problems:
+        raise InputError(problems)
 
 
 def _refuse_non_finite(img, src: str) -> None:
@@ -194,7 +170,6 @@ class SafeSpacingd(Spacingd):
 
 def load_transforms(
     keys: KeysCollection = ("image", "label"),
-    image_channels: int = 1,
     num_classes: int = BTCV_NUM_CLASSES,
     dtype: DtypeLike = np.float32,
 ) -> list:
@@ -210,7 +185,7 @@ def load_transforms(
     return [
         loader,
         EnsureChannelFirstd(keys, allow_missing_keys=True),
-        CheckInputd(image_key=keys[0], label_key=label_key, image_channels=image_channels, num_classes=num_classes),
+        CheckInputd(image_key=keys[0], label_key=label_key, num_classes=num_classes),
     ]
 
 
@@ -254,51 +229,42 @@ class HUWindowd(ScaleIntensityRanged):
         self.scaler = _OneBufferScaleIntensityRange(a_min, a_max, b_min, b_max, clip, dtype)
 
 
-def label_map_transform(label_map: str = "btcv13", label_key: str = "label") -> list:
+def label_map_transform(label_map: str = BTCV13, label_key: str = "label") -> list:
     """Transforms mapping BTCV label ids to a training protocol's ids.
 
     ``btcv13``: no change (14 classes). ``synapse8``: the 8 Synapse organs get ids 1..8 in the papers'
     column order (aorta, gallbladder, left kidney, right kidney, liver, pancreas, spleen, stomach); the other
     five organs become background (9 classes).
     """
-    if label_map in ("btcv13", "", None):
+    if label_map in (BTCV13, "", None):
         return []
-    if label_map == "synapse8":
-        lut = btcv_to_synapse_lut()
-        orig = list(range(len(lut)))
-        return [
-            MapLabelValued(label_key, orig_labels=orig, target_labels=[int(v) for v in lut], allow_missing_keys=True)
-        ]
-    raise InputError(f"unknown label_map {label_map!r}", hint="use 'btcv13' (14 classes) or 'synapse8' (9 classes)")
+    if label_map not in ID_SPACES:
+        raise InputError(f"unknown label_map {label_map!r}", hint=f"use one of {', '.join(ID_SPACES)}")
+    lut = from_btcv_lut(label_map)
+    orig = list(range(len(lut)))
+    return [MapLabelValued(label_key, orig_labels=orig, target_labels=[int(v) for v in lut], allow_missing_keys=True)]
 
 
 def btcv_preprocessing(
     keys: KeysCollection = ("image", "label"),
     spacing: Sequence[float] = (1.5, 1.5, 2.0),
     hu_window: Sequence[float] = (-175.0, 250.0),
-    crop_foreground: bool = True,
-    label_map: str = "btcv13",
-    image_channels: int = 1,
-    device: str | torch.device | None = None,
+    label_map: str = BTCV13,
 ) -> Compose:
     """The BTCV 3D preprocessing (invertible, so predictions can be mapped back to the input grid).
 
     Load -> check -> orientation RAS -> ``Spacingd`` (bilinear image, nearest label) -> HU window to [0, 1],
     clipped -> crop to the foreground (voxels above the window's lower bound) -> label map.
-    ``device``: optionally move the data to this device after loading (GPU preprocessing).
     """
     keys = ensure_tuple(keys)
     modes = ["bilinear" if k == keys[0] else "nearest" for k in keys]
-    xs = load_transforms(keys, image_channels=image_channels)
-    if device is not None:
-        xs.append(EnsureTyped(keys, device=device, track_meta=True, allow_missing_keys=True))
+    xs = load_transforms(keys)
     xs += [
         Orientationd(keys, axcodes="RAS", labels=None, allow_missing_keys=True),
         SafeSpacingd(keys, pixdim=tuple(float(s) for s in spacing), mode=modes, allow_missing_keys=True),
         HUWindowd(keys[0], a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0, b_max=1.0, clip=True),
+        CropForegroundd(keys, source_key=keys[0], allow_smaller=True, allow_missing_keys=True),
     ]
-    if crop_foreground:
-        xs.append(CropForegroundd(keys, source_key=keys[0], allow_smaller=True, allow_missing_keys=True))
     xs += label_map_transform(label_map)
     return Compose(xs)
 
@@ -350,11 +316,10 @@ def btcv_train_transforms(
     hu_window: Sequence[float] = (-175.0, 250.0),
     roi_size: Sequence[int] = (96, 96, 96),
     num_samples: int = 4,
-    label_map: str = "btcv13",
-    device: str | torch.device | None = None,
+    label_map: str = BTCV13,
     **augmentation,
 ) -> Compose:
     """Preprocessing followed by augmentation; a ``CacheDataset`` caches up to the first random transform."""
-    pre = btcv_preprocessing(keys, spacing, hu_window, True, label_map, device=device)
+    pre = btcv_preprocessing(keys, spacing, hu_window, label_map)
     aug = btcv_train_augmentation(keys, roi_size, num_samples, **augmentation)
     return Compose(list(pre.transforms) + aug)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
 from test_geometry import random_checkpoint
 
@@ -27,13 +28,16 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
     )
     md = (tmp_path / "bench" / "suite_smoke.md").read_text(encoding="utf-8")
     doc = json.loads((tmp_path / "bench" / "suite_smoke.json").read_text(encoding="utf-8"))
-    assert doc["smoke"] and "figures meaningless" in md
+    assert doc["smoke"] and "figures meaningless" in md and "Written by the benchmark" in md
+    with pytest.raises(ValueError, match="smoke"):  # meaningless figures never become the benchmark document
+        suite(BUNDLE_NAMES[:1], str(tmp_path / "bench2"), smoke=True, doc=str(tmp_path / "benchmarks.md"))
+    assert not (tmp_path / "benchmarks.md").exists()
     for b in BUNDLE_NAMES:
         inf = [r for r in res["inference"] if r["bundle"] == b]
         assert [r["variant"] for r in inf] == [
             v
             for v, _ in variants(
-                "2d" if "slice_mode" in inf[1]["switches"] else "3d", __import__("torch").device("cpu")
+                "2d" if "slice_resize" in inf[1]["switches"] else "3d", __import__("torch").device("cpu")
             )
         ]
         assert inf[0]["speedup_vs_baseline"] == 1.0 and inf[0]["agreement_vs_baseline"] == 1.0
@@ -90,12 +94,15 @@ def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
         )
         == 0
     )
-    bundles, out, ckpts, parts, _, _, _, _, overrides, smoke, volumes, paths, fit_epochs = seen["args"]
-    assert volumes == ("sample", "btcv") and paths is None and fit_epochs == FIT_EPOCHS
+    bundles, out, ckpts, parts, _, _, _, _, overrides, smoke, volumes, paths, fit_epochs, doc, command = seen["args"]
+    assert volumes == ("sample", "btcv") and paths is None and fit_epochs == FIT_EPOCHS and doc is None
+    assert command.startswith("python -m common.tools.benchmark --bundle unetr_btcv --parts inference")
     assert bundles == ["unetr_btcv"] and parts == ("inference",) and smoke
     assert overrides == {"unetr_btcv": {"roi_size": [32, 32, 16]}} and ckpts == {"unetr_btcv": "/x.pt"}
     assert main(["--parts", "fitted", "--fit-epochs", "80", "--out", str(tmp_path)]) == 0
-    assert seen["args"][-1] == 80
+    assert seen["args"][12] == 80
+    assert main(["--parts", "inference", "--doc", str(tmp_path / "b.md"), "--out", str(tmp_path)]) == 0
+    assert seen["args"][13] == str(tmp_path / "b.md")
 
 
 def test_fitted_weights_are_reused_only_for_the_same_fit(tmp_path):

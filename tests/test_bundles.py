@@ -424,7 +424,7 @@ def test_synapse_overlay_trains_and_scores_nine_classes(tiny_data, tmp_path):
     (other organs become background), the network has 9 outputs, and evaluation scores the synapse8 protocol."""
     import torch
 
-    from common.labels import btcv_to_synapse_lut
+    from common.labels import from_btcv_lut
     from common.protocols import protocol_organs
 
     bundle = "transunet_btcv"
@@ -447,7 +447,7 @@ def test_synapse_overlay_trains_and_scores_nine_classes(tiny_data, tmp_path):
         for it in json.loads((tiny_data / "dataset.json").read_text())["training"]
     ]
     want = set(
-        np.unique(btcv_to_synapse_lut()[np.concatenate([np.asarray(r.dataobj).ravel() for r in raw]).astype(int)])
+        np.unique(from_btcv_lut("synapse8")[np.concatenate([np.asarray(r.dataobj).ravel() for r in raw]).astype(int)])
     )
     seen = set()
     for i in range(len(ds)):

@@ -146,7 +146,7 @@ def test_leaderboard_statistics_on_two_cases_with_known_predictions(tiny_data, t
 def test_leaderboard_synapse_protocol_with_a_9_class_bundle(tiny_data, tmp_path):
     """A 9-class bundle's predictions are read in Synapse ids: its scores equal an independent scoring of its own
     prediction files mapped back to BTCV ids; a Synapse-id oracle scores 1 everywhere."""
-    from common.labels import btcv_to_synapse_lut, organ, synapse_to_btcv_lut
+    from common.labels import from_btcv_lut, organ, to_btcv_lut
 
     b = "transunet_btcv"
     synapse = BUNDLES / b / "configs" / "synapse.json"
@@ -156,7 +156,7 @@ def test_leaderboard_synapse_protocol_with_a_9_class_bundle(tiny_data, tmp_path)
     oracle.mkdir()
     for it in items:
         img = nib.load(it["label"])
-        ids = btcv_to_synapse_lut()[np.asarray(img.dataobj).astype(np.int64)].astype(np.uint8)
+        ids = from_btcv_lut("synapse8")[np.asarray(img.dataobj).astype(np.int64)].astype(np.uint8)
         nib.save(
             nib.Nifti1Image(ids, img.affine), str(oracle / Path(it["image"]).name.replace(".nii.gz", "_seg.nii.gz"))
         )
@@ -186,7 +186,7 @@ def test_leaderboard_synapse_protocol_with_a_9_class_bundle(tiny_data, tmp_path)
             nib.load(str(out / b / "predictions" / Path(it["image"]).name.replace(".nii.gz", "_seg.nii.gz"))).dataobj
         )
         assert pred9.max() <= 8 and len(np.unique(pred9)) > 2  # a 9-class prediction with several organs
-        pred, gt = synapse_to_btcv_lut()[pred9.astype(np.int64)], np.asarray(nib.load(it["label"]).dataobj)
+        pred, gt = to_btcv_lut("synapse8")[pred9.astype(np.int64)], np.asarray(nib.load(it["label"]).dataobj)
         for key in organs:
             p, g = pred == organ(key).id, gt == organ(key).id
             want = _dice(p, g) if p.any() and g.any() else (1.0 if p.any() else 0.0)  # the papers' rule

@@ -20,6 +20,7 @@ from common.slicewise import (
     slicewise_network,
     zoom_axial_slices,
 )
+from common.tools.per_slice import per_slice
 
 
 class IntensityNet(torch.nn.Module):
@@ -131,7 +132,7 @@ def test_slice_dataset_item_i_is_slice_i_of_its_volume_and_is_cached(tiny_data):
         return prep(item)
 
     size = (48, 40)
-    ds = SliceDataset(items, counting, img_size=size, augment=False, progress=False)
+    ds = SliceDataset(items, counting, img_size=size, progress=False)
     assert calls == [it["image"] for it in items]
     vols = [prep(it) for it in items]
     zs = [v["image"].shape[-1] for v in vols]
@@ -172,7 +173,7 @@ def test_weighted_sampler_sees_small_organs_more_often(tiny_data):
         }
         for i in range(3)
     ]
-    ds = SliceDataset(items, slice_preprocessing(), img_size=(32, 32), augment=False, fg_prob=0.5, progress=False)
+    ds = SliceDataset(items, slice_preprocessing(), img_size=(32, 32), fg_prob=0.5, progress=False)
     adrenal = organ("adrenal_left").id
     has = np.array([adrenal in p for p in ds._present])
     assert 0 < has.sum() < len(ds)
@@ -213,8 +214,8 @@ def test_batched_equals_reference_without_resizing():
     """With slices already at the network size there is nothing to interpolate: both paths give the same labels."""
     torch.manual_seed(0)
     vol = torch.rand(1, 1, 32, 32, 7)
-    b = net3d((32, 32), mode="batched", slice_batch=3)(vol)
-    r = net3d((32, 32), mode="reference")(vol)
+    b = net3d((32, 32), slice_batch=3)(vol)
+    r = per_slice(net3d((32, 32)))(vol)
     assert b.shape == r.shape == (1, 5, 32, 32, 7)
     torch.testing.assert_close(b.argmax(1), r.argmax(1), rtol=0, atol=0)
 
@@ -222,8 +223,8 @@ def test_batched_equals_reference_without_resizing():
 def test_batched_and_reference_agree_on_a_phantom(volume):
     _, d = volume
     vol = d["image"].unsqueeze(0)  # (1, 1, X, Y, Z)
-    b = net3d((48, 48), mode="batched", slice_batch=8)(vol).argmax(1)
-    ref = net3d((48, 48), mode="reference")
+    b = net3d((48, 48), slice_batch=8)(vol).argmax(1)
+    ref = per_slice(net3d((48, 48)))
     r = ref(vol).argmax(1)
     assert all(c == (1, 1, 48, 48) for c in ref.calls), "reference path: one slice at a time at the network size"
     agreement = (b == r).float().mean().item()
@@ -257,13 +258,14 @@ def test_metatensor_in_metatensor_out_and_bf16_switch():
         slicewise_network("common.networks.nope.Net")
 
 
-@pytest.mark.parametrize("mode", ["batched", "reference"])
-def test_label_output_is_the_argmax_of_the_logits(volume, mode):
+@pytest.mark.parametrize("loop", [False, True], ids=["batched", "per-slice"])
+def test_label_output_is_the_argmax_of_the_logits(volume, loop):
     """``output="labels"`` computes the argmax batch by batch: the same labels, one channel instead of all."""
     _, d = volume
     vol = d["image"].unsqueeze(0)
-    logits = net3d((48, 48), mode=mode, slice_batch=5)(vol)
-    labels = net3d((48, 48), mode=mode, slice_batch=5, output="labels")(vol)
+    wrap = per_slice if loop else (lambda net: net)
+    logits = wrap(net3d((48, 48), slice_batch=5))(vol)
+    labels = wrap(net3d((48, 48), slice_batch=5, output="labels"))(vol)
     assert labels.shape == (1, 1, *vol.shape[2:]) and labels.dtype == torch.float32
     assert len(torch.unique(labels)) > 2, "the phantom's organs must show up, or the comparison proves nothing"
     torch.testing.assert_close(labels[:, 0], logits.argmax(1).float(), rtol=0, atol=0)
@@ -284,7 +286,7 @@ def test_label_resize_reproduces_the_reference_path(volume):
     _, d = volume
     vol = d["image"].unsqueeze(0)
     assert vol.shape[2:4] != (48, 48)
-    ref = net3d((48, 48), mode="reference", output="labels")(vol)
+    ref = per_slice(net3d((48, 48), output="labels"))(vol)
     lab = net3d((48, 48), slice_batch=4, output="labels", resize="labels")(vol)
     assert len(torch.unique(ref)) > 2
     torch.testing.assert_close(lab, ref, rtol=0, atol=0)
@@ -322,7 +324,7 @@ def test_zoom_bands_hold_every_nonzero_of_the_matrix(n_in, n_out):
     for o0, o1, i0, i1, w in cubic_zoom_bands(n_in, n_out):
         rebuilt[o0:o1, i0:i1] = w
     np.testing.assert_array_equal(rebuilt, m)
-    if min(n_in, n_out) >= 4 * slicewise.ZOOM_BAND_ROWS:  # and they skip most of a large matrix
+    if min(n_in, n_out) >= 4 * slicewise.resize.ZOOM_BAND_ROWS:  # and they skip most of a large matrix
         assert sum(w.size for *_, w in cubic_zoom_bands(n_in, n_out)) < 0.5 * m.size
 
 
@@ -331,7 +333,7 @@ def test_zoom_bands_hold_every_nonzero_of_the_matrix(n_in, n_out):
 def test_bilinear_argmax_equals_resizing_the_scores(size, dense_share, monkeypatch):
     """Interpolating only the cells whose corners disagree gives the argmax of the fully resized scores; so does
     the fallback for fragmented predictions, which interpolates every channel."""
-    monkeypatch.setattr(slicewise, "DENSE_SHARE", dense_share)
+    monkeypatch.setattr(slicewise.resize, "DENSE_SHARE", dense_share)
     torch.manual_seed(0)
     smooth = torch.nn.functional.interpolate(torch.randn(3, 6, 9, 11), size=(37, 53), mode="bilinear") * 4
     ties = torch.randint(0, 2, (2, 4, 37, 53)).float()
@@ -373,3 +375,34 @@ def test_default_slice_batch_depends_on_the_device():
 
     assert default_slice_batch("cpu") == default_slice_batch(None) == 2
     assert default_slice_batch("cuda:0") == 16
+
+
+@pytest.mark.parametrize("bundle", ["transunet_btcv", "swin_unet_btcv", "mt_unet_btcv"])
+def test_train_json_states_the_papers_augmentation_and_the_dataset_applies_it(bundle, tiny_data):
+    """The 2D bundles' random slice augmentation is written in ``train.json`` (``train#augmentation``) and the
+    slice dataset applies it to every draw: drawing one slice repeatedly gives rotated / flipped copies with image
+    and label moved together; without it (``train#dataset#augment`` null) every draw is the cached slice."""
+    from common.bundle import bundle_parser
+
+    overrides = {"dataset_dir": str(tiny_data), "img_size": [32, 32]}
+    parser = bundle_parser(bundle, overrides, config="train.json")
+    assert parser["train"]["augmentation"]["transforms"][0]["_target_"] == "common.slicewise.PaperSliceAugmentd"
+    ds = parser.get_parsed_content("train#dataset")
+    ds.augment.set_random_state(0)
+    i = max(range(len(ds)), key=lambda k: int((ds.labels[ds.index[k][0]][ds.index[k][1]] > 0).sum()))
+    v, z = ds.index[i]
+    cached_img, cached_lab = ds.images[v][z], ds.labels[v][z].float()
+    draws = [ds[i] for _ in range(16)]
+    assert any(not torch.equal(d["image"], cached_img) for d in draws), "no draw was augmented"
+    ops = [lambda a, k=k, f=f: torch.flip(torch.rot90(a, k, (1, 2)), (1 + f,)) for k in range(4) for f in range(2)]
+    matched = 0
+    for d in draws:  # a rot90 + flip draw moved the label with the image
+        for op in ops:
+            if torch.equal(d["image"], op(cached_img)):
+                assert torch.equal(d["label"], op(cached_lab))
+                matched += 1
+                break
+    assert matched, "no rot90 / flip draw among 16"
+    plain = bundle_parser(bundle, {**overrides, "train#dataset#augment": None}, config="train.json")
+    ds0 = plain.get_parsed_content("train#dataset")
+    assert all(torch.equal(ds0[i]["image"], cached_img) for _ in range(5))

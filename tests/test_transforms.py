@@ -103,7 +103,7 @@ def test_bad_inputs_stop_with_the_file_named(pair, tmp_path):
     flat = _save(tmp_path / "flat.nii.gz", np.zeros((8, 8), np.int16), np.eye(4))
     assert "flat.nii.gz: expected a 3D volume" in str(_error(btcv_preprocessing(keys=["image"]), {"image": flat}))
     high = _save(tmp_path / "high.nii.gz", np.full((40, 36, 12), 20, np.uint8), aff)
-    assert "high.nii.gz: label values 20..20 outside the label map 0..13" in str(
+    assert "high.nii.gz: label values outside the label map 0..13: 20" in str(
         _error(pre, {"image": img, "label": high})
     )
     small = _save(tmp_path / "small.nii.gz", np.zeros((40, 36, 11), np.uint8), aff)
@@ -164,3 +164,26 @@ def test_hu_window_in_one_buffer_is_monais(dtype, window):
     assert ours.dtype == theirs.dtype == torch.float32 and isinstance(ours, MetaTensor)
     assert torch.equal(ours.as_tensor(), theirs.as_tensor()) and torch.equal(ours.affine, theirs.affine)
     assert torch.equal(x.as_tensor(), before.as_tensor())
+
+
+def test_the_pre_flight_check_and_the_loaded_check_apply_one_rule_set(tmp_path):
+    """``data.check_items`` (headers, before a run) and ``CheckInputd`` (arrays, once loaded) give the very same
+    message for each broken case: both apply ``common.input_rules``."""
+    from common.data import check_items
+    from common.errors import InputError
+
+    aff = np.diag([1.0, 1.0, 2.5, 1.0])
+    img = _save(tmp_path / "img.nii.gz", np.zeros((40, 36, 12), np.int16), aff)
+    cases = {
+        "channels": (_save(tmp_path / "two.nii.gz", np.zeros((40, 36, 12, 2), np.int16), aff), None),
+        "grid": (img, _save(tmp_path / "small.nii.gz", np.zeros((40, 36, 11), np.uint8), aff)),
+        "affine": (img, _save(tmp_path / "moved.nii.gz", np.zeros((40, 36, 12), np.uint8), np.diag([1, 1, 2.0, 1]))),
+        "values": (img, _save(tmp_path / "high.nii.gz", np.full((40, 36, 12), 20, np.uint8), aff)),
+    }
+    ok_label = _save(tmp_path / "lab.nii.gz", np.zeros((40, 36, 12), np.uint8), aff)
+    for name, (image, label) in cases.items():
+        item = {"image": image, "label": label or ok_label}
+        with pytest.raises(InputError) as pre_flight:
+            check_items([item])
+        loaded = _error(btcv_preprocessing(), item)
+        assert pre_flight.value.problems == loaded.problems, name

@@ -36,7 +36,6 @@ bilinear upsample back to pixels, 1x1 conv fusing both branches. EA: external at
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -46,6 +45,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from ..weights import Conversion, renamed
+from .slice_input import check_slice_input, first_layer_channels, gray_to_rgb, static_dims
 
 __all__ = [
     "ExternalAttention",
@@ -62,21 +62,6 @@ __all__ = [
     "official_key_to_ours",
     "pad_to_window_multiple",
 ]
-
-
-def _static_dims(x: torch.Tensor, dims: Sequence[int]) -> tuple[int, ...]:
-    """Sizes of ``x`` along ``dims`` as plain ints.
-
-    Under ``torch.jit.trace`` sizes are traced values and every comparison on them raises a
-    TracerWarning; the spatial and channel sizes of this network are fixed by its configuration, so
-    they are read as constants (silently). The batch size is never read this way: reshapes use -1
-    for it, so traced modules accept any batch size.
-    """
-    if not torch.jit.is_tracing():
-        return tuple(x.shape[d] for d in dims)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        return tuple(int(x.shape[d]) for d in dims)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +144,7 @@ def pad_to_window_multiple(x: torch.Tensor, window_size: int) -> torch.Tensor:
     14x14 and 7x7 stages of the paper model). Reproduced exactly so that official weights behave
     the same. Needs ``pad <= size`` (checked when the network is built).
     """
-    h, w = _static_dims(x, (1, 2))
+    h, w = static_dims(x, (1, 2))
     pad_h, pad_w = (-h) % window_size, (-w) % window_size
     if pad_h == 0 and pad_w == 0:
         return x
@@ -193,7 +178,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled dot-product attention (scale ``head_dim ** -0.5``) over the ``T`` tokens of a window."""
-        t, c = _static_dims(x, (1, 2))
+        t, c = static_dims(x, (1, 2))
         q, k, v = (
             layer(x).view(-1, t, self.num_heads, c // self.num_heads).transpose(1, 2)
             for layer in (self.query, self.key, self.value)
@@ -257,7 +242,7 @@ class GaussianAxialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         q, k, v = self.query(x), self.key(x), self.value(x)
-        h, w = _static_dims(x, (1, 2))
+        h, w = static_dims(x, (1, 2))
 
         # rows: scores[b, r, c, c'] = q(r,c).k(r,c')
         row_scores = torch.matmul(q, k.transpose(-1, -2))
@@ -299,7 +284,7 @@ class LocalGlobalGaussianAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
-        h, w, c = _static_dims(x, (1, 2, 3))
+        h, w, c = static_dims(x, (1, 2, 3))
         ws = self.window_size
         padded = pad_to_window_multiple(x, ws)
         hp, wp = h + (-h) % ws, w + (-w) % ws
@@ -449,9 +434,9 @@ class MTUNet(nn.Module):
     the smallest sizes for a given window (e.g. 32 with window 4: its bottleneck grid is 1x1).
 
     Args:
-        in_channels: channels of the input. With ``gray_to_rgb`` (default) a 1-channel input is
-            repeated to 3 channels before the first conv, as the official model does (its first conv
-            has 3 input channels); otherwise the first conv takes ``in_channels``.
+        in_channels: channels of the input. A 1-channel input is repeated to 3 channels before the
+            first conv, as the official model does (its first conv has 3 input channels); otherwise the
+            first conv takes ``in_channels``.
         out_channels: number of classes (logits, no softmax).
         img_size: the (square) input size.
         stem_channels: channels of the three CNN encoder levels (official 64, 128, 256).
@@ -461,7 +446,6 @@ class MTUNet(nn.Module):
         window_size: window side (official 4); also the upsample factor of the global branch.
         ea_heads, ea_memory, ea_expansion: external attention (official 32 heads, memory 64,
             query expansion 4).
-        gray_to_rgb: repeat a 1-channel input to 3 channels (official behaviour).
     """
 
     def __init__(
@@ -477,7 +461,6 @@ class MTUNet(nn.Module):
         ea_heads: int = 32,
         ea_memory: int = 64,
         ea_expansion: int = 4,
-        gray_to_rgb: bool = True,
     ) -> None:
         super().__init__()
         if len(stem_channels) != 3:
@@ -498,8 +481,7 @@ class MTUNet(nn.Module):
         self.out_channels = out_channels
         self.img_size = img_size
         self.grid_size = grid
-        self.repeat_to_rgb = gray_to_rgb and in_channels == 1
-        first_in = 3 if self.repeat_to_rgb else in_channels
+        first_in = first_layer_channels(in_channels)
         mtm = dict(
             num_heads=num_heads,
             window_size=window_size,
@@ -528,30 +510,16 @@ class MTUNet(nn.Module):
         self.cnn_decoder = CNNDecoder(2 * f, stem_channels)
         self.head = nn.Conv2d(c0, out_channels, kernel_size=1)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is ``(B, in_channels, img_size, img_size)``."""
-        expected = f"(B, {self.in_channels}, {self.img_size}, {self.img_size})"
-        if x.ndim != 4:
-            raise ValueError(f"MTUNet expects a 4D input {expected}, got shape {tuple(x.shape)}")
-        channels, height, width = _static_dims(x, (1, 2, 3))
-        got = f"(B, {channels}, {height}, {width})"
-        if channels != self.in_channels:
-            raise ValueError(
-                f"MTUNet was built for in_channels={self.in_channels}: expected input {expected}, got {got}"
-            )
-        if (height, width) != (self.img_size, self.img_size):
-            raise ValueError(
-                f"MTUNet was built for img_size={self.img_size} and only takes {self.img_size}x{self.img_size} inputs "
-                f"(its learned position embedding has {self.grid_size}x{self.grid_size} entries): expected {expected}, "
-                f"got {got}. Resize the slices, or build the network with another img_size (a multiple of 32; "
-                f"224 is the paper setting)"
-            )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, img_size, img_size) -> logits (B, out_channels, img_size, img_size)."""
-        self._check_input(x)
-        if self.repeat_to_rgb:
-            x = x.repeat(1, 3, 1, 1)
+        check_slice_input(
+            x,
+            "MTUNet",
+            self.in_channels,
+            (self.img_size, self.img_size),
+            f"its learned position embedding has {self.grid_size}x{self.grid_size} entries; img_size is a multiple of 32",
+        )
+        x = gray_to_rgb(x, self.in_channels)
         cnn_skips = []
         for block in self.cnn_encoder:
             x = block(x)

@@ -57,6 +57,7 @@ from monai.networks.layers import trunc_normal_
 from monai.networks.nets.swin_unetr import PatchMergingV2, SwinTransformerBlock, compute_mask
 
 from ..weights import Conversion
+from .slice_input import check_slice_input, first_layer_channels, gray_to_rgb
 
 __all__ = [
     "PatchExpand",
@@ -269,7 +270,7 @@ class SwinUnet(nn.Module):
         self.ape = ape
         grid = img_size // patch_size
         self.patches_resolution = grid
-        embed_in = 3 if in_channels == 1 else in_channels
+        embed_in = first_layer_channels(in_channels)
 
         self.patch_embed = PatchEmbed(
             patch_size=patch_size,
@@ -374,24 +375,9 @@ class SwinUnet(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        expected = f"(B, {self.in_channels}, {self.img_size}, {self.img_size})"
-        if x.ndim != 4:
-            raise ValueError(f"SwinUnet expects a 4D input {expected}, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"SwinUnet expects {self.in_channels} input channel(s) {expected}, got shape {tuple(x.shape)}"
-            )
-        if x.shape[2] != self.img_size or x.shape[3] != self.img_size:
-            raise ValueError(
-                f"SwinUnet was built for {self.img_size}x{self.img_size} inputs {expected}, got shape "
-                f"{tuple(x.shape)}; resize or crop the slices (e.g. roi_size={self.img_size})"
-            )
-
     def forward_encoder(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Image ``(B, C, H, W)`` -> normalised bottleneck tokens ``(B, h, w, C')`` and the stage inputs (skips)."""
-        if self.in_channels == 1:
-            x = x.repeat(1, 3, 1, 1)
+        x = gray_to_rgb(x, self.in_channels)
         x = self.patch_embed(x).permute(0, 2, 3, 1)  # (B, C, h, w) -> (B, h, w, C)
         if self.absolute_pos_embed is not None:
             b, h, w, c = x.shape
@@ -413,8 +399,13 @@ class SwinUnet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, img_size, img_size)`` -> logits ``(B, out_channels, img_size, img_size)``."""
-        if not torch.jit.is_tracing():  # shape checks are Python-only; a trace fixes the input shape anyway
-            self._check_input(x)
+        check_slice_input(
+            x,
+            "SwinUnet",
+            self.in_channels,
+            (self.img_size, self.img_size),
+            f"its windows tile a {self.patches_resolution}x{self.patches_resolution} patch grid",
+        )
         x, skips = self.forward_encoder(x)
         x = self.forward_decoder(x, skips)
         x = self.up(x).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -47,6 +46,7 @@ from einops import rearrange
 from monai.networks.blocks import Convolution, MLPBlock, SABlock
 
 from ..weights import Conversion, renamed
+from .slice_input import check_slice_input, first_layer_channels, gray_to_rgb
 
 __all__ = [
     "TransUNet",
@@ -368,10 +368,9 @@ class TransUNet(nn.Module):
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.n_skip = n_skip
-        self.repeat_to_rgb = in_channels == 1
 
         # --- hybrid encoder -------------------------------------------------------------------------------
-        root_channels = 3 if in_channels in (1, 3) else in_channels
+        root_channels = first_layer_channels(in_channels)
         self.resnet = ResNetV2Skip(root_channels, block_units, width_factor, img_hw)
         # The official patch size is img // 16 // grid = 1 with grid = img // 16: a 1x1 convolution.
         self.patch_embed = nn.Conv2d(self.resnet.out_channels, hidden_size, kernel_size=1, stride=1)
@@ -397,40 +396,16 @@ class TransUNet(nn.Module):
         prefixes = ("resnet.", "patch_embed.", "pos_embed", "blocks.", "encoder_norm.")
         return [name for name, _ in self.named_parameters() if name.startswith(prefixes)]
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        """Raise ValueError unless ``x`` is ``(B, in_channels, *img_size)``.
-
-        Under ``torch.jit.trace`` the check runs once on the example input (a traced graph has fixed shapes
-        anyway); the tracer's warnings about these shape comparisons are silenced as expected.
-        """
-        if torch.jit.is_tracing():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                self._check_input_shape(x)
-        else:
-            self._check_input_shape(x)
-
-    def _check_input_shape(self, x: torch.Tensor) -> None:
-        """The shape checks of ``_check_input``."""
-        expected = f"(B, {self.in_channels}, {self.img_size[0]}, {self.img_size[1]})"
-        if x.ndim != 4:
-            raise ValueError(f"TransUNet expects a 4-D input {expected}, got shape {tuple(x.shape)}.")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"TransUNet expects {self.in_channels} input channel(s), input {expected}, got shape {tuple(x.shape)}."
-            )
-        if x.shape[2] != self.img_size[0] or x.shape[3] != self.img_size[1]:
-            raise ValueError(
-                f"TransUNet was built for img_size {self.img_size} (its position embeddings fit a "
-                f"{self.grid_size[0]}x{self.grid_size[1]} grid), so the input must be {expected}; "
-                f"got shape {tuple(x.shape)}. Resize the input or build the model with a matching img_size."
-            )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, H, W)`` -> logits ``(B, out_channels, H, W)``."""
-        self._check_input(x)
-        if self.repeat_to_rgb:
-            x = x.repeat(1, 3, 1, 1)
+        check_slice_input(
+            x,
+            "TransUNet",
+            self.in_channels,
+            self.img_size,
+            f"its position embeddings fit a {self.grid_size[0]}x{self.grid_size[1]} grid",
+        )
+        x = gray_to_rgb(x, self.in_channels)
         x, skips = self.resnet(x)
         tokens = rearrange(self.patch_embed(x), "b c h w -> b (h w) c")
         tokens = self.embed_dropout(tokens + self.pos_embed)

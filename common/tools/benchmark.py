@@ -39,7 +39,9 @@ it fits the bundle's network, else random (timings do not depend on weights; agr
 which were used). Where the demo trained a reduced network (every ``demo.json`` but Swin-Unet's), the
 ``agreement`` part times the paths on that network in the demo's configuration, on the same volumes, to give
 each switch's agreement on trained weights.
-Results: ``<out>/suite.md`` and ``<out>/suite.json`` with the machine, thread count and library versions.
+Results: ``<out>/suite.md`` and ``<out>/suite.json`` with the machine, thread count, library versions, date and
+command; ``--doc docs/benchmarks.md`` also makes the report the collection's speed document (the bundle docs link
+to it and hold no timings of their own).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -60,6 +63,7 @@ import torch
 from ..bundle import bundle_parser
 from ..io import atomic_write_text
 from ..weights import load_weights
+from .per_slice import per_slice
 
 __all__ = ["PeakMemory", "machine_info", "variants", "suite", "suite_markdown", "main"]
 
@@ -204,17 +208,17 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
     return [
         (
             "baseline: per-slice",
-            {"slice_mode": "reference", "autocast": None, "slice_resize": "logits", "flash_attention": False},
+            {"per_slice": True, "autocast": None, "slice_resize": "logits", "flash_attention": False},
         ),
-        ("batched", {"slice_mode": "batched", "autocast": None, "slice_resize": "logits"}),
-        ("batched + label resize", {"slice_mode": "batched", "autocast": None, "slice_resize": "labels"}),
-        (f"batched + {fast}", {"slice_mode": "batched", "autocast": fast, "slice_resize": "logits"}),
-        (f"batched + {fast} + label resize", {"slice_mode": "batched", "autocast": fast, "slice_resize": "labels"}),
+        ("batched", {"autocast": None, "slice_resize": "logits"}),
+        ("batched + label resize", {"autocast": None, "slice_resize": "labels"}),
+        (f"batched + {fast}", {"autocast": fast, "slice_resize": "logits"}),
+        (f"batched + {fast} + label resize", {"autocast": fast, "slice_resize": "labels"}),
     ]
 
 
 def _bundle_kind(config: dict) -> str:
-    return "2d" if "slice_mode" in config else "3d"
+    return "2d" if "slice_batch" in config else "3d"
 
 
 def _phantom_file(folder: Path, shape, seed: int, with_label: bool = False, spacing=None) -> dict:
@@ -250,8 +254,9 @@ class _Bundle:
         self.ckpt = ckpt
 
     def applicable(self, switches: dict) -> dict:
-        """The switches this bundle's inference config has (the others would be unused keys)."""
-        return {k: v for k, v in switches.items() if k in self.keys}
+        """The switches this bundle's inference config has (the others would be unused keys); ``per_slice`` (the
+        papers' loop, :mod:`common.tools.per_slice`) is the benchmark's own."""
+        return {k: v for k, v in switches.items() if k in self.keys or k == "per_slice"}
 
     def parser(self, extra: dict | None = None, output_dir: str | None = None):
         p = bundle_parser(self.name, {**self.overrides, **(extra or {})}, extra=self.configs)
@@ -279,8 +284,12 @@ class _Bundle:
         from monai.data import decollate_batch
         from monai.transforms import Compose, SaveImaged
 
-        parser = self.parser(switches, str(out_dir))
+        overrides = dict(switches)
+        loop = overrides.pop("per_slice", False)
+        parser = self.parser(overrides, str(out_dir))
         net, inferer = self.network(parser), parser.get_parsed_content("inferer")
+        if loop:
+            net = per_slice(net)
         pre = parser.get_parsed_content("preprocessing")
         post = list(parser.get_parsed_content("postprocessing").transforms)
         ts = list(pre.transforms)
@@ -693,8 +702,13 @@ def suite(
     volumes: tuple[str, ...] = ("sample", "btcv"),
     paths: tuple[int, ...] | None = None,
     fit_epochs: int = FIT_EPOCHS,
+    doc: str | os.PathLike | None = None,
+    command: str = "",
 ) -> dict:
-    """Run the benchmark suite (see the module docstring) and write ``<out_dir>/suite.md`` and ``suite.json``."""
+    """Run the benchmark suite (see the module docstring) and write ``<out_dir>/suite.md`` and ``suite.json``;
+    with ``doc``, the report also becomes that document (``docs/benchmarks.md``, the collection's speed tables)."""
+    if doc and smoke:
+        raise ValueError("a smoke run's figures mean nothing: it does not write the benchmark document")
     dev = (
         torch.device(device)
         if device
@@ -706,6 +720,8 @@ def suite(
     data = out / "data"
     result = {
         "benchmark": "suite",
+        "command": command,
+        "date": time.strftime("%Y-%m-%d"),
         "smoke": smoke,
         "machine": machine_info(dev),
         "sizes": sizes,
@@ -771,14 +787,22 @@ def suite(
     if "mtm" in parts and "mt_unet_btcv" in bundles:
         result["mtm"] = _mtm_part(smoke=smoke)
     shutil.rmtree(work, ignore_errors=True)
-    _write(result, out / ("suite_smoke" if smoke else "suite"), suite_markdown(result))
+    markdown = suite_markdown(result)
+    _write(result, out / ("suite_smoke" if smoke else "suite"), markdown)
+    if doc:
+        atomic_write_text(doc, markdown)
+        print(f"written: {doc}")
     return result
 
 
 def suite_markdown(res: dict) -> str:
     m = res["machine"]
     lines = [
-        "# Benchmark suite" + (" (smoke mode: tiny inputs, figures meaningless)" if res["smoke"] else ""),
+        "# Benchmarks" + (" (smoke mode: tiny inputs, figures meaningless)" if res["smoke"] else ""),
+        "",
+        "Written by the benchmark (`common/tools/benchmark.py`; what each part measures is in its docstring)"
+        + (f" on {res['date']} with `{res['command']}`" if res.get("command") else "")
+        + ". Timings on shared machines vary by 15 % or more between runs: compare the paths of one run, as ratios.",
         "",
         f"Machine: {m['cpu']} ({m['cpu_count']} CPUs, torch threads {m['torch_threads']}), device {m['device']}"
         + (f", GPU {m['gpu']} (CUDA {m['cuda']})" if "gpu" in m else "")
@@ -1032,6 +1056,11 @@ def main(argv=None) -> int:
         "mtm (MT-UNet's module stages)",
     )
     ap.add_argument("--out", default="bench")
+    ap.add_argument(
+        "--doc",
+        default=None,
+        help="also write the report to this document (the collection's speed tables: docs/benchmarks.md)",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
     ap.add_argument(
         "--volumes",
@@ -1086,6 +1115,8 @@ def main(argv=None) -> int:
         tuple(v.strip() for v in args.volumes.split(",")),
         tuple(int(i) for i in args.paths.split(",")) if args.paths else None,
         args.fit_epochs,
+        args.doc,
+        "python -m common.tools.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     return 0
 

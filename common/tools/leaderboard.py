@@ -41,6 +41,7 @@ from ..errors import InputError, find_input_error
 from ..evaluation import SegmentationReport, json_clean
 from ..figures import bar_chart, overlay_png
 from ..io import atomic_write_bytes, atomic_write_text, case_id, load_array
+from ..labels import BTCV13, ID_SPACES, id_space_of
 from ..metrics import to_btcv_ids
 from ..protocols import (
     PROTOCOLS,
@@ -108,7 +109,7 @@ def _run_inference(wf, out_dir: Path) -> tuple[Path, str, dict]:
     num_classes = int(wf.parser.get_parsed_content("num_classes"))
     settings = {
         k: wf.parser.get_parsed_content(k)
-        for k in ("roi_size", "img_size", "sw_overlap", "slice_mode", "slice_batch", "autocast", "spacing", "amp")
+        for k in ("roi_size", "img_size", "sw_overlap", "slice_batch", "autocast", "spacing", "amp")
         if k in wf.parser
     }
     settings["checkpoint"] = (
@@ -118,7 +119,7 @@ def _run_inference(wf, out_dir: Path) -> tuple[Path, str, dict]:
         settings["card"] = wf.parser.get_parsed_content("card")
     wf.run()
     wf.finalize()
-    return out_dir, ("synapse8" if num_classes == 9 else "btcv13"), settings
+    return out_dir, id_space_of(num_classes), settings
 
 
 def _fmt(v, nd=3):
@@ -131,13 +132,13 @@ def leaderboard(
     dataset_dir: str = "",
     split: str = "dataset_0",
     datalist_file: str = "",
-    protocol: str = "btcv13",
+    protocol: str = BTCV13,
     out: str = "leaderboard",
     ckpts: dict[str, str] | None = None,
     configs: dict[str, list[str]] | None = None,
     overrides: dict[str, dict] | None = None,
     pred_ids: dict[str, str] | None = None,
-    label_ids: str = "btcv13",
+    label_ids: str = BTCV13,
     compare: Sequence[str] | None = None,
     max_cases: int | None = None,
     overlay_cases: int | None = None,
@@ -169,7 +170,7 @@ def leaderboard(
     pred_files: dict[str, dict[str, Path]] = {}
     for name in names:
         settings: dict = {}
-        ids = (pred_ids or {}).get(name, "btcv13")
+        ids = (pred_ids or {}).get(name, BTCV13)
         if name in predictions:
             folder = Path(predictions[name])
             settings = {"predictions": str(folder)}
@@ -431,8 +432,8 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="dataset_0", help="dataset_0, synapse, model_zoo or cv5")
     ap.add_argument("--fold", type=int, default=None, help="with --split cv5: score one fold's validation cases")
     ap.add_argument("--datalist_file", default="")
-    ap.add_argument("--protocol", default="btcv13", choices=list(PROTOCOLS))
-    ap.add_argument("--label-ids", default="btcv13", choices=["btcv13", "synapse8"], help="id space of the label files")
+    ap.add_argument("--protocol", default=BTCV13, choices=list(PROTOCOLS))
+    ap.add_argument("--label-ids", default=BTCV13, choices=list(ID_SPACES), help="id space of the label files")
     ap.add_argument("--pred-ids", action="append", default=[], help="NAME=btcv13|synapse8 for --predictions folders")
     ap.add_argument(
         "--ckpt",

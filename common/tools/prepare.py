@@ -43,7 +43,7 @@ def prepare(raw_root: str, split: str = "dataset_0", output: str | None = None, 
 def _organ_names() -> list[str]:
     from ..labels import organ_names
 
-    return organ_names("btcv13")
+    return organ_names()
 
 
 def main(argv=None) -> int:

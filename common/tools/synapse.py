@@ -46,7 +46,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import atomic_write_bytes, atomic_write_text, image_info, nifti_bytes
-from ..labels import SYNAPSE_AUTHOR_DATA_IDS, SYNAPSE_ORGAN_ORDER, organ
+from ..labels import BTCV13, ID_SPACES, SYNAPSE_AUTHOR_DATA_IDS, SYNAPSE_ORGAN_ORDER, channel_def, organ
 
 __all__ = ["DATA_ID_MAPS", "import_synapse", "check_anatomy", "main"]
 
@@ -230,7 +230,7 @@ def _finish_stats(acc: dict[int, dict]) -> dict[int, dict]:
 def import_synapse(
     src: str | os.PathLike,
     output: str | os.PathLike,
-    labels: str = "btcv13",
+    labels: str = BTCV13,
     data_ids: str | dict = "anchors",
     btcv_raw: str | os.PathLike | None = None,
     spacing=(1.0, 1.0, 1.0),
@@ -244,7 +244,7 @@ def import_synapse(
         raise InputError(f"unknown data id map {data_ids!r}", hint=f"choose one of {sorted(DATA_ID_MAPS)}")
     if sorted(id_map.values()) != list(range(1, 9)) or set(id_map) != set(SYNAPSE_ORGAN_ORDER):
         raise InputError(f"data id map must give the 8 Synapse organs the ids 1..8, got {id_map}")
-    if labels not in ("btcv13", "synapse8"):
+    if labels not in ID_SPACES:
         raise InputError(f"unknown label space {labels!r}", hint="use btcv13 or synapse8")
     if out.resolve() == src.resolve():
         raise InputError(f"{out}: write the import to a different folder than the source data")
@@ -308,7 +308,7 @@ def import_synapse(
                 ),
             )
 
-    if labels == "btcv13":
+    if labels == BTCV13:
         lut = np.zeros(9, np.uint8)
         for key, i in id_map.items():
             lut[i] = organ(key).id
@@ -339,11 +339,10 @@ def import_synapse(
         atomic_write_bytes(out / "images" / f"case{case}.nii.gz", nifti_bytes(hu, affine))
         atomic_write_bytes(out / "labels" / f"case{case}.nii.gz", nifti_bytes(lab, affine))
         items[split].append({"image": f"images/case{case}.nii.gz", "label": f"labels/case{case}.nii.gz"})
-    from ..labels import channel_def
 
     datalist = {
         "description": f"TransUNet authors' preprocessed Synapse data imported from {src}",
-        "labels": channel_def("btcv13" if labels == "btcv13" else "synapse8"),
+        "labels": channel_def(labels),
         "label_space": labels,
         "source_data_ids": id_map,
         "spacing": "original BTCV affines"
@@ -362,9 +361,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.tools.synapse", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="folder holding train_npz/ and test_vol_h5/")
     ap.add_argument("--output", required=True, help="where to write images/, labels/ and dataset.json")
-    ap.add_argument(
-        "--labels", default="btcv13", choices=["btcv13", "synapse8"], help="label ids to write (default btcv13)"
-    )
+    ap.add_argument("--labels", default=BTCV13, choices=list(ID_SPACES), help="label ids to write (default btcv13)")
     ap.add_argument("--data-ids", default="anchors", choices=sorted(DATA_ID_MAPS), help="id map of the authors' files")
     ap.add_argument("--btcv-raw", default=None, help="original BTCV download: take each case's affine from it")
     ap.add_argument(

@@ -123,7 +123,7 @@ def test_invalid_inputs_raise_value_error():
     net = TransUNet(img_size=64, **TINY)
     with pytest.raises(ValueError, match=r"expects 1 input channel.*\(B, 1, 64, 64\).*\(1, 2, 64, 64\)"):
         net(torch.randn(1, 2, 64, 64))
-    with pytest.raises(ValueError, match=r"img_size \(64, 64\).*\(1, 1, 48, 48\)"):
+    with pytest.raises(ValueError, match=r"img_size 64x64.*\(1, 1, 48, 48\)"):
         net(torch.randn(1, 1, 48, 48))  # a multiple of 16, but not the size the position embeddings fit
     with pytest.raises(ValueError, match=r"\(1, 1, 70, 70\)"):
         net(torch.randn(1, 1, 70, 70))
