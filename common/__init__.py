@@ -28,6 +28,8 @@ _SUBMODULES = {
     "transforms",
     "tools",
     "figures",
+    "input_rules",
+    "statistics",
 }
 
 

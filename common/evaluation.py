@@ -5,7 +5,8 @@ takes the prediction after inversion to the input's original grid and the ground
 fresh, not resampled), scores it with :func:`common.metrics.score_case` using the label's voxel spacing,
 and when the evaluation completes writes (atomically):
 
-* ``metrics_per_case.csv``: one row per case, each metric per organ and the case's mean Dice;
+* ``metrics_per_case.csv``: one row per case, each metric per organ, the case's mean Dice and each organ's
+  predicted volume in ml;
 * ``summary.csv`` and ``summary.md``: mean and std per organ and overall;
 * ``results.json``: everything;
 
@@ -42,6 +43,7 @@ from .protocols import (
     protocol_organs,
     protocol_rule,
 )
+from .statistics import organ_volumes_ml
 
 __all__ = [
     "SegmentationReport",
@@ -220,12 +222,17 @@ def write_report(
     organs = protocol_organs(protocol)
     metrics = metric_names(protocol)
 
-    rows = [["case", "image", "label", "mean_dice"] + [f"{k}_{m}" for k, _, _ in organs for m in metrics]]
+    rows = [
+        ["case", "image", "label", "mean_dice"]
+        + [f"{k}_{m}" for k, _, _ in organs for m in metrics]
+        + [f"{k}_predicted_ml" for k, _, _ in organs]
+    ]
     for cid, c in cases.items():
-        s = c["scores"]
+        s, volumes = c["scores"], c.get("volumes_ml", {})
         rows.append(
             [cid, c.get("image", ""), c.get("label", ""), _fmt(summary["case_mean_dice"][cid], 6)]
             + [_fmt(s[k][m], 6) for k, _, _ in organs for m in metrics]
+            + [_fmt(volumes.get(k), 6) for k, _, _ in organs]
         )
     paths = {"per_case": out / "metrics_per_case.csv"}
     atomic_write_text(paths["per_case"], _csv_text(rows, meta))
@@ -396,6 +403,7 @@ class SegmentationReport:
         )
         cid = case_id(label_path or image_path or f"case{len(self.cases):04d}")
         self.cases[cid] = {
+            "volumes_ml": organ_volumes_ml(pred_b, affine, tuple(k for k, _, _ in protocol_organs(self.protocol))),
             "image": image_path,
             "label": label_path,
             "spacing": [float(s) for s in spacing],

@@ -82,3 +82,20 @@ class ConstantLabelNet(torch.nn.Module):
         out = torch.zeros((x.shape[0], self.out_channels, *x.shape[2:]), dtype=x.dtype, device=x.device)
         out[:, self.label] = 1.0
         return out
+
+
+# the tiny UNETR of BUNDLE_TINY as command-line arguments of `monai.bundle run`
+TINY_CLI = [
+    "--spacing",
+    "[6.0,6.0,10.0]",
+    "--roi_size",
+    "[32,32,16]",
+    "--network_def#feature_size",
+    "4",
+    "--network_def#hidden_size",
+    "32",
+    "--network_def#mlp_dim",
+    "64",
+    "--network_def#num_heads",
+    "2",
+]

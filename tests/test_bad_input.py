@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_cases import BUNDLE_TINY
+from bundle_cases import BUNDLE_TINY, TINY_CLI
 from conftest import BUNDLES
 from monai.bundle import ConfigWorkflow
 from test_geometry import random_checkpoint
@@ -257,22 +257,6 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
         errors="replace",
         timeout=600,
     )
-
-
-TINY_CLI = [
-    "--spacing",
-    "[6.0,6.0,10.0]",
-    "--roi_size",
-    "[32,32,16]",
-    "--network_def#feature_size",
-    "4",
-    "--network_def#hidden_size",
-    "32",
-    "--network_def#mlp_dim",
-    "64",
-    "--network_def#num_heads",
-    "2",
-]
 
 
 @pytest.mark.parametrize("case", ["four_d_workers", "nan_workers", "truncated_checkpoint", "pickled_checkpoint"])

@@ -516,6 +516,13 @@ def test_evaluation_through_the_bundle_scores_two_cases_exactly(tiny_data, tmp_p
                 assert (got is None) if o not in present else got == 0.0, o.key
         mean = res["summary"]["case_mean_dice"][os.path.basename(it["label"]).replace(".nii.gz", "")]
         assert mean == pytest.approx(dice_liver / len(present), abs=1e-12)
+        # every voxel predicted liver: its predicted volume is the whole grid's, every other organ's is 0
+        voxel_ml = abs(np.linalg.det(nib.load(it["label"]).affine[:3, :3])) / 1000
+        assert case["volumes_ml"]["liver"] == pytest.approx(gt.size * voxel_ml)
+        assert all(v == 0.0 for k, v in case["volumes_ml"].items() if k != "liver")
+    per_case = (tmp_path / "eval" / "metrics_per_case.csv").read_text(encoding="utf-8").splitlines()
+    header = next(line for line in per_case if not line.startswith("#")).split(",")
+    assert header[-13:] == [f"{o.key}_predicted_ml" for o in BTCV_ORGANS]
 
 
 def test_training_killed_with_sigkill_resumes_after_its_last_saved_epoch(tiny_data, tmp_path):

@@ -8,6 +8,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+from bundle_cases import TINY_CLI
 from conftest import BUNDLES, REPO
 
 UNETR = BUNDLES / "unetr_btcv" / "configs"
@@ -77,18 +78,7 @@ def test_command_line_flags_and_nested_overrides(tiny_data, tmp_path):
         str(tmp_path / "missing.pt"),
         "--load_pretrain",
         "false",
-        "--spacing",
-        "[6.0,6.0,10.0]",
-        "--roi_size",
-        "[32,32,16]",
-        "--network_def#feature_size",
-        "4",
-        "--network_def#hidden_size",
-        "32",
-        "--network_def#mlp_dim",
-        "64",
-        "--network_def#num_heads",
-        "2",
+        *TINY_CLI,
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr[-3000:]
