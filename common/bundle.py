@@ -232,16 +232,25 @@ def bundle_root() -> str:
 
 
 _EPOCH_RX = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+_ITERATION_RX = re.compile(r"checkpoint_iteration=(\d+)\.pt$")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")  # what a scheduler sends before it stops or preempts a job
+
+
+def _numbered(ckpt_dir: str | os.PathLike, rx: re.Pattern, pattern: str) -> tuple[str, int]:
+    best, best_n = "", -1
+    for p in glob.glob(os.path.join(glob.escape(str(ckpt_dir)), pattern)):
+        m = rx.search(p)
+        if m and int(m.group(1)) > best_n:
+            best, best_n = p, int(m.group(1))
+    return best, best_n
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
-    """Path of the newest ``checkpoint_epoch=N.pt`` (the resumable training state) in ``ckpt_dir``, or ``""``."""
-    best, best_epoch = "", -1
-    for p in glob.glob(os.path.join(glob.escape(str(ckpt_dir)), "checkpoint_epoch=*.pt")):
-        m = _EPOCH_RX.search(p)
-        if m and int(m.group(1)) > best_epoch:
-            best, best_epoch = p, int(m.group(1))
-    return best
+    """Path of the newest resumable training state in ``ckpt_dir``, or ``""``: a ``checkpoint_iteration=I.pt``
+    saved when a stop signal interrupted an epoch (every completed epoch removes it), else the newest
+    ``checkpoint_epoch=N.pt``."""
+    interrupted, _ = _numbered(ckpt_dir, _ITERATION_RX, "checkpoint_iteration=*.pt")
+    return interrupted or _numbered(ckpt_dir, _EPOCH_RX, "checkpoint_epoch=*.pt")[0]
 
 
 def require_checkpoint(path: str | os.PathLike, bundle: str | os.PathLike = "") -> str:
@@ -262,8 +271,9 @@ def require_checkpoint(path: str | os.PathLike, bundle: str | os.PathLike = "") 
 
 
 def default_device() -> torch.device:
-    """The first CUDA device if there is one, else the CPU."""
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    """The CUDA device of this process (``LOCAL_RANK`` under torchrun, else the first) if there is one, else the
+    CPU."""
+    return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
 
 
 def default_workers(most: int = 4) -> int:
@@ -277,16 +287,21 @@ def default_workers(most: int = 4) -> int:
 
 
 def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: bool = True) -> str:
-    """Save the whole training state every epoch and, if ``resume``, continue from the newest one.
+    """Save the whole training state every epoch and on a stop signal, and, if ``resume``, continue from the
+    newest one.
 
-    Attaches to ``trainer`` (an ignite engine) a MONAI ``CheckpointSaver`` writing
-    ``ckpt_dir/checkpoint_epoch=N.pt`` (written atomically; the previous one is removed) with
-    ``objects`` (e.g. model, optimizer, lr_scheduler) plus the trainer's own state, and, when a previous
-    checkpoint exists and ``resume`` is true, a ``CheckpointLoader`` restoring all of it before the first
-    iteration, so an interrupted run continues at the next epoch. Only rank 0 saves under DDP.
-    Kept out of ``train#handlers`` because those handlers are built before the trainer exists.
-    Returns the checkpoint resumed from (``""`` if none).
+    Attaches to ``trainer`` (an ignite engine) a saver writing ``ckpt_dir/checkpoint_epoch=N.pt`` (atomically;
+    the previous one is removed) with ``objects`` (e.g. model, optimizer, lr_scheduler) plus the trainer's own
+    state. SIGTERM or SIGUSR1 (a scheduler's notice before a time limit or a preemption) stops training after
+    the iteration under way: the state is saved as ``checkpoint_iteration=I.pt`` and the run ends normally.
+    When a saved state exists and ``resume`` is true, a ``CheckpointLoader`` restores all of it before the first
+    iteration, so an interrupted run continues at the next iteration: none repeated, none lost (the rest of an
+    interrupted epoch draws its batches afresh). Only rank 0 saves under DDP. Kept out of ``train#handlers``
+    because those handlers are built before the trainer exists. Returns the checkpoint resumed from (``""`` if
+    none).
     """
+    from ignite.engine import Events
+    from ignite.handlers import Checkpoint
     from monai.handlers import CheckpointLoader
 
     state = dict(objects)
@@ -298,18 +313,20 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
     )
     if rank0:
         CheckpointSaver(str(ckpt_dir), save_dict=state, save_interval=1, n_saved=1, epoch_level=True).attach(trainer)
-        from ignite.engine import Events
 
         @trainer.on(Events.EPOCH_COMPLETED)
         def _drop_older_states(engine):
             # the saver removes only the files it wrote; the states of an earlier run in the same folder (the
-            # one resumed from, or a longer run's when not resuming) go here. The file just written is kept by
-            # name, not as the highest epoch number: a stale higher-numbered file must not survive it.
+            # one resumed from, or a longer run's when not resuming, or an interrupted epoch's) go here. The file
+            # just written is kept by name, not as the highest number: a stale higher-numbered file must not
+            # survive it.
             keep = os.path.join(str(ckpt_dir), f"checkpoint_epoch={engine.state.epoch}.pt")
-            for p in glob.glob(os.path.join(glob.escape(str(ckpt_dir)), "checkpoint_epoch=*.pt")):
-                if os.path.abspath(p) != os.path.abspath(keep):
-                    os.remove(p)
+            for pattern in ("checkpoint_epoch=*.pt", "checkpoint_iteration=*.pt"):
+                for p in glob.glob(os.path.join(glob.escape(str(ckpt_dir)), pattern)):
+                    if os.path.abspath(p) != os.path.abspath(keep):
+                        os.remove(p)
 
+    _stop_on_signals(trainer, state, ckpt_dir, rank0, Events, Checkpoint)
     latest = latest_checkpoint(ckpt_dir) if resume else ""
     if latest:
         _check_training_state(latest, objects.get("model"))
@@ -318,6 +335,51 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
         ).attach(trainer)
         print(f"resuming training from {latest}", flush=True)
     return latest
+
+
+def _stop_on_signals(trainer, state: dict, ckpt_dir, rank0: bool, Events, Checkpoint) -> None:
+    """SIGTERM / SIGUSR1 during training: finish the iteration under way, save ``checkpoint_iteration=I.pt``
+    (rank 0), stop. The previous handlers come back when training ends. Only the main thread can take signals:
+    elsewhere (a training run inside a server) nothing is installed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    received: list[int] = []
+    previous = {}
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _stop_if_signalled(engine):
+        if not received:
+            return
+        it = engine.state.iteration
+        if rank0:
+            name = f"checkpoint_iteration={it}.pt"
+            Checkpoint(state, _AtomicDiskSaver(Path(ckpt_dir), name), n_saved=None)(engine)
+        print(
+            f"{signal.Signals(received[0]).name}: training stopped after iteration {it}; the state is saved in "
+            f"{ckpt_dir}: run the same command to resume",
+            flush=True,
+        )
+        engine.terminate()
+
+    def _restore(engine=None):
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _restore_and_raise(engine, e):
+        # ignite re-raises an exception only when no handler takes it: this one must raise it again
+        _restore()
+        raise e
+
+    trainer.add_event_handler(Events.COMPLETED, _restore)
+    trainer.add_event_handler(Events.TERMINATE, _restore)
+    trainer.add_event_handler(Events.EXCEPTION_RAISED, _restore_and_raise)
 
 
 def _check_training_state(path: str, model: torch.nn.Module | None) -> None:

@@ -572,6 +572,62 @@ def test_training_killed_with_sigkill_resumes_after_its_last_saved_epoch(tiny_da
     assert sorted(p.name for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=4.pt"]
 
 
+@pytest.mark.parametrize("signame", ["SIGUSR1", "SIGTERM"])
+def test_a_stop_signal_mid_epoch_saves_and_the_same_command_continues_at_the_next_iteration(
+    signame, tiny_data, tmp_path, capsys
+):
+    """SIGUSR1 / SIGTERM (a scheduler's notice) after iteration 4 of 3-iteration epochs, i.e. inside epoch 2: the
+    run saves its state at iteration 4 and ends normally, the signal handlers are restored, and the same command
+    again trains iterations 5..9 exactly (none repeated, none lost), ending with the epoch-3 state alone."""
+    import signal
+
+    import torch
+    from ignite.engine import Events
+
+    overrides = {
+        **BUNDLE_TINY["unetr_btcv"],
+        "dataset_dir": str(tiny_data),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "runs"),
+        "max_epochs": 3,
+        "val_interval": 100,
+    }
+    sig = getattr(signal, signame)
+    before = signal.getsignal(sig)
+
+    def run(send_at=None) -> list[int]:
+        wf = ConfigWorkflow(
+            config_file=str(BUNDLES / "unetr_btcv" / "configs" / "train.json"),
+            workflow_type="train",
+            logging_file=False,
+            **overrides,
+        )
+        wf.initialize()
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        done: list[int] = []
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: done.append(e.state.iteration))
+        if send_at:
+            trainer.add_event_handler(Events.ITERATION_COMPLETED(once=send_at), lambda e: os.kill(os.getpid(), sig))
+        wf.run()
+        wf.finalize()
+        return done
+
+    assert run(send_at=4) == [1, 2, 3, 4]
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.glob("checkpoint_*.pt")) == [
+        "checkpoint_epoch=1.pt",
+        "checkpoint_iteration=4.pt",
+    ]
+    assert f"{signame}: training stopped after iteration 4" in capsys.readouterr().out
+    assert signal.getsignal(sig) == before, "the handler of the signal is restored when training stops"
+
+    assert run() == [5, 6, 7, 8, 9]
+    assert "resuming training from " + str(models / "checkpoint_iteration=4.pt") in capsys.readouterr().out
+    assert sorted(p.name for p in models.glob("checkpoint_*.pt")) == ["checkpoint_epoch=3.pt"]
+    final = torch.load(models / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)["trainer"]
+    assert final["iteration"] == 9 and final["epoch_length"] == 3
+
+
 def test_a_checkpoint_of_another_configuration_names_the_arguments(trained, tiny_data, tmp_path):
     """The tiny model under the bundle's own network size: one message naming the bundle it was trained as and the
     network arguments that differ; nothing written."""
