@@ -29,6 +29,7 @@ _SUBMODULES = {
     "tools",
     "figures",
     "input_rules",
+    "cohort",
     "statistics",
 }
 

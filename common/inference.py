@@ -14,6 +14,13 @@ switch on a trained model.
 - ``invert``: ``"probabilities"`` (default: the softmax maps are inverted to the input grid with bilinear
   interpolation, then the argmax) or ``"labels"`` (argmax on the network grid, then nearest-neighbour
   inversion of the label map: one channel instead of 14 to resample, far less memory on large volumes).
+- ``tta``: mirroring test-time augmentation as nnU-Net predicts: the network also sees its input flipped along
+  combinations of the spatial axes, each output is flipped back, and the softmax probabilities are averaged
+  (:func:`flip_tta`). ``1`` (default) is off; ``n`` uses the first ``n`` flip combinations (3D: up to 8, every
+  subset of the three axes; the 2D networks: up to 4, the in-plane axes), so it costs ``n`` forwards. The 3D
+  inferer applies it to every window, the 2D networks to every batch of slices at the network size, so their
+  label path is unchanged. The network's output is then the log of the averaged probabilities: a softmax of
+  it gives them back exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import torch
 from monai.inferers import SlidingWindowInferer as _MonaiSlidingWindowInferer
 
 __all__ = [
+    "flip_combinations",
+    "flip_tta",
     "AUTOCAST_DTYPES",
     "INVERT_MODES",
     "autocast_dtype",
@@ -77,6 +86,33 @@ def autocast_call(network: Callable, autocast: str | None) -> Callable:
     return call
 
 
+def flip_combinations(spatial_dims: int) -> list[tuple[int, ...]]:
+    """The tensor dims to flip for each test-time pass, identity first, then single axes, pairs, ...: the subsets
+    of the spatial dims of a ``(B, C, *spatial)`` tensor, in nnU-Net's order of growing size."""
+    from itertools import combinations
+
+    dims = tuple(range(2, 2 + spatial_dims))
+    return [c for k in range(len(dims) + 1) for c in combinations(dims, k)]
+
+
+def flip_tta(forward: Callable, x: torch.Tensor, passes: int) -> torch.Tensor:
+    """``log`` of the mean over the first ``passes`` flip combinations of ``softmax(forward(flip(x)))`` flipped
+    back (channel dim 1); ``passes <= 1`` is ``forward(x)`` itself."""
+    passes = int(passes)
+    if passes <= 1:
+        return forward(x)
+    flips = flip_combinations(x.ndim - 2)
+    if passes > len(flips):
+        raise ValueError(f"tta takes at most {len(flips)} passes for {x.ndim - 2}D inputs, got {passes}")
+    total = None
+    for dims in flips[:passes]:
+        y = forward(torch.flip(x, dims) if dims else x)
+        p = torch.softmax(y.float(), dim=1)
+        p = torch.flip(p, dims) if dims else p
+        total = p if total is None else total.add_(p)
+    return torch.log(total.div_(passes).clamp_min_(torch.finfo(torch.float32).tiny))
+
+
 def invert_labels(invert: str) -> bool:
     """True for ``"labels"``, False for ``"probabilities"``; the configs' ``_disabled_`` switches call this."""
     if invert not in INVERT_MODES:
@@ -112,6 +148,7 @@ class SlidingWindowInferer(_MonaiSlidingWindowInferer):
         autocast: str | None = None,
         stitch: str = "auto",
         out_channels: int = 14,
+        tta: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, **kwargs)
@@ -119,7 +156,9 @@ class SlidingWindowInferer(_MonaiSlidingWindowInferer):
         if stitch not in STITCH_MODES:
             raise ValueError(f"stitch must be one of {STITCH_MODES}, got {stitch!r}")
         self.autocast, self.stitch = autocast, stitch
-        self.out_channels = int(out_channels)
+        self.out_channels, self.tta = int(out_channels), int(tta)
+        if not 1 <= self.tta <= 8:
+            raise ValueError(f"tta must be 1 (off) to 8 (every flip of the three axes), got {tta!r}")
         self.last_stitch_device: str | None = None
 
     def _plan(self, inputs: torch.Tensor) -> str:
@@ -139,6 +178,10 @@ class SlidingWindowInferer(_MonaiSlidingWindowInferer):
                 self.buffer_steps = 1  # windows of one slab stay on the GPU, written to the CPU buffer together
         self.last_stitch_device = str(self.device or inputs.device)
         try:
-            return super().__call__(inputs, autocast_call(network, self.autocast), *args, **kwargs)
+            net = autocast_call(network, self.autocast)
+            if self.tta > 1:
+                plain = net
+                net = lambda x, *a, **k: flip_tta(lambda v: plain(v, *a, **k), x, self.tta)  # noqa: E731
+            return super().__call__(inputs, net, *args, **kwargs)
         finally:
             self.device, self.buffer_steps = saved

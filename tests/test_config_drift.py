@@ -35,7 +35,14 @@ RECIPE_KEYS = {
     "validate#inferer#mode",
     "network",  # multi_gpu_train.json: find_unused_parameters for networks with parameters their forward skips
 }
-SHARED_FILES = ("train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "synapse.json")
+SHARED_FILES = (
+    "train.json",
+    "inference.json",
+    "evaluate.json",
+    "multi_gpu_train.json",
+    "synapse.json",
+    "inference_trt.json",
+)
 
 
 def flatten(node, path: str = "") -> dict:

@@ -120,3 +120,54 @@ def test_samples_per_rank_splits_an_epoch_rounding_up(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     assert distributed.samples_per_rank(160) == 54 and distributed.samples_per_rank(159) == 53
     assert distributed.samples_per_rank(None) is None
+
+
+def test_cohort_inference_shares_the_cases_out_and_resumes(ddp_data, tmp_path):
+    """inference.json under torchrun with two processes: each predicts its own share of the folder (every case
+    once, none twice), a file that is not an image is reported and left out. Run again after one output was lost
+    and another cut short: only those two are predicted again, the others are left as they are."""
+    import shutil
+
+    from test_geometry import random_checkpoint
+
+    from common.cohort import is_complete, output_path
+
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    for p in sorted((ddp_data / "imagesTr").glob("*.nii.gz"))[:4]:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+    bundle = "unetr_btcv"
+    ckpt = random_checkpoint(bundle, tmp_path / "w.pt")
+    (tmp_path / "tiny.json").write_text(json.dumps(BUNDLE_TINY[bundle]), encoding="utf-8")
+    out = tmp_path / "out"
+    configs = [str(BUNDLES / bundle / "configs" / "inference.json"), str(tmp_path / "tiny.json")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"]
+    cmd += ["monai.bundle", "run", "--config_file", str(configs), "--dataset_dir", str(folder)]
+    cmd += ["--output_dir", str(out), "--ckpt_path", ckpt, "--num_workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+    def run() -> str:
+        r = subprocess.run(
+            cmd, cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900
+        )
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+        return r.stdout
+
+    images = sorted(str(p) for p in folder.glob("phantom*.nii.gz"))
+    printed = run()
+    assert all(is_complete(output_path(i, out), i) for i in images)
+    assert sorted(p.name for p in out.iterdir()) == sorted(output_path(i, out).name for i in images)
+    # files sorted: broken, phantom0..3 -> process 0 takes broken, phantom1, phantom3; process 1 phantom0, phantom2
+    assert "process 0 of 2: 3 case(s): 2 to predict, 0 already in" in printed and "1 left out" in printed
+    assert "process 1 of 2: 2 case(s): 2 to predict, 0 already in" in printed
+    assert "broken.nii.gz" in printed and "2 written, 0 skipped (already done), 0 left out" in printed
+
+    lost, cut = output_path(images[0], out), output_path(images[1], out)
+    lost.unlink()
+    cut.write_bytes(cut.read_bytes()[:-100])
+    kept = {p: p.stat().st_mtime_ns for p in (output_path(images[2], out), output_path(images[3], out))}
+    printed = run()
+    assert all(is_complete(output_path(i, out), i) for i in images)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept, "a finished case was predicted again"
+    assert printed.count("1 to predict, 1 already in") == 2

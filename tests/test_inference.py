@@ -14,6 +14,8 @@ from common.inference import (
     SlidingWindowInferer,
     autocast_call,
     autocast_dtype,
+    flip_combinations,
+    flip_tta,
     invert_labels,
     stitching_plan,
 )
@@ -143,3 +145,113 @@ def test_each_fast_switch_acts_alone_in_the_bundle(bundle, tiny_data, tmp_path, 
     assert i == {"conv_dtype": {torch.float32}, "inverted_channels": {1}}
     # a random network's near-ties flip under bf16, and the two inversion orders differ on label boundaries
     assert 0.8 < (default == bf16).mean() and 0.8 < (default == labels).mean() < 1.0
+
+
+@pytest.mark.parametrize("bundle", ["unetr_btcv", "swin_unetr_btcv", "unet_btcv"])
+def test_tensorrt_overlay_parses_and_leaves_the_cpu_path_unchanged(bundle, tiny_data, tmp_path):
+    """``configs/inference_trt.json`` wraps the network with MONAI's ``trt_compile`` (fp16 engines, dynamic batch
+    up to ``sw_batch_size``). Without CUDA and TensorRT, ``trt_compile`` returns the network as it is: the overlay
+    must then give exactly the labels of the plain inference. What it does on a GPU is not checked here."""
+    from monai.bundle import ConfigWorkflow
+
+    cfg = BUNDLES / bundle / "configs"
+    ckpt = random_checkpoint(bundle, tmp_path / "w.pt")
+    image = tiny_data / "imagesTr" / "phantom0000.nii.gz"
+    labels = []
+    for i, files in enumerate([[cfg / "inference.json"], [cfg / "inference.json", cfg / "inference_trt.json"]]):
+        wf = ConfigWorkflow(
+            config_file=[str(f) for f in files],
+            workflow_type="infer",
+            logging_file=False,
+            dataset_dir=str(image),
+            output_dir=str(tmp_path / f"out{i}"),
+            ckpt_path=ckpt,
+            **BUNDLE_TINY[bundle],
+        )
+        wf.initialize()
+        if i:
+            assert wf.parser.get_parsed_content("trt_args")["dynamic_batchsize"][2] == wf.parser["sw_batch_size"]
+        wf.run()
+        wf.finalize()
+        labels.append(np.asarray(nib.load(str(tmp_path / f"out{i}" / "phantom0000_seg.nii.gz")).dataobj))
+    assert len(np.unique(labels[0])) > 1 and np.array_equal(labels[0], labels[1])
+
+
+def test_flip_combinations_follow_nnunet_order():
+    assert flip_combinations(3) == [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    assert flip_combinations(2) == [(), (2,), (3,), (2, 3)]
+
+
+class _Pointwise(torch.nn.Module):
+    """A 1x1(x1) convolution: equivariant to every flip, so mirroring cannot change its prediction."""
+
+    def __init__(self, dims: int):
+        super().__init__()
+        conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
+        self.conv = conv(1, 5, 1)
+        torch.nn.init.normal_(self.conv.weight, std=3.0)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class _Ramp(_Pointwise):
+    """Not flip-equivariant: adds a ramp along the last axis to class 1's score."""
+
+    def forward(self, x):
+        y = self.conv(x)
+        ramp = torch.linspace(-2, 2, x.shape[-1], device=x.device)
+        return torch.cat([y[:, :1], y[:, 1:2] + ramp, y[:, 2:]], 1)
+
+
+@pytest.mark.parametrize("dims,passes", [(3, 8), (3, 4), (2, 4), (2, 2)])
+def test_flip_tta_changes_nothing_for_a_flip_equivariant_network(dims, passes):
+    torch.manual_seed(0)
+    net = _Pointwise(dims).eval()
+    x = torch.rand(2, 1, *([9, 7, 5][:dims]))
+    with torch.no_grad():
+        want = torch.softmax(net(x), 1)
+        got = torch.softmax(flip_tta(net, x, passes), 1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_flip_tta_averages_the_flipped_back_probabilities():
+    torch.manual_seed(0)
+    net = _Ramp(3).eval()
+    x = torch.rand(1, 1, 6, 5, 8)
+    with torch.no_grad():
+        plain = torch.softmax(net(x), 1)
+        flipped = torch.flip(torch.softmax(net(torch.flip(x, (2,))), 1), (2,))
+        got = torch.softmax(flip_tta(net, x, 2), 1)
+        last = torch.flip(torch.softmax(net(torch.flip(x, (4,))), 1), (4,))
+        four = torch.softmax(flip_tta(net, x, 4), 1)
+    torch.testing.assert_close(got, (plain + flipped) / 2, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(torch.softmax(flip_tta(net, x, 1), 1), four, atol=1e-3), "the ramp must show"
+    # the last-axis flip reverses the ramp: four passes differ from two
+    assert not torch.allclose(four, got, atol=1e-3) and torch.isfinite(last).all()
+    with pytest.raises(ValueError, match="at most 8"):
+        flip_tta(net, x, 9)
+
+
+def test_tta_through_the_3d_inferer_and_the_2d_network():
+    """The sliding-window inferer mirrors every window, the slice-wise network every batch of slices: with a
+    flip-equivariant stand-in the labels are those without TTA; a value out of range is refused."""
+    torch.manual_seed(0)
+    vol = torch.rand(1, 1, 20, 18, 12)
+    net3 = _Pointwise(3).eval()
+    with torch.no_grad():
+        ref = SlidingWindowInferer(roi_size=(8, 8, 8), overlap=0.25, out_channels=5)(vol, net3)
+        got = SlidingWindowInferer(roi_size=(8, 8, 8), overlap=0.25, out_channels=5, tta=8)(vol, net3)
+    torch.testing.assert_close(torch.softmax(got, 1), torch.softmax(ref, 1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="tta"):
+        SlidingWindowInferer(roi_size=(8, 8, 8), tta=9)
+
+    from common.slicewise import slicewise_network
+
+    with torch.no_grad():
+        plain = slicewise_network(_Pointwise, roi_size=(16, 16), output="labels", dims=2)
+        mirrored = slicewise_network(_Pointwise, roi_size=(16, 16), output="labels", dims=2, tta=4)
+        mirrored.load_state_dict(plain.state_dict())
+        assert torch.equal(plain(vol), mirrored(vol))
+    with pytest.raises(ValueError, match="tta"):
+        slicewise_network(_Pointwise, roi_size=(16, 16), dims=2, tta=8)

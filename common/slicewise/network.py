@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from monai.utils import ensure_tuple
 
-from ..inference import autocast_dtype
+from ..inference import autocast_dtype, flip_tta
 from .resize import bilinear_argmax, compact_argmax, resize_slices, zoom_axial_slices
 
 __all__ = ["SliceWiseMixin", "slicewise_class", "slicewise_network", "default_slice_batch"]
@@ -44,7 +44,9 @@ class SliceWiseMixin:
         ``"labels"`` returns the argmax as a ``(B, 1, X, Y, Z)`` float label map, computed batch by batch without
         resizing the logits where the result is known (:func:`bilinear_argmax`), so the full-resolution logits are
         never held: the same labels as the argmax of ``"logits"``, what the bundles' inference uses.
-        ``slice_autocast`` (``None``, ``"bf16"``, ``"fp16"``) runs the 2D forwards under ``torch.autocast`` on the
+        ``slice_tta`` (1 = off, up to 4) averages the softmax over in-plane flips of every batch of slices at the
+    network size (``common.inference.flip_tta``), before the return to the slice size, so the label path is
+    unchanged. ``slice_autocast`` (``None``, ``"bf16"``, ``"fp16"``) runs the 2D forwards under ``torch.autocast`` on the
         input's device: a documented speed/accuracy switch (on CUDA the evaluator's ``amp`` does the same).
         ``forward_seconds`` holds the time spent in the 2D forwards by the last volume call (benchmarks). These are
         plain attributes, so the state dict is exactly the 2D network's: a model trained as 2D loads as is.
@@ -55,6 +57,7 @@ class SliceWiseMixin:
     slice_autocast: str | None = None
     slice_output: str = "logits"
     slice_resize: str = "logits"
+    slice_tta: int = 1
     forward_seconds: float = 0.0
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -73,11 +76,12 @@ class SliceWiseMixin:
 
         t0 = time.perf_counter()
         dtype = autocast_dtype(self.slice_autocast)
+        forward = super().forward
         if dtype is not None:
             with torch.autocast(device_type=x.device.type, dtype=dtype):
-                y = super().forward(x)
+                y = flip_tta(forward, x, self.slice_tta)
         else:
-            y = super().forward(x)
+            y = flip_tta(forward, x, self.slice_tta)
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         self.forward_seconds += time.perf_counter() - t0
@@ -149,6 +153,7 @@ def slicewise_network(
     output: str = "logits",
     resize: str = "logits",
     channels_last: bool = True,
+    tta: int = 1,
     **network_kwargs,
 ) -> torch.nn.Module:
     """Build ``network(**network_kwargs)`` as a 3D-volume model (see :class:`SliceWiseMixin`).
@@ -166,5 +171,7 @@ def slicewise_network(
         net = net.to(memory_format=torch.channels_last)
     net.slice_roi = roi * 2 if len(roi) == 1 else roi
     net.slice_batch, net.slice_autocast = int(slice_batch), autocast
-    net.slice_output, net.slice_resize = output, resize
+    if not 1 <= int(tta) <= 4:
+        raise ValueError(f"tta must be 1 (off) to 4 (every in-plane flip), got {tta!r}")
+    net.slice_output, net.slice_resize, net.slice_tta = output, resize, int(tta)
     return net

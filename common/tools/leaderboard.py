@@ -109,7 +109,7 @@ def _run_inference(wf, out_dir: Path) -> tuple[Path, str, dict]:
     num_classes = int(wf.parser.get_parsed_content("num_classes"))
     settings = {
         k: wf.parser.get_parsed_content(k)
-        for k in ("roi_size", "img_size", "sw_overlap", "slice_batch", "autocast", "spacing", "amp")
+        for k in ("roi_size", "img_size", "sw_overlap", "slice_batch", "tta", "autocast", "spacing", "amp")
         if k in wf.parser
     }
     settings["checkpoint"] = (
