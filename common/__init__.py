@@ -30,6 +30,7 @@ _SUBMODULES = {
     "figures",
     "input_rules",
     "cohort",
+    "postprocess",
     "statistics",
 }
 

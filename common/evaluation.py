@@ -34,8 +34,9 @@ import torch
 
 from .errors import InputError
 from .io import atomic_write_text, case_id, image_info, load_array
-from .labels import BTCV13
-from .metrics import score_case, summarize, to_btcv_ids
+from .labels import BTCV13, id_space, organ
+from .metrics import dice, score_case, summarize, to_btcv_ids
+from .postprocess import decide, decision_path, keep_largest
 from .protocols import (
     NSD_TOLERANCE_MM,
     get_protocol,
@@ -302,6 +303,9 @@ class SegmentationReport:
         card: the reproduction card of the run (a bundle's ``card_*.json``), if any: its expected number is printed
             and recorded beside the measured one (see :func:`card_check`).
         overlays: draw ``overlays/<case>.png`` (CT, ground truth, prediction) for the first ``overlays`` cases.
+        decide_cleanup: also score every organ after keep-largest cleanup and write, beside ``ckpt``, the organs
+            where it raises the mean Dice (``common.postprocess.decide``; the predictions must be uncleaned).
+        ckpt: the checkpoint evaluated (for ``decide_cleanup``).
     """
 
     def __init__(
@@ -318,6 +322,8 @@ class SegmentationReport:
         nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
         card: dict | None = None,
         overlays: int = 0,
+        decide_cleanup: bool = False,
+        ckpt: str | os.PathLike = "",
     ):
         self.output_dir = str(output_dir)
         self.protocol = protocol
@@ -328,6 +334,12 @@ class SegmentationReport:
         self.print_table = print_table
         self.card = card
         self.overlays = int(overlays or 0)
+        self.decide_cleanup, self.ckpt = bool(decide_cleanup), str(ckpt)
+        if self.decide_cleanup and (self.meta.get("inference") or {}).get("cleanup", "off") != "off":
+            raise InputError("deciding the cleanup needs the predictions as they are", hint="run it with --cleanup off")
+        if self.decide_cleanup and not os.path.isfile(self.ckpt):
+            raise InputError(f"{self.ckpt}: deciding the cleanup needs the evaluated checkpoint", hint="set ckpt_path")
+        self.cleanup_dice: dict[str, list[tuple[float, float]]] = {}
         self.figures: list[str] = []
         self.cases: dict[str, dict] = {}
         self.result: dict | None = None
@@ -393,6 +405,12 @@ class SegmentationReport:
             protocol=self.protocol,
             nsd_tolerance_mm=self.meta["nsd_tolerance_mm"],
         )
+        if self.decide_cleanup:
+            cleaned = keep_largest(pred_b, [organ(k).id for k, _, _ in protocol_organs(self.protocol)])
+            for k, _, _ in protocol_organs(self.protocol):
+                m, g = gt_b == organ(k).id, pred_b == organ(k).id
+                if m.any() or g.any():
+                    self.cleanup_dice.setdefault(k, []).append((dice(g, m), dice(cleaned == organ(k).id, m)))
         image = item.get(self.image_key)
         image_path = (
             image
@@ -430,12 +448,29 @@ class SegmentationReport:
         path = atomic_write_bytes(Path(self.output_dir) / "overlays" / f"{cid}.png", png)
         self.figures.append(str(path))
 
+    def _decide(self) -> dict:
+        means = {
+            k: (float(np.mean([p for p, _ in v])), float(np.mean([c for _, c in v])))
+            for k, v in self.cleanup_dice.items()
+        }
+        space = id_space(self.pred_ids)
+        doc = decide(means, self.ckpt, {k: space.index(k) + 1 for k in means if k in space})
+        lines = [
+            f"  {k}: {p:.4f} -> {c:.4f}{'  keep largest' if k in doc['keep_largest'] else ''}"
+            for k, (p, c) in means.items()
+        ]
+        print("cleanup decision (mean Dice as predicted -> with keep-largest):\n" + "\n".join(lines), flush=True)
+        print(f"written: {decision_path(self.ckpt)}", flush=True)
+        return doc
+
     def finish(self, engine=None) -> dict:
         """Write the report of the cases added so far (and print the table); return its summary and paths."""
         if not self.cases:
             raise InputError("evaluation produced no cases", hint="check the evaluation datalist")
         self.result = write_report(self.output_dir, self.cases, self.protocol, self.meta, card=self.card)
         self.result["figures"] = list(self.figures)
+        if self.decide_cleanup:
+            self.result["cleanup"] = self._decide()
         if self.print_table:
             title = f"{self.meta.get('bundle', 'evaluation')} - protocol {self.protocol}, {len(self.cases)} case(s)"
             text = format_summary(self.result["summary"], title)

@@ -572,6 +572,69 @@ def test_training_killed_with_sigkill_resumes_after_its_last_saved_epoch(tiny_da
     assert sorted(p.name for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=4.pt"]
 
 
+def test_cleanup_auto_is_decided_by_the_evaluation_and_used_by_inference(tiny_data, tmp_path):
+    """``evaluate.json --decide_cleanup true`` writes the decision beside the checkpoint (the stand-in predicts
+    liver everywhere, one component: keep-largest changes no Dice, so no organ is chosen) and records the
+    cleanup in results.json; ``inference.json --cleanup auto`` then runs with it, ``--cleanup largest`` too."""
+    from bundle_cases import TINY_2D_SETTINGS
+
+    from common.labels import organ
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"a checkpoint the stand-in network does not need")
+    network = {
+        "_target_": "common.slicewise.slicewise_network",
+        "network": "bundle_cases.ConstantLabelNet",
+        "roi_size": "@img_size",
+        "slice_batch": "@slice_batch",
+        "output": "@slice_output",
+        "label": organ("liver").id,
+        "out_channels": "@num_classes",
+    }
+    common_args = dict(load_pretrain=False, network_def=network, ckpt_path=str(ckpt), **TINY_2D_SETTINGS)
+    run_workflow(
+        "transunet_btcv",
+        ("inference.json", "evaluate.json"),
+        "infer",
+        dataset_dir=str(tiny_data),
+        output_dir=str(tmp_path / "eval"),
+        decide_cleanup=True,
+        **common_args,
+    )
+    decision = json.loads((tmp_path / "model.pt.cleanup.json").read_text(encoding="utf-8"))
+    assert decision["keep_largest"] == [] and "liver" in decision["mean_dice"]
+    res = json.loads((tmp_path / "eval" / "results.json").read_text(encoding="utf-8"))
+    assert res["meta"]["inference"]["cleanup"] == "off" and res["meta"]["inference"]["tta"] == 1
+    image = tiny_data / "imagesTr" / "phantom0000.nii.gz"
+    for mode in ("auto", "largest"):
+        out = tmp_path / f"pred-{mode}"
+        run_workflow(
+            "transunet_btcv",
+            ("inference.json",),
+            "infer",
+            dataset_dir=str(image),
+            output_dir=str(out),
+            cleanup=mode,
+            **common_args,
+        )
+        labels = np.asarray(nib.load(str(out / "phantom0000_seg.nii.gz")).dataobj)
+        assert (labels == organ("liver").id).all()
+    from common.errors import find_input_error
+
+    with pytest.raises(Exception) as exc:
+        run_workflow(
+            "transunet_btcv",
+            ("inference.json", "evaluate.json"),
+            "infer",
+            dataset_dir=str(tiny_data),
+            output_dir=str(tmp_path / "eval2"),
+            decide_cleanup=True,
+            cleanup="largest",
+            **common_args,
+        )
+    assert "deciding the cleanup needs the predictions as they are" in str(find_input_error(exc.value))
+
+
 @pytest.mark.parametrize("signame", ["SIGUSR1", "SIGTERM"])
 def test_a_stop_signal_mid_epoch_saves_and_the_same_command_continues_at_the_next_iteration(
     signame, tiny_data, tmp_path, capsys
