@@ -69,23 +69,21 @@ def _config_files_from_argv(argv: list[str]) -> list[str]:
     return []
 
 
+# The one walk up the call stack to the running ConfigWorkflow (``monai.bundle run``, or Python code using
+# ConfigWorkflow), as a standard-library expression: the project evaluates it here, and a packaged bundle's
+# configs embed it (``common.tools.package``), since their vendored code cannot be imported before the bundle's
+# folder is known. ``monai`` is the only name it needs.
+WORKFLOW_EXPR = (
+    "next((w for w in (fi.frame.f_locals.get('self') for fi in __import__('inspect').stack(0)) "
+    "if isinstance(w, monai.bundle.ConfigWorkflow)), None)"
+)
+
+
 def _running_workflow():
-    """The ``ConfigWorkflow`` on the call stack (``monai.bundle run`` or Python code using it), or ``None``."""
-    try:
-        from monai.bundle import ConfigWorkflow
-    except ImportError:  # pragma: no cover - monai is a dependency
-        return None
-    frame = inspect.currentframe()
-    try:
-        f = frame.f_back if frame is not None else None
-        while f is not None:
-            obj = f.f_locals.get("self")
-            if isinstance(obj, ConfigWorkflow):
-                return obj
-            f = f.f_back
-    finally:
-        del frame
-    return None
+    """The ``ConfigWorkflow`` on the call stack, or ``None`` (:data:`WORKFLOW_EXPR`)."""
+    import monai.bundle
+
+    return eval(WORKFLOW_EXPR, {"monai": monai})  # noqa: S307 - a constant expression of this module
 
 
 def _plain(value):
@@ -112,8 +110,9 @@ def network_args(parser) -> dict:
 
 # network_def arguments that choose how the same network runs, not which network it is
 RUNTIME_ARGS = {
-    "mode",
+    "mode",  # the slice-wise mode of checkpoints written before the per-slice loop left the bundles
     "slice_batch",
+    "tta",
     "autocast",
     "output",
     "resize",

@@ -15,7 +15,7 @@ TWO_D = ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv")
 
 def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
     ckpts = {b: random_checkpoint(b, tmp_path / f"{b}.pt") for b in BUNDLE_NAMES}
-    parts = ("inference", "agreement", "dataset", "fitted", "training", "scaling", "mtm")
+    parts = ("efficiency", "inference", "agreement", "dataset", "fitted", "training", "scaling", "mtm")
     res = suite(
         BUNDLE_NAMES,
         str(tmp_path / "bench"),
@@ -32,7 +32,17 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
     with pytest.raises(ValueError, match="smoke"):  # meaningless figures never become the benchmark document
         suite(BUNDLE_NAMES[:1], str(tmp_path / "bench2"), smoke=True, doc=str(tmp_path / "benchmarks.md"))
     assert not (tmp_path / "benchmarks.md").exists()
+    # every bundle's speed-ups against the GPU targets, in the report
+    assert {r["bundle"] for r in res["targets"]} == set(BUNDLE_NAMES) and "## Targets (set for a GPU" in md
+    assert all(r["met"] == (r["speedup"] >= r["target"]) for r in res["targets"])
+    assert set(res["peak"]) == {"fp32", "bf16"} and all(v["peak_gflops"] > 0 for v in res["peak"].values())
+    assert "## Forward efficiency against the machine's own peak" in md and "<!-- part: efficiency -->" in md
     for b in BUNDLE_NAMES:
+        eff = [r for r in res["efficiency"] if r["bundle"] == b]
+        assert [r["precision"] for r in eff] == ["fp32", "bf16"] and all(r["gflop"] > 0 for r in eff), eff
+        assert all(
+            r["share_of_peak"] == pytest.approx(r["gflops"] / res["peak"][r["precision"]]["peak_gflops"]) for r in eff
+        )
         inf = [r for r in res["inference"] if r["bundle"] == b]
         assert [r["variant"] for r in inf] == [
             v
@@ -99,6 +109,8 @@ def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
     assert command.startswith("python -m common.tools.benchmark --bundle unetr_btcv --parts inference")
     assert bundles == ["unetr_btcv"] and parts == ("inference",) and smoke
     assert overrides == {"unetr_btcv": {"roi_size": [32, 32, 16]}} and ckpts == {"unetr_btcv": "/x.pt"}
+    assert main(["--gpu-check", "--out", str(tmp_path)]) == 0  # the GPU check's preset
+    assert seen["args"][3] == ("efficiency", "inference", "training") and seen["args"][10] == ("btcv",)
     assert main(["--parts", "fitted", "--fit-epochs", "80", "--out", str(tmp_path)]) == 0
     assert seen["args"][12] == 80
     assert main(["--parts", "inference", "--doc", str(tmp_path / "b.md"), "--out", str(tmp_path)]) == 0
@@ -119,3 +131,24 @@ def test_fitted_weights_are_reused_only_for_the_same_fit(tmp_path):
     assert not _same_fit(tmp_path, settings, {**item, "image": "/data/other.nii.gz"})
     (tmp_path / "fit.json").write_text("{not json", encoding="utf-8")
     assert not _same_fit(tmp_path, settings, item)
+
+
+def test_the_document_keeps_each_parts_latest_run(tmp_path):
+    """``merge_doc``: a run's sections replace the same parts of the document and leave the others; ``--render``
+    writes the document from a saved run (a smoke run is refused)."""
+    from common.tools.benchmark import merge_doc
+
+    old = "# Benchmarks\n\nintro\n\n<!-- part: inference -->\nold inference\n<!-- end part -->\n<!-- part: mtm -->\nold mtm\n<!-- end part -->\n\nnotes\n"
+    new = "# Benchmarks\n\nintro 2\n\n<!-- part: efficiency -->\nnew efficiency\n<!-- end part -->\n<!-- part: inference -->\nnew inference\n<!-- end part -->\n\nnotes 2\n"
+    merged = merge_doc(old, new)
+    assert merged.index("new efficiency") < merged.index("new inference") < merged.index("old mtm")
+    assert (
+        "old inference" not in merged and merged.startswith("# Benchmarks\n\nintro 2") and merged.endswith("notes 2\n")
+    )
+    assert merge_doc("", new) == new
+
+    saved = {"smoke": True}
+    (tmp_path / "s.json").write_text(json.dumps(saved), encoding="utf-8")
+    with pytest.raises(SystemExit):
+        main(["--render", str(tmp_path / "s.json"), "--doc", str(tmp_path / "b.md")])
+    assert not (tmp_path / "b.md").exists()

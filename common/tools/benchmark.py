@@ -5,6 +5,10 @@
 
 In one run on one machine, for each bundle:
 
+- **Efficiency** (``efficiency``): the machine's own peak in the same run (a 4096^2 matrix product and a 3D
+  convolution, in fp32 and in bf16 on a CPU / fp16 on a GPU) and each network's forward on one inference batch
+  (3D: ``sw_batch_size`` windows; 2D: ``slice_batch`` slices): FLOPs (torch's counter), achieved GFLOP/s and the
+  share of the peak.
 - **Inference end to end** on the real CT sample of ``../shared/data`` (when present) and a BTCV-size CT phantom
   (512 x 512 x 150 at 0.8 x 0.8 x 2.5 mm), from the file to
   the written label file, split into load / preprocess / network / postprocess / write, with peak RAM (and
@@ -50,6 +54,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -688,11 +693,151 @@ def _mtm_part(repeats: int = 5, smoke: bool = False) -> list[dict]:
     return rows
 
 
+def _best_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _precisions(dev: torch.device) -> list[tuple[str, torch.dtype | None]]:
+    return [("fp32", None), (_fast_precision(dev), torch.bfloat16 if dev.type == "cpu" else torch.float16)]
+
+
+def _peak_part(dev: torch.device, smoke: bool = False, repeats: int = 3) -> dict:
+    """The machine's own peak, in GFLOP/s, per precision: a large matrix product and a 3D convolution."""
+    n = 256 if smoke else 4096
+    side, ch = (8, 8) if smoke else (48, 64)
+    peak = {}
+    for name, dtype in _precisions(dev):
+        t = dtype or torch.float32
+        a, b = torch.randn(n, n, device=dev, dtype=t), torch.randn(n, n, device=dev, dtype=t)
+        x = torch.randn(1, ch, side, side, side, device=dev, dtype=t)
+        conv = torch.nn.Conv3d(ch, ch, 3, padding=1, bias=False).to(dev, t)
+        with torch.no_grad():
+            mm = _best_seconds(lambda: (torch.matmul(a, b), _sync(dev)), repeats)
+            cv = _best_seconds(lambda: (conv(x), _sync(dev)), repeats)
+        peak[name] = {
+            "matmul_gflops": 2 * n**3 / mm / 1e9,
+            "conv3d_gflops": 2 * ch * ch * 27 * side**3 / cv / 1e9,
+        }
+        peak[name]["peak_gflops"] = max(peak[name]["matmul_gflops"], peak[name]["conv3d_gflops"])
+    return peak
+
+
+def _efficiency_part(b: "_Bundle", peak: dict, repeats: int = 3) -> list[dict]:
+    """The bundle network's forward on one inference batch (3D: ``sw_batch_size`` windows of ``roi_size``; 2D:
+    ``slice_batch`` slices of ``img_size``): its FLOPs (torch's counter), achieved GFLOP/s per precision and the
+    share of the machine's peak in that precision."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    parser = b.parser()
+    net = b.network(parser)
+    if b.kind == "3d":
+        x = torch.rand(int(parser["sw_batch_size"]), 1, *[int(r) for r in parser["roi_size"]], device=b.dev)
+    else:
+        batch = int(parser.get_parsed_content("slice_batch"))
+        x = torch.rand(batch, 1, *[int(r) for r in parser["img_size"]], device=b.dev)  # the 2D network itself
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    flops = counter.get_total_flops()
+    rows = []
+    for name, dtype in _precisions(b.dev):
+
+        def forward():
+            with torch.no_grad(), torch.autocast(b.dev.type, dtype=dtype, enabled=dtype is not None):
+                net(x)
+            _sync(b.dev)
+
+        seconds = _best_seconds(forward, repeats)
+        achieved = flops / seconds / 1e9
+        rows.append(
+            {
+                "bundle": b.name,
+                "precision": name,
+                "input_shape": list(x.shape),
+                "gflop": flops / 1e9,
+                "seconds": seconds,
+                "gflops": achieved,
+                "share_of_peak": achieved / peak[name]["peak_gflops"],
+            }
+        )
+        print(
+            f"  {b.name} | forward {name}: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s, {achieved:.0f} GFLOP/s",
+            flush=True,
+        )
+    return rows
+
+
+# What a GPU should reach (the issue's targets, on a GPU): end to end against the baseline path of the same run,
+# and the bundle's training pipeline against a plain one
+TARGETS = {"3d": 2.0, "2d": 5.0, "training": 2.0}
+GPU_CHECK_PARTS = ("efficiency", "inference", "training")
+
+
+def check_targets(res: dict) -> list[dict]:
+    """Per bundle: the best end-to-end speed-up over its baseline (BTCV-size volume) and the training pipeline's
+    over the plain one, each against :data:`TARGETS`."""
+    rows = []
+    for name in dict.fromkeys(r["bundle"] for r in res.get("inference", [])):
+        inf = [r for r in res["inference"] if r["bundle"] == name]
+        kind = "2d" if any("slice_resize" in r["switches"] for r in inf) else "3d"
+        best = max(inf, key=lambda r: r["speedup_vs_baseline"])
+        what = f"inference ({best['variant']})"
+        rows.append({"bundle": name, "what": what, "speedup": best["speedup_vs_baseline"], "target": TARGETS[kind]})
+        train = [r for r in res.get("training", []) if r["bundle"] == name and r["pipeline"] == "bundle pipeline"]
+        if train:
+            speedup = train[0]["speedup_vs_baseline"]
+            rows.append({"bundle": name, "what": "training", "speedup": speedup, "target": TARGETS["training"]})
+    for r in rows:
+        r["met"] = r["speedup"] >= r["target"]
+    return rows
+
+
+def _targets_table(res: dict) -> list[str]:
+    dev = res["machine"]["device"]
+    return _table(
+        f"Targets (set for a GPU; this run: {dev})",
+        ["bundle", "what", ">speed-up", ">target", "met"],
+        [
+            [r["bundle"], r["what"], f"{_fmt(r['speedup'])}x", f"{_fmt(r['target'], 1)}x", "yes" if r["met"] else "no"]
+            for r in res.get("targets", [])
+        ],
+    )
+
+
+def _efficiency_tables(res: dict) -> list[str]:
+    out = _table(
+        "Forward efficiency against the machine's own peak",
+        ["bundle", "precision", "input", ">GFLOP", ">s", ">GFLOP/s", ">share of peak"],
+        [
+            [
+                r["bundle"],
+                r["precision"],
+                "x".join(map(str, r["input_shape"])),
+                _fmt(r["gflop"], 1),
+                _fmt(r["seconds"], 3),
+                _fmt(r["gflops"], 0),
+                _share(r["share_of_peak"]),
+            ]
+            for r in res.get("efficiency", [])
+        ],
+    )
+    peak = ", ".join(
+        f"{p}: matrix product {_fmt(v['matmul_gflops'], 0)}, 3D convolution {_fmt(v['conv3d_gflops'], 0)} GFLOP/s"
+        for p, v in res["peak"].items()
+    )
+    return out + ["", f"Peak of this machine in the same run ({peak}); the share is against the larger of the two."]
+
+
 def suite(
     bundles: list[str],
     out_dir: str = "bench",
     ckpts: dict | None = None,
-    parts: tuple[str, ...] = ("inference", "agreement", "dataset", "training", "scaling", "mtm"),
+    parts: tuple[str, ...] = ("efficiency", "inference", "agreement", "dataset", "training", "scaling", "mtm"),
     sizes: dict | None = None,
     train_iters: int = 3,
     train_warmup: int = 1,
@@ -733,6 +878,7 @@ def suite(
         "training": [],
         "scaling": [],
         "mtm": [],
+        "efficiency": [],
     }
     spacing = SMOKE_SPACING if smoke else None
     btcv = _phantom_file(data, sizes["btcv"], seed=2024, spacing=spacing)["image"]
@@ -758,6 +904,10 @@ def suite(
         b.ckpt = ckpt
         result["weights"][name] = ckpt or "random initialisation (timings do not depend on the weights; agreement does)"
         print(f"{name} ({b.kind}), weights: {result['weights'][name]}", flush=True)
+        if "efficiency" in parts:
+            if "peak" not in result:
+                result["peak"] = _peak_part(dev, smoke)
+            result["efficiency"] += _efficiency_part(b, result["peak"])
         if "inference" in parts:
             result["inference"] += _inference_part(b, volumes, work, paths)
         if "dataset" in parts:
@@ -786,33 +936,33 @@ def suite(
         atomic_write_text(out / "suite.partial.json", json.dumps(result, indent=2, default=str) + "\n")
     if "mtm" in parts and "mt_unet_btcv" in bundles:
         result["mtm"] = _mtm_part(smoke=smoke)
+    result["targets"] = check_targets(result)
     shutil.rmtree(work, ignore_errors=True)
     markdown = suite_markdown(result)
     _write(result, out / ("suite_smoke" if smoke else "suite"), markdown)
     if doc:
-        atomic_write_text(doc, markdown)
-        print(f"written: {doc}")
+        old = Path(doc).read_text(encoding="utf-8") if Path(doc).is_file() else ""
+        atomic_write_text(doc, merge_doc(old, markdown))
+        print(f"written: {doc} (the sections of this run; the others as they were)")
     return result
 
 
 def suite_markdown(res: dict) -> str:
-    m = res["machine"]
     lines = [
         "# Benchmarks" + (" (smoke mode: tiny inputs, figures meaningless)" if res["smoke"] else ""),
         "",
-        "Written by the benchmark (`common/tools/benchmark.py`; what each part measures is in its docstring)"
-        + (f" on {res['date']} with `{res['command']}`" if res.get("command") else "")
-        + ". Timings on shared machines vary by 15 % or more between runs: compare the paths of one run, as ratios.",
-        "",
-        f"Machine: {m['cpu']} ({m['cpu_count']} CPUs, torch threads {m['torch_threads']}), device {m['device']}"
-        + (f", GPU {m['gpu']} (CUDA {m['cuda']})" if "gpu" in m else "")
-        + f"; torch {m['torch']}, MONAI {m['monai']}, Python {m['python']}.",
-        "",
-        "Weights: " + "; ".join(f"{k}: {v}" for k, v in res["weights"].items()) + ".",
+        "Written by the benchmark (`common/tools/benchmark.py`; what each part measures is in its docstring), each "
+        "section by the run named under its title. Timings on shared machines vary by 15 % or more between runs: "
+        "compare the paths of one run, as ratios.",
     ]
+    sections: dict[str, list[str]] = {}
+    if res.get("targets"):
+        sections["targets"] = _targets_table(res)
+    if res.get("peak"):
+        sections["efficiency"] = _efficiency_tables(res)
     if res["inference"]:
         shape = "x".join(map(str, res["sizes"]["btcv"]))
-        lines += _table(
+        sections["inference"] = _table(
             f"Inference end to end (file to written label file): the real CT sample and a {shape} phantom at 0.8 x 0.8 x 2.5 mm",
             [
                 "bundle",
@@ -849,7 +999,7 @@ def suite_markdown(res: dict) -> str:
             ],
         )
     if res.get("agreement"):
-        lines += _table(
+        sections["agreement"] = _table(
             "Agreement of the switches on a trained model (the demo's reduced network and configuration)",
             ["bundle", "volume", "path", ">total s", ">speed-up", ">agreement with baseline", "configuration"],
             [
@@ -866,7 +1016,7 @@ def suite_markdown(res: dict) -> str:
             ],
         )
     if res.get("dataset"):
-        lines += _table(
+        sections["dataset"] = _table(
             "The bundle's own inference on a folder of BTCV-size volumes (its evaluator and DataLoader workers)",
             [
                 "bundle",
@@ -895,7 +1045,7 @@ def suite_markdown(res: dict) -> str:
             ],
         )
     if res.get("fitted"):
-        lines += _table(
+        sections["fitted"] = _table(
             "Agreement on weights fitted to the real CT sample (the demo's network trained on that CT)",
             [
                 "bundle",
@@ -924,7 +1074,7 @@ def suite_markdown(res: dict) -> str:
             ],
         )
     if res["training"]:
-        lines += _table(
+        sections["training"] = _table(
             "Training throughput (the bundle's batch and crop settings; data time separated from the model step)",
             [
                 "bundle",
@@ -953,7 +1103,7 @@ def suite_markdown(res: dict) -> str:
             ],
         )
     if res["scaling"]:
-        lines += _table(
+        sections["scaling"] = _table(
             "Scaling (fastest path of each bundle; input at 0.8 x 0.8 x 2.5 mm)",
             [
                 "bundle",
@@ -982,7 +1132,7 @@ def suite_markdown(res: dict) -> str:
             ],
         )
     if res.get("mtm"):
-        lines += _table(
+        sections["mtm"] = _table(
             "MT-UNet mixed transformer module stages (2 MTMs each, batch 1, forward, minimum of 5 runs)",
             ["stage", "channels @ grid", ">vectorised ms", ">loop reference ms", ">speed-up", ">max abs difference"],
             [
@@ -997,6 +1147,11 @@ def suite_markdown(res: dict) -> str:
                 for r in res["mtm"]
             ],
         )
+    run = _run_line(res)
+    for part in PARTS_ORDER:
+        if part in sections:
+            sections[part][2:2] = ["", run]  # under the section's title: the run it comes from
+            lines += ["", f"<!-- part: {part} -->", *sections[part], "<!-- end part -->"]
     lines += [
         "",
         "Inference: one run per path after a warm-up forward; stages are the bundle's own transforms split at the "
@@ -1010,6 +1165,35 @@ def suite_markdown(res: dict) -> str:
         "(2D baseline).",
     ]
     return "\n".join(lines) + "\n"
+
+
+PARTS_ORDER = ("targets", "efficiency", "inference", "agreement", "dataset", "fitted", "training", "scaling", "mtm")
+_PART_RX = re.compile(r"<!-- part: (\w+) -->\n(.*?)<!-- end part -->\n?", re.S)
+
+
+def _run_line(res: dict) -> str:
+    m = res["machine"]
+    return (
+        f"Run of {res.get('date', '?')}"
+        + (f", `{res['command']}`" if res.get("command") else "")
+        + f". Machine: {m['cpu']} ({m['cpu_count']} CPUs, torch threads {m['torch_threads']}), device {m['device']}"
+        + (f", GPU {m['gpu']} (CUDA {m['cuda']})" if "gpu" in m else "")
+        + f"; torch {m['torch']}, MONAI {m['monai']}, Python {m['python']}. Weights: "
+        + ("; ".join(f"{k}: {v}" for k, v in res["weights"].items()) or "-")
+        + "."
+    )
+
+
+def merge_doc(old: str, new: str) -> str:
+    """``new`` (a report of :func:`suite_markdown`) with the sections of ``old`` that ``new`` does not have: the
+    benchmark document keeps every part's latest run, each section naming its own run."""
+    parts = {name: body for name, body in _PART_RX.findall(old or "")}
+    parts.update({name: body for name, body in _PART_RX.findall(new)})
+    first = _PART_RX.search(new)
+    head = new[: first.start()] if first else new
+    tail = new[max((m.end() for m in _PART_RX.finditer(new)), default=len(new)) :] if first else ""
+    body = "".join(f"<!-- part: {p} -->\n{parts[p]}<!-- end part -->\n" for p in PARTS_ORDER if p in parts)
+    return head + body + tail
 
 
 def _share(v: float | None) -> str:
@@ -1049,19 +1233,31 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--parts",
-        default="inference,agreement,dataset,training,scaling,mtm",
-        help="comma-separated: inference, agreement (switches on a demo-trained reduced network), dataset (the bundle's "
+        default="efficiency,inference,agreement,dataset,training,scaling,mtm",
+        help="comma-separated: efficiency (each network's forward FLOP/s against the machine's peak), inference, agreement (switches on a demo-trained reduced network), dataset (the bundle's "
         "evaluator on a folder of 3 volumes), fitted (the demo's network "
         "trained on the real CT sample, then the paths on it; trains, so not in the default), training, scaling, "
         "mtm (MT-UNet's module stages)",
     )
     ap.add_argument("--out", default="bench")
     ap.add_argument(
+        "--render",
+        default=None,
+        metavar="SUITE_JSON",
+        help="measure nothing: write --doc from the suite.json a run saved (on this or another machine)",
+    )
+    ap.add_argument(
         "--doc",
         default=None,
         help="also write the report to this document (the collection's speed tables: docs/benchmarks.md)",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
+    ap.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help=f"the GPU check: parts {','.join(GPU_CHECK_PARTS)} on the BTCV-size phantom, every bundle, with the "
+        "targets (3D 2x the model-zoo recipe, 2D 5x the per-slice loop, training 2x the plain pipeline)",
+    )
     ap.add_argument(
         "--volumes",
         default="sample,btcv",
@@ -1089,6 +1285,18 @@ def main(argv=None) -> int:
         help="bundle:key=json config override, e.g. transunet_btcv:slice_batch=32",
     )
     args = ap.parse_args(argv)
+    if args.render:
+        if not args.doc:
+            ap.error("--render needs --doc")
+        res = json.loads(Path(args.render).read_text(encoding="utf-8"))
+        if res.get("smoke"):
+            ap.error(f"{args.render} is a smoke run: its figures mean nothing")
+        old = Path(args.doc).read_text(encoding="utf-8") if Path(args.doc).is_file() else ""
+        atomic_write_text(args.doc, merge_doc(old, suite_markdown(res)))
+        print(f"written: {args.doc}")
+        return 0
+    if args.gpu_check:
+        args.parts, args.volumes = ",".join(GPU_CHECK_PARTS), "btcv"
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -39,6 +39,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ..bundle import WORKFLOW_EXPR
 from ..errors import InputError, find_input_error
 
 __all__ = ["package_bundle", "rewrite_config", "runtime_files", "vendored_name", "main"]
@@ -46,12 +47,12 @@ __all__ = ["package_bundle", "rewrite_config", "runtime_files", "vendored_name",
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # common/
 
-# The folder of the ConfigWorkflow being run (``monai.bundle run``), else ".": standard library only, since
-# the vendored package cannot be imported before its folder is known.
+# The folder of the ConfigWorkflow being run (``monai.bundle run``), else ".": the project's own walk up the call
+# stack (``common.bundle.WORKFLOW_EXPR``), standard library only, since the vendored package cannot be imported
+# before its folder is known.
 BUNDLE_ROOT_EXPR = (
-    "$next((str((w.config_root_path.parent if w.config_root_path.name == 'configs' else w.config_root_path).resolve()) "
-    "for w in (fi.frame.f_locals.get('self') for fi in __import__('inspect').stack(0)) "
-    "if isinstance(w, monai.bundle.ConfigWorkflow)), '.')"
+    "$(lambda w: str((w.config_root_path.parent if w.config_root_path.name == 'configs' else w.config_root_path)"
+    f".resolve()) if w is not None else '.')({WORKFLOW_EXPR})"
 )
 _DOTTED = re.compile(r"common(\.[A-Za-z_]\w*)+")
 _COMMON_REF = re.compile(r"(?<![\w.@'\"])common\.")
