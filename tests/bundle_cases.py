@@ -99,3 +99,16 @@ TINY_CLI = [
     "--network_def#num_heads",
     "2",
 ]
+
+
+def constant_label_network(label: int) -> dict:
+    """The ``network_def`` of a 2D bundle that predicts ``label`` everywhere (:class:`ConstantLabelNet`)."""
+    return {
+        "_target_": "common.slicewise.slicewise_network",
+        "network": "bundle_cases.ConstantLabelNet",
+        "roi_size": "@img_size",
+        "slice_batch": "@slice_batch",
+        "output": "@slice_output",
+        "label": int(label),
+        "out_channels": "@num_classes",
+    }

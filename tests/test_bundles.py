@@ -12,10 +12,7 @@ import re
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_cases import (
-    BUNDLE_NAMES,  # noqa: E402
-    BUNDLE_TINY,
-)
+from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY, constant_label_network
 from conftest import BUNDLES
 from monai.bundle import ConfigWorkflow
 
@@ -481,15 +478,7 @@ def test_evaluation_through_the_bundle_scores_two_cases_exactly(tiny_data, tmp_p
     items = [{k: str(tiny_data / v) for k, v in it.items()} for it in (dl["training"] + dl["validation"])[-2:]]
     datalist = tmp_path / "two.json"
     datalist.write_text(json.dumps({"training": items, "validation": items}), encoding="utf-8")
-    network = {
-        "_target_": "common.slicewise.slicewise_network",
-        "network": "bundle_cases.ConstantLabelNet",
-        "roi_size": "@img_size",
-        "slice_batch": "@slice_batch",
-        "output": "@slice_output",
-        "label": organ("liver").id,
-        "out_channels": "@num_classes",
-    }
+    network = constant_label_network(organ("liver").id)
     run_workflow(
         "transunet_btcv",
         ("inference.json", "evaluate.json"),
@@ -582,15 +571,7 @@ def test_cleanup_auto_is_decided_by_the_evaluation_and_used_by_inference(tiny_da
 
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"a checkpoint the stand-in network does not need")
-    network = {
-        "_target_": "common.slicewise.slicewise_network",
-        "network": "bundle_cases.ConstantLabelNet",
-        "roi_size": "@img_size",
-        "slice_batch": "@slice_batch",
-        "output": "@slice_output",
-        "label": organ("liver").id,
-        "out_channels": "@num_classes",
-    }
+    network = constant_label_network(organ("liver").id)
     common_args = dict(load_pretrain=False, network_def=network, ckpt_path=str(ckpt), **TINY_2D_SETTINGS)
     run_workflow(
         "transunet_btcv",
