@@ -9,9 +9,10 @@ Every bundle's ``inference.json`` takes its cases from :func:`cohort_inputs`:
 * a case whose label map is already in ``output_dir`` and complete (its header matches the input's grid and
   its gzip stream ends where the header says) is skipped, so an interrupted cohort run continues where it
   stopped (outputs are written atomically: a killed run leaves whole files or none);
-* a case whose image cannot be read or is not one 3D channel is reported and left out; the others go on.
+* a case whose image cannot be read or is not one 3D channel is reported and left out; the others go on, and the
+  run ends with one message naming each such file (and a non-zero exit).
 
-:func:`cohort_summary` prints, per process, the cases written, skipped as already done, and failed.
+:func:`cohort_summary` prints, per process, the cases written, skipped as already done, and left out.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def cohort_inputs(items: list[dict], output_dir: str | os.PathLike | None = None
 
 
 def cohort_summary(output_dir: str | os.PathLike) -> None:
-    """Print what this process's run did: cases written, skipped as already done, left out."""
+    """Print what this process's run did: cases written, skipped as already done, left out; then, if any case was
+    left out, end with one :class:`InputError` naming each file and its problem (the others are written)."""
     run = _RUNS.get(str(Path(output_dir).resolve()))
     if run is None:
         print(f"predictions written to {output_dir}", flush=True)
@@ -115,3 +117,6 @@ def cohort_summary(output_dir: str | os.PathLike) -> None:
         f"predictions written to {output_dir}",
         flush=True,
     )
+    if run["failed"]:
+        hint = "fix or remove these files and run again: the cases already written are skipped"
+        raise InputError(run["failed"], hint=hint)

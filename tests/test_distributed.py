@@ -151,7 +151,9 @@ def test_cohort_inference_shares_the_cases_out_and_resumes(ddp_data, tmp_path):
         r = subprocess.run(
             cmd, cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900
         )
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+        # the process that met the broken file ends with one message naming it, after writing its other cases
+        assert r.returncode != 0 and "broken.nii.gz" in r.stderr, r.stdout[-2000:] + r.stderr[-4000:]
+        assert "fix or remove these files and run again" in r.stderr, r.stderr[-4000:]
         return r.stdout
 
     images = sorted(str(p) for p in folder.glob("phantom*.nii.gz"))
