@@ -300,7 +300,6 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
     none).
     """
     from ignite.engine import Events
-    from ignite.handlers import Checkpoint
     from monai.handlers import CheckpointLoader
 
     state = dict(objects)
@@ -325,7 +324,7 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
                     if os.path.abspath(p) != os.path.abspath(keep):
                         os.remove(p)
 
-    _stop_on_signals(trainer, state, ckpt_dir, rank0, Events, Checkpoint)
+    _stop_on_signals(trainer, state, ckpt_dir, rank0)
     latest = latest_checkpoint(ckpt_dir) if resume else ""
     if latest:
         _check_training_state(latest, objects.get("model"))
@@ -336,12 +335,15 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
     return latest
 
 
-def _stop_on_signals(trainer, state: dict, ckpt_dir, rank0: bool, Events, Checkpoint) -> None:
+def _stop_on_signals(trainer, state: dict, ckpt_dir, rank0: bool) -> None:
     """SIGTERM / SIGUSR1 during training: finish the iteration under way, save ``checkpoint_iteration=I.pt``
     (rank 0), stop. The previous handlers come back when training ends. Only the main thread can take signals:
     elsewhere (a training run inside a server) nothing is installed."""
     import signal
     import threading
+
+    from ignite.engine import Events
+    from ignite.handlers import Checkpoint
 
     if threading.current_thread() is not threading.main_thread():
         return

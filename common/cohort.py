@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import InputError
 from .input_rules import image_rule
-from .io import case_id, image_info
+from .io import ImageInfo, case_id, image_info
 
 __all__ = ["process_share", "output_path", "is_complete", "cohort_inputs", "cohort_summary"]
 
@@ -43,13 +43,13 @@ def output_path(image: str, output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / f"{case_id(image)}_{OUTPUT_POSTFIX}.nii.gz"
 
 
-def is_complete(out: Path, image: str) -> bool:
-    """``out`` holds a whole label map on ``image``'s grid: same shape and affine, and a gzip stream whose
-    recorded size (its last 4 bytes) is the size the NIfTI header implies."""
+def is_complete(out: Path, image: str | ImageInfo) -> bool:
+    """``out`` holds a whole label map on ``image``'s grid (a path, or its header already read): same shape and
+    affine, and a gzip stream whose recorded size (its last 4 bytes) is the size the NIfTI header implies."""
     if not out.is_file():
         return False
     try:
-        got, want = image_info(out), image_info(image)
+        got, want = image_info(out), image if isinstance(image, ImageInfo) else image_info(image)
     except InputError:
         return False
     if got.spatial_shape != want.spatial_shape or not np.allclose(got.affine, want.affine, atol=1e-3):
@@ -85,7 +85,7 @@ def cohort_inputs(items: list[dict], output_dir: str | os.PathLike | None = None
             problems = list(e.problems)
         if problems:
             failed.extend(problems)
-        elif output_dir and is_complete(output_path(image, output_dir), image):
+        elif output_dir and is_complete(output_path(image, output_dir), info):
             done.append(image)
         else:
             todo.append(item)

@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .io import atomic_write_text, file_sha256
+from .statistics import voxel_volume_ml
 
 __all__ = ["CLEANUP_MODES", "keep_largest", "remove_small", "decision_path", "decide", "OrganCleanupd"]
 
@@ -136,8 +137,7 @@ class OrganCleanupd(MapTransform):
             arr = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
             labels = np.rint(arr[0]).astype(np.int64)
             if isinstance(self.mode, float):
-                affine = np.asarray(getattr(pred, "affine", np.eye(4)), dtype=np.float64)
-                voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+                voxel_ml = voxel_volume_ml(np.asarray(getattr(pred, "affine", np.eye(4)), dtype=np.float64))
                 cleaned = remove_small(labels, self.ids, int(np.ceil(self.mode / voxel_ml)))
             else:
                 cleaned = keep_largest(labels, self.ids)
