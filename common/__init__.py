@@ -32,6 +32,7 @@ _SUBMODULES = {
     "cohort",
     "postprocess",
     "statistics",
+    "tracking",
 }
 
 

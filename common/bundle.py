@@ -367,7 +367,8 @@ def _stop_on_signals(trainer, state: dict, ckpt_dir, rank0: bool) -> None:
             f"{ckpt_dir}: run the same command to resume",
             flush=True,
         )
-        engine.terminate()
+        # not COMPLETED: handlers that close what a finished run closes (an MLflow run) leave it open to resume
+        engine.terminate(skip_completed=True)
 
     def _restore(engine=None):
         for sig, handler in previous.items():
