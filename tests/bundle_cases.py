@@ -66,6 +66,17 @@ BUNDLE_TINY: dict[str, dict] = {
         "deep_supr_num": 2,
         "network_def#filters": "$common.networks.nnunet_plan.filters(@roi_size, @spacing, base=4, maximum=32)",
     },
+    "mednext_btcv": {
+        **TINY_3D_SETTINGS,
+        "num_samples": 2,
+        "network_def#init_filters": 4,
+        "network_def#encoder_expansion_ratio": [2, 2, 2, 2],
+        "network_def#decoder_expansion_ratio": [2, 2, 2, 2],
+        "network_def#bottleneck_expansion_ratio": 2,
+        "network_def#blocks_down": [1, 1, 1, 1],
+        "network_def#blocks_bottleneck": 1,
+        "network_def#blocks_up": [1, 1, 1, 1],
+    },
 }
 BUNDLE_NAMES = sorted(BUNDLE_TINY)
 

@@ -11,7 +11,7 @@ from conftest import BUNDLES
 
 KINDS = {
     "2d": ["transunet_btcv", "swin_unet_btcv", "mt_unet_btcv"],
-    "3d": ["unetr_btcv", "swin_unetr_btcv", "unet_btcv"],
+    "3d": ["unetr_btcv", "swin_unetr_btcv", "unet_btcv", "mednext_btcv"],
 }
 # what may differ between the bundles of a kind: the network and the paper's recipe for it
 ARCHITECTURE_PREFIXES = ("network_def#", "optimizer#", "loss#", "train#lr_scheduler#")
@@ -33,6 +33,10 @@ RECIPE_KEYS = {
     "val_interval",
     "inferer#mode",
     "validate#inferer#mode",
+    "kernel_size",  # MedNeXt's k3 / k5
+    "spacing",  # MedNeXt trains at 1 mm isotropic on 128^3 patches, as its paper
+    "roi_size",
+    "sw_batch_size",  # what fits a GPU at that patch size
     "network",  # multi_gpu_train.json: find_unused_parameters for networks with parameters their forward skips
 }
 SHARED_FILES = (

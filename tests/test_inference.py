@@ -20,7 +20,7 @@ from common.inference import (
     stitching_plan,
 )
 
-BUNDLES_3D = ["unetr_btcv", "swin_unetr_btcv", "unet_btcv"]
+BUNDLES_3D = ["unetr_btcv", "swin_unetr_btcv", "unet_btcv", "mednext_btcv"]
 
 
 def test_switch_values_are_checked():
@@ -147,7 +147,7 @@ def test_each_fast_switch_acts_alone_in_the_bundle(bundle, tiny_data, tmp_path, 
     assert 0.8 < (default == bf16).mean() and 0.8 < (default == labels).mean() < 1.0
 
 
-@pytest.mark.parametrize("bundle", ["unetr_btcv", "swin_unetr_btcv", "unet_btcv"])
+@pytest.mark.parametrize("bundle", BUNDLES_3D)
 def test_tensorrt_overlay_parses_and_leaves_the_cpu_path_unchanged(bundle, tiny_data, tmp_path):
     """``configs/inference_trt.json`` wraps the network with MONAI's ``trt_compile`` (fp16 engines, dynamic batch
     up to ``sw_batch_size``). Without CUDA and TensorRT, ``trt_compile`` returns the network as it is: the overlay

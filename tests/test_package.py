@@ -62,6 +62,7 @@ OWN_NETWORK = {
     "swin_unet_btcv": "swin_unet",
     "mt_unet_btcv": "mt_unet",
     "unet_btcv": "nnunet_plan",
+    "mednext_btcv": "mednext",
 }
 
 

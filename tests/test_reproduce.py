@@ -144,7 +144,7 @@ def test_every_bundle_has_its_cards():
     have = {(p.parent.parent.name, p.name) for p in CARDS}
     for b in ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv"):
         assert {(b, "card_synapse.json"), (b, "card_dataset_0.json")} <= have
-    for b in ("unetr_btcv", "swin_unetr_btcv", "unet_btcv"):
+    for b in ("unetr_btcv", "swin_unetr_btcv", "unet_btcv", "mednext_btcv"):
         assert {(b, "card_dataset_0.json"), (b, "card_cv5.json")} <= have
 
 

@@ -4,7 +4,7 @@ module names. Submodules load on first use, so config expressions can say
 
 import importlib
 
-_SUBMODULES = {"transunet", "swin_unet", "mt_unet", "swinunetr", "nnunet_plan"}
+_SUBMODULES = {"transunet", "swin_unet", "mt_unet", "swinunetr", "nnunet_plan", "mednext", "slice_input"}
 
 
 def __getattr__(name: str):

@@ -82,6 +82,15 @@ ANCHORS: dict[str, list[dict]] = {
             "source": "nnU-Net Revisited (nnU-Net; ResEnc L 0.8335)",
         },
     ],
+    "mednext_btcv": [
+        {
+            "protocol": "btcv13",
+            "split": "5-fold cross-validation on the 30 cases",
+            "split_id": "cv5",
+            "mean_dice": 0.847,
+            "source": "nnU-Net Revisited (MedNeXt-L k3; k5 0.8504)",
+        },
+    ],
 }
 
 
