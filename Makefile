@@ -10,10 +10,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch first: `pip install torch==2.13.0` takes the local CPU build where one is provided; asking for an
-# unpinned torch (as a dependency would) pulls the multi-GB CUDA build instead.
+# unpinned torch (as a dependency would) pulls the multi-GB CUDA build instead. The `dicom` extra (highdicom,
+# pydicom 3) stays out of `test`: MONAI Label's environment below pins pydicom 2.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,dicom]"
 	touch $@
 
 install: $(VENV)/.installed

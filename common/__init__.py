@@ -33,6 +33,7 @@ _SUBMODULES = {
     "postprocess",
     "statistics",
     "tracking",
+    "dicom_seg",
 }
 
 
