@@ -9,7 +9,8 @@ Every bundle's ``inference.json`` takes its cases from :func:`cohort_inputs`:
 * a case whose label map is already in ``output_dir`` and complete (its header matches the input's grid and
   its gzip stream ends where the header says) is skipped, so an interrupted cohort run continues where it
   stopped (outputs are written atomically: a killed run leaves whole files or none);
-* a case whose image cannot be read or is not one 3D channel is reported and left out; the others go on, and the
+* a case whose image cannot be read or is not one 3D channel is reported and left out, and so is one that fails
+  its checks once loaded (NaN voxels: :class:`CohortDataset`, :func:`skip_failed_cases`); the others go on, and the
   run ends with one message naming each such file (and a non-zero exit).
 
 :func:`cohort_summary` prints, per process, the cases written, skipped as already done, and left out.
@@ -22,15 +23,29 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from monai.data import Dataset
 
-from .errors import InputError
+from .errors import InputError, find_input_error
 from .input_rules import image_rule
 from .io import ImageInfo, case_id, image_info
 
-__all__ = ["process_share", "output_path", "is_complete", "cohort_inputs", "cohort_summary"]
+__all__ = [
+    "process_share",
+    "output_path",
+    "is_complete",
+    "cohort_inputs",
+    "cohort_summary",
+    "CohortDataset",
+    "skip_failed_cases",
+]
 
 OUTPUT_POSTFIX = "seg"
+FAILED = "failed_case"  # the item a case that failed its checks becomes (CohortDataset -> skip_failed_cases)
 _RUNS: dict[str, dict] = {}  # output folder -> what cohort_inputs decided, for cohort_summary
+
+
+def _run_of(output_dir) -> dict:
+    return _RUNS.setdefault(str(Path(output_dir).resolve()), {"who": "", "todo": [], "done": [], "failed": []})
 
 
 def process_share() -> tuple[int, int]:
@@ -98,7 +113,7 @@ def cohort_inputs(items: list[dict], output_dir: str | os.PathLike | None = None
     for p in failed:
         print(f"  left out: {p}", flush=True)
     if output_dir:
-        _RUNS[str(Path(output_dir).resolve())] = {"who": who, "todo": todo, "done": done, "failed": failed}
+        _run_of(output_dir).update(who=who, todo=todo, done=done, failed=failed)
     if not todo and (done or failed):
         print(f"{who}nothing left to predict", flush=True)
     return todo
@@ -120,3 +135,39 @@ def cohort_summary(output_dir: str | os.PathLike) -> None:
     if run["failed"]:
         hint = "fix or remove these files and run again: the cases already written are skipped"
         raise InputError(run["failed"], hint=hint)
+
+
+class CohortDataset(Dataset):
+    """MONAI's ``Dataset`` for a cohort: a case whose loading or checks raise an :class:`InputError` (NaN voxels)
+    becomes ``{FAILED: problems}`` for :func:`skip_failed_cases` to report, instead of ending the run; in
+    DataLoader workers too (the problems travel as data). ``skip_failed=False`` (the evaluation, which must score
+    every case) raises instead."""
+
+    def __init__(self, data, transform=None, skip_failed: bool = True):
+        super().__init__(data, transform)
+        self.skip_failed = bool(skip_failed)
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except Exception as e:
+            err = find_input_error(e)
+            if err is None or not self.skip_failed:
+                raise
+            return {FAILED: "; ".join(err.problems)}
+
+
+def skip_failed_cases(output_dir: str | os.PathLike):
+    """The evaluator's ``iteration_update``: a batch of :class:`CohortDataset` failures is reported (and listed by
+    :func:`cohort_summary`) with no forward and nothing written; any other batch takes the evaluator's own
+    iteration."""
+
+    def iteration(engine, batch):
+        if isinstance(batch, dict) and FAILED in batch:
+            for problem in batch[FAILED]:
+                print(f"  left out: {problem}", flush=True)
+                _run_of(output_dir)["failed"].append(problem)
+            return None
+        return engine._iteration(engine, batch)
+
+    return iteration

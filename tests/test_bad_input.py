@@ -301,3 +301,29 @@ def test_bad_checkpoint_to_export_and_package(tool, problem, tmp_path, capsys):
     assert rc != 0 and err.startswith(f"ERROR: {ckpt}") and "Traceback" not in err, err
     assert CHECKPOINT_PROBLEMS[problem] in err or (tool == "package" and problem == "class_count"), err
     assert len(err.strip().splitlines()) <= 6 and _files(out) == []  # grouped by kind of problem
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_cohort_case_failing_once_loaded_is_left_out_and_the_others_are_written(workers, tiny_data, tmp_path):
+    """A folder of three CTs, the middle one with NaN voxels (found only once loaded): the other two are written,
+    the run then ends with one message naming that file; after it is fixed, the same command predicts it alone."""
+    import shutil
+
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    for name in ("phantom0000", "phantom0002"):
+        shutil.copy(tiny_data / "imagesTr" / f"{name}.nii.gz", folder / f"{name}.nii.gz")
+    bad = _bad_image("nan", tiny_data, tmp_path)
+    shutil.move(bad, folder / "phantom0001.nii.gz")
+    bad = folder / "phantom0001.nii.gz"
+    out = tmp_path / "pred"
+    run = dict(dataset_dir=str(folder), output_dir=str(out), load_pretrain=False, num_workers=workers)
+    with pytest.raises(Exception) as exc:
+        _run("unetr_btcv", ("inference.json",), "infer", **run)
+    _assert_clear(exc.value, bad, IMAGE_PROBLEMS["nan"])
+    assert _files(out) == ["phantom0000_seg.nii.gz", "phantom0002_seg.nii.gz"]
+    written = {p: (out / p).stat().st_mtime_ns for p in _files(out)}
+    shutil.copy(tiny_data / "imagesTr" / "phantom0001.nii.gz", bad)
+    _run("unetr_btcv", ("inference.json",), "infer", **run)
+    assert _files(out) == ["phantom0000_seg.nii.gz", "phantom0001_seg.nii.gz", "phantom0002_seg.nii.gz"]
+    assert all((out / p).stat().st_mtime_ns == t for p, t in written.items()), "done cases are not predicted again"
