@@ -82,16 +82,17 @@ BUNDLE_NAMES = sorted(BUNDLE_TINY)
 
 
 class ConstantLabelNet(torch.nn.Module):
-    """A stand-in 2D network (for ``common.slicewise.slicewise_network``) whose scores pick ``label`` everywhere, so
-    an evaluation through a bundle has predictions known in advance."""
+    """A stand-in network whose scores pick ``label`` everywhere (logit ``score``, every other class 0), so an
+    evaluation through a bundle has predictions known in advance: 2D (for ``common.slicewise.slicewise_network``)
+    or, as a ``network_def`` of its own, 3D."""
 
-    def __init__(self, label: int = 6, out_channels: int = 14, **_):
+    def __init__(self, label: int = 6, out_channels: int = 14, score: float = 1.0, **_):
         super().__init__()
-        self.label, self.out_channels = int(label), int(out_channels)
+        self.label, self.out_channels, self.score = int(label), int(out_channels), float(score)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros((x.shape[0], self.out_channels, *x.shape[2:]), dtype=x.dtype, device=x.device)
-        out[:, self.label] = 1.0
+        out[:, self.label] = self.score
         return out
 
 
@@ -112,7 +113,7 @@ TINY_CLI = [
 ]
 
 
-def constant_label_network(label: int) -> dict:
+def constant_label_network(label: int, score: float = 1.0) -> dict:
     """The ``network_def`` of a 2D bundle that predicts ``label`` everywhere (:class:`ConstantLabelNet`)."""
     return {
         "_target_": "common.slicewise.slicewise_network",
@@ -121,5 +122,6 @@ def constant_label_network(label: int) -> dict:
         "slice_batch": "@slice_batch",
         "output": "@slice_output",
         "label": int(label),
+        "score": float(score),
         "out_channels": "@num_classes",
     }

@@ -8,7 +8,9 @@ For every bundle the command runs the bundle's own ``inference.json`` (its ``mod
 ``--override NAME:key=json``) on the evaluation cases of the datalist, or takes an existing folder of
 predictions (``--predictions NAME=DIR`` holding ``<image name>_seg.nii.gz``). With ``--split cv5`` and
 ``--ckpt NAME=.../fold{fold}/model.pt`` each of the five fold models predicts its own validation cases and the
-30 out-of-fold predictions are scored as one entry (nnU-Net's cross-validation protocol). All predictions are scored
+30 out-of-fold predictions are scored as one entry (nnU-Net's cross-validation protocol). ``--ensemble
+NAME=MEMBER,MEMBER...`` (each ``BUNDLE`` or ``BUNDLE=CHECKPOINT``) scores the mean of the members' probabilities
+as one entry (``common.tools.ensemble``). All predictions are scored
 under one protocol (``btcv13``, ``synapse8`` or ``synapse8_3d``, see ``common/protocols.py``) on each label's original grid.
 It writes to ``--out``:
 
@@ -144,6 +146,7 @@ def leaderboard(
     overlay_cases: int | None = None,
     progress: bool = True,
     fold: int | None = None,
+    ensembles: dict[str, str] | None = None,
 ) -> dict:
     """Run, score and compare bundles; see the module docstring. Returns the leaderboard as a dict."""
     from tqdm import tqdm
@@ -152,7 +155,8 @@ def leaderboard(
 
     get_protocol(protocol)  # an unknown name stops here, before any work
     predictions = dict(predictions or {})
-    names = list(bundles) + [n for n in predictions if n not in bundles]
+    ensembles = dict(ensembles or {})
+    names = list(bundles) + [n for n in [*predictions, *ensembles] if n not in bundles]
     if not names:
         raise InputError("nothing to compare", hint="give --bundles and/or --predictions NAME=DIR")
     items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"], fold=fold)["validation"]
@@ -174,6 +178,18 @@ def leaderboard(
         if name in predictions:
             folder = Path(predictions[name])
             settings = {"predictions": str(folder)}
+        elif name in ensembles:
+            from .ensemble import ensemble_inference, parse_member
+
+            bar.set_description(f"inference {name}")
+            members = [parse_member(spec) for spec in ensembles[name].split(",")]
+            for m in members:
+                m.configs = list((configs or {}).get(m.bundle, ()))
+                m.overrides = dict((overrides or {}).get(m.bundle, {}))
+            folder = out_dir / name / "predictions"
+            settings = ensemble_inference(members, [it["image"] for it in items], folder)
+            ids = id_space_of(settings.pop("num_classes"))
+            bar.update(1)
         else:
             bar.set_description(f"inference {name}")
             ckpt = (ckpts or {}).get(name)
@@ -428,6 +444,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.tools.leaderboard", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundles", nargs="*", default=[], help="bundles to run (names under bundles/)")
     ap.add_argument("--predictions", action="append", default=[], help="NAME=DIR of existing predictions")
+    ap.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        help="NAME=MEMBER,MEMBER... scored as one entry; MEMBER is BUNDLE or BUNDLE=CHECKPOINT",
+    )
     ap.add_argument("--dataset_dir", default="", help="data as for the bundles ('' = the demo phantoms)")
     ap.add_argument("--split", default="dataset_0", help="dataset_0, synapse, model_zoo or cv5")
     ap.add_argument("--fold", type=int, default=None, help="with --split cv5: score one fold's validation cases")
@@ -452,7 +474,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="leaderboard")
     args = ap.parse_args(argv)
     configs: dict[str, list[str]] = {}
-    for n, f in _split_pairs(args.config).items():
+    for c in args.config:  # repeatable per name: each file is merged in the order given
+        n, f = next(iter(_split_pairs([c]).items()))
         configs.setdefault(n, []).append(f)
     overrides: dict[str, dict] = {}
     for o in args.override:
@@ -477,6 +500,7 @@ def main(argv=None) -> int:
             args.max_cases,
             args.overlay_cases,
             fold=args.fold,
+            ensembles=_split_pairs(args.ensemble),
         )
     except Exception as e:  # noqa: BLE001 - only an input problem is reported as one line
         err = find_input_error(e)
