@@ -9,13 +9,14 @@ from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
 from test_geometry import random_checkpoint
 
 from common.tools.benchmark import FIT_EPOCHS, _same_fit, main, suite, variants
+from common.tools.levers import lever_variants
 
 TWO_D = ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv")
 
 
 def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
     ckpts = {b: random_checkpoint(b, tmp_path / f"{b}.pt") for b in BUNDLE_NAMES}
-    parts = ("efficiency", "inference", "agreement", "dataset", "fitted", "training", "scaling", "mtm")
+    parts = ("efficiency", "inference", "agreement", "dataset", "fitted", "levers", "training", "scaling", "mtm")
     res = suite(
         BUNDLE_NAMES,
         str(tmp_path / "bench"),
@@ -81,6 +82,19 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         assert [r["size"] for r in sc] == ["small", "btcv", "large"]
         assert sc[0]["shape"] != sc[2]["shape"]
         assert f"| {b} |" in md
+        # where each forward's time goes: the FLOP operators and the rest, shares of the whole
+        profile = eff[1]["profile"]
+        assert profile[-1]["operator"].startswith("other operators") and profile[-1]["gflops"] is None
+        assert {"aten::convolution", "aten::addmm", "aten::mm"} & {p["operator"] for p in profile[:-1]}, profile
+        assert sum(p["share"] for p in profile) == pytest.approx(1.0, abs=0.02)
+        # the accuracy levers on the bundle's (tiny, random) weights: every variant scored and timed
+        lev = [r for r in res["levers"] if r["bundle"] == b]
+        kind = "2d" if b in TWO_D else "3d"
+        assert [r["variant"] for r in lev] == [v for v, _ in lever_variants(kind, "smoke")]
+        assert all(0.0 <= r["mean_dice"] <= 1.0 and r["seconds"] > 0 for r in lev)
+    ensemble = [r for r in res["levers"] if r["variant"].startswith("ensemble")]
+    assert len(ensemble) == 1 and ensemble[0]["bundle"] == " + ".join(BUNDLE_NAMES)
+    assert "## Accuracy levers" in md and "## Where the bf16 forward's time goes" in md
 
 
 def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):

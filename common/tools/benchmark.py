@@ -34,6 +34,9 @@ In one run on one machine, for each bundle:
   trained on BTCV would, and the agreement of the paths is measured on such a prediction (with its Dice against
   the CT's labels). The weights are kept in ``<out>/fitted/<bundle>/model.pt`` and reused by later runs with
   the same settings (another epoch count, override or CT fits again).
+- **Levers** (``levers``, not in the default parts: it trains when weights are missing): what test-time
+  augmentation, connected-component cleanup and ensembles do to mean Dice, HD95 and time, on demo-trained and
+  fitted weights (``common.tools.levers``).
 - **Scaling**: the fastest path at three volume sizes (256 x 256 x 80, 512 x 512 x 150, 512 x 512 x 300 at
   the BTCV spacing, so the field of view grows): seconds, peak memory, and where sliding-window outputs were
   stitched (``stitch="auto"`` moves it to the CPU when the GPU would run out).
@@ -68,6 +71,7 @@ import torch
 from ..bundle import bundle_parser
 from ..io import atomic_write_text
 from ..weights import load_weights
+from .levers import ensemble_rows, levers_part, levers_table
 from .per_slice import per_slice
 
 __all__ = ["PeakMemory", "machine_info", "variants", "suite", "suite_markdown", "main"]
@@ -472,14 +476,34 @@ def _fitted_part(
     """Train the demo's network on one labelled CT (``case``: image and label paths) through the bundle's
     train.json + demo.json (+ ``overrides``), then every inference path on that CT with the fitted weights.
     The weights are kept in ``out/fitted/<bundle>/model.pt`` and reused."""
-    import subprocess
-    import sys
-
     demo_cfg = REPO / "bundles" / name / "configs" / "demo.json"
     image, label = Path(case["image"]).resolve(), Path(case["label"]).resolve()
     if not demo_cfg.is_file():
         print(f"  {name} | fitted: skipped (no configs/demo.json)", flush=True)
         return []
+    ckpt, train_s = fit_demo_network(name, overrides, case, out, epochs)
+    b = _Bundle(name, str(ckpt), dev, overrides, configs=[demo_cfg])
+    rows = _inference_part(b, [str(image)], work / "fitted")
+    dice, per_class = _dice_vs_labels(rows[0]["label_file"], str(label), b.num_classes)
+    labels_geometry = _label_geometry(str(label), b.num_classes)
+    for r in rows:
+        r["labels_geometry"] = labels_geometry
+        r["configuration"] = f"{demo_cfg.relative_to(REPO)} fitted to {image.name} ({epochs} epochs), weights {ckpt}"
+        r["baseline_dice_vs_labels"] = dice
+        r["baseline_dice_per_class"] = per_class
+        r["fit_seconds"] = train_s
+    return rows
+
+
+def fit_demo_network(name: str, overrides: dict, case: dict, out: Path, epochs: int = FIT_EPOCHS):
+    """The demo's network (``configs/demo.json``) trained on the one labelled CT ``case`` through the bundle's own
+    train.json (+ ``overrides``) for ``epochs``: ``(out/fitted/<bundle>/model.pt, training seconds or None when
+    the weights of the same fit were there already)``."""
+    import subprocess
+    import sys
+
+    demo_cfg = REPO / "bundles" / name / "configs" / "demo.json"
+    image, label = Path(case["image"]).resolve(), Path(case["label"]).resolve()
     folder = (out / "fitted" / name).resolve()
     ckpt = folder / "model.pt"
     datalist = folder / "datalist.json"
@@ -511,17 +535,7 @@ def _fitted_part(
         if done.returncode != 0:
             raise RuntimeError(f"{name}: fitting the demo's network failed, see {folder / 'train.log'}")
         train_s = time.perf_counter() - t
-    b = _Bundle(name, str(ckpt), dev, overrides, configs=[demo_cfg])
-    rows = _inference_part(b, [str(image)], work / "fitted")
-    dice, per_class = _dice_vs_labels(rows[0]["label_file"], str(label), b.num_classes)
-    labels_geometry = _label_geometry(str(label), b.num_classes)
-    for r in rows:
-        r["labels_geometry"] = labels_geometry
-        r["configuration"] = f"{demo_cfg.relative_to(REPO)} fitted to {image.name} ({epochs} epochs), weights {ckpt}"
-        r["baseline_dice_vs_labels"] = dice
-        r["baseline_dice_per_class"] = per_class
-        r["fit_seconds"] = train_s
-    return rows
+    return ckpt, train_s
 
 
 def _same_fit(folder: Path, settings: dict, item: dict) -> bool:
@@ -744,6 +758,7 @@ def _efficiency_part(b: "_Bundle", peak: dict, repeats: int = 3) -> list[dict]:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x)
     flops = counter.get_total_flops()
+    op_flops = {str(op).split(".")[1]: int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     rows = []
     for name, dtype in _precisions(b.dev):
 
@@ -763,12 +778,76 @@ def _efficiency_part(b: "_Bundle", peak: dict, repeats: int = 3) -> list[dict]:
                 "seconds": seconds,
                 "gflops": achieved,
                 "share_of_peak": achieved / peak[name]["peak_gflops"],
+                "profile": _operator_profile(forward, op_flops, seconds, peak[name]["peak_gflops"], b.dev),
             }
         )
         print(
             f"  {b.name} | forward {name}: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s, {achieved:.0f} GFLOP/s",
             flush=True,
         )
+    return rows
+
+
+def _operator_profile(forward, op_flops: dict[str, int], seconds: float, peak_gflops: float, dev) -> list[dict]:
+    """Where one forward's time goes (torch's profiler): each operator that does the counted FLOPs (convolution,
+    matrix products, attention) with its share of the forward's time and its own GFLOP/s and share of the peak,
+    then the other operators by their own time. Shares are of the profiled forward (the profiler adds some
+    overhead); GFLOP/s are scaled to the unprofiled forward's time ``seconds``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        forward()
+    cuda = dev.type == "cuda"
+    flop_names = {f"aten::{op}" for op in op_flops}
+
+    def under_flop_op(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if p.name in flop_names:
+                return True
+            p = p.cpu_parent
+        return False
+
+    inside: dict[str, list] = {}  # FLOP operator -> [calls, inclusive time]
+    outside: dict[str, list] = {}  # any other operator outside them -> [calls, own time]
+    whole = 0.0
+    for e in prof.events():
+        own = e.self_device_time_total if cuda else e.self_cpu_time_total
+        whole += own
+        if under_flop_op(e):
+            continue
+        if e.name in flop_names:
+            acc = inside.setdefault(e.name, [0, 0.0])
+            acc[0], acc[1] = acc[0] + 1, acc[1] + (e.device_time_total if cuda else e.cpu_time_total)
+        else:
+            acc = outside.setdefault(e.name, [0, 0.0])
+            acc[0], acc[1] = acc[0] + 1, acc[1] + own
+    whole = whole or 1.0
+    rows = []
+    for name, (calls, t) in sorted(inside.items(), key=lambda kv: -kv[1][1]):
+        share = t / whole
+        gflops = op_flops[name.split("::")[-1]] / (share * seconds) / 1e9 if share > 0 else None
+        rows.append(
+            {
+                "operator": name,
+                "calls": calls,
+                "share": share,
+                "gflops": gflops,
+                "share_of_peak": None if gflops is None else gflops / peak_gflops,
+            }
+        )
+    top = sorted(outside.items(), key=lambda kv: -kv[1][1])
+    rows.append(
+        {
+            "operator": "other operators: "
+            + ", ".join(f"{n.replace('aten::', '')} {100 * t / whole:.0f}%" for n, (_, t) in top[:4]),
+            "calls": sum(c for c, _ in outside.values()),
+            "share": sum(t for _, t in outside.values()) / whole,
+            "gflops": None,
+            "share_of_peak": None,
+        }
+    )
     return rows
 
 
@@ -830,7 +909,32 @@ def _efficiency_tables(res: dict) -> list[str]:
         f"{p}: matrix product {_fmt(v['matmul_gflops'], 0)}, 3D convolution {_fmt(v['conv3d_gflops'], 0)} GFLOP/s"
         for p, v in res["peak"].items()
     )
-    return out + ["", f"Peak of this machine in the same run ({peak}); the share is against the larger of the two."]
+    out += ["", f"Peak of this machine in the same run ({peak}); the share is against the larger of the two."]
+    fast = [r for r in res.get("efficiency", []) if r["precision"] != "fp32" and r.get("profile")]
+    if fast:
+        out += _table(
+            f"Where the {fast[0]['precision']} forward's time goes (torch profiler, one forward)",
+            ["bundle", "operator", ">calls", ">share of forward", ">GFLOP/s", ">share of peak"],
+            [
+                [
+                    r["bundle"],
+                    p["operator"],
+                    p["calls"],
+                    _share(p["share"]),
+                    _fmt(p["gflops"], 0),
+                    _share(p["share_of_peak"]),
+                ]
+                for r in fast
+                for p in r["profile"]
+            ],
+        )
+        out += [
+            "",
+            "A network under 60 % of the peak spends its time outside its FLOP operators (normalisation, "
+            "activations, softmax, copies and layout changes: the last row of each bundle) or runs them below the "
+            "peak (small or thin matrix products, depthwise convolutions).",
+        ]
+    return out
 
 
 def suite(
@@ -879,12 +983,14 @@ def suite(
         "scaling": [],
         "mtm": [],
         "efficiency": [],
+        "levers": [],
     }
     spacing = SMOKE_SPACING if smoke else None
     btcv = _phantom_file(data, sizes["btcv"], seed=2024, spacing=spacing)["image"]
     use_sample = "sample" in volumes and DEFAULT_SAMPLE.is_file() and not smoke
     volumes = ([str(DEFAULT_SAMPLE)] if use_sample else []) + ([btcv] if "btcv" in volumes else [])
     train_items = [_phantom_file(data, sizes["btcv"], seed=s, with_label=True, spacing=spacing) for s in (11, 12)]
+    measured = []
     for name in bundles:
         ckpt = (ckpts or {}).get(name)
         demo = REPO / "bundles" / name / "demo" / "models" / "model.pt"
@@ -919,6 +1025,10 @@ def suite(
                 else {"image": DEFAULT_SAMPLE, "label": DEFAULT_SAMPLE.with_name("label.nii.gz")}
             )
             result["fitted"] += _fitted_part(name, b.overrides, dev, case, out, work, 1 if smoke else fit_epochs)
+        if "levers" in parts:
+            sample = None if smoke or not DEFAULT_SAMPLE.is_file() else DEFAULT_SAMPLE
+            result["levers"] += levers_part(b, dev, out, work, data, sample, smoke, fit_epochs)
+            measured.append(b)
         if "training" in parts:
             result["training"] += _training_part(b, train_items, work, train_iters, train_warmup)
         if "scaling" in parts:
@@ -934,6 +1044,9 @@ def suite(
                 )
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "suite.partial.json", json.dumps(result, indent=2, default=str) + "\n")
+    if "levers" in parts:
+        sample = None if smoke or not DEFAULT_SAMPLE.is_file() else DEFAULT_SAMPLE
+        result["levers"] += ensemble_rows(measured, out, work, data, sample, smoke)
     if "mtm" in parts and "mt_unet_btcv" in bundles:
         result["mtm"] = _mtm_part(smoke=smoke)
     result["targets"] = check_targets(result)
@@ -1131,6 +1244,8 @@ def suite_markdown(res: dict) -> str:
                 for r in res["scaling"]
             ],
         )
+    if res.get("levers"):
+        sections["levers"] = levers_table(res["levers"])
     if res.get("mtm"):
         sections["mtm"] = _table(
             "MT-UNet mixed transformer module stages (2 MTMs each, batch 1, forward, minimum of 5 runs)",
@@ -1167,7 +1282,18 @@ def suite_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-PARTS_ORDER = ("targets", "efficiency", "inference", "agreement", "dataset", "fitted", "training", "scaling", "mtm")
+PARTS_ORDER = (
+    "targets",
+    "efficiency",
+    "inference",
+    "agreement",
+    "dataset",
+    "fitted",
+    "levers",
+    "training",
+    "scaling",
+    "mtm",
+)
 _PART_RX = re.compile(r"<!-- part: (\w+) -->\n(.*?)<!-- end part -->\n?", re.S)
 
 
@@ -1236,7 +1362,9 @@ def main(argv=None) -> int:
         default="efficiency,inference,agreement,dataset,training,scaling,mtm",
         help="comma-separated: efficiency (each network's forward FLOP/s against the machine's peak), inference, agreement (switches on a demo-trained reduced network), dataset (the bundle's "
         "evaluator on a folder of 3 volumes), fitted (the demo's network "
-        "trained on the real CT sample, then the paths on it; trains, so not in the default), training, scaling, "
+        "trained on the real CT sample, then the paths on it; trains, so not in the default), levers (TTA, cleanup "
+        "and ensembles on demo and fitted weights: Dice, HD95, time; trains when weights are missing, not in the "
+        "default), training, scaling, "
         "mtm (MT-UNet's module stages)",
     )
     ap.add_argument("--out", default="bench")
