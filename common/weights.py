@@ -55,7 +55,7 @@ _MAX_LISTED = 40
 # network class name (anywhere in the MRO) -> module holding its CONVERTERS; imported only when needed
 # networks that are not written here (MONAI's) and the module holding their converters; a network written here
 # keeps its CONVERTERS in its own module
-_FOREIGN_CONVERTERS = {"SwinUNETR": ".networks.swinunetr"}
+_FOREIGN_CONVERTERS = {"SwinUNETR": ".networks.swinunetr", "MedNeXt": ".networks.mednext"}
 
 
 @dataclass
@@ -72,6 +72,8 @@ class Conversion:
             initialisation. With ``partial``, ``required`` lists our names that must receive a value.
         required: see ``partial``; ignored for full layouts, where every entry of the state dict is required.
         notes: extra facts for the report (e.g. how a position embedding was resized).
+        finetune_only: the tensors were made for initialising training (resampled kernels), not for predicting:
+            refused for inference.
     """
 
     layout: str
@@ -82,6 +84,7 @@ class Conversion:
     partial: bool = False
     required: Sequence[str] = ()
     notes: dict = field(default_factory=dict)
+    finetune_only: bool = False
 
 
 Converter = Callable[[Mapping[str, object], torch.nn.Module], "Conversion | None"]
@@ -238,9 +241,13 @@ def _own_layout(state: Mapping[str, object], network: torch.nn.Module) -> Conver
 
 
 def convert(state: Mapping[str, object], network: torch.nn.Module) -> Conversion:
-    """The file's content in our names: its own layout when the key sets are equal, else the first converter of
-    the network that recognises it, else our own layout (whose unknown and missing keys are then reported)."""
-    if set(state) == set(network.state_dict()):
+    """The file's content in our names: its own layout when the keys and shapes are ours, else the first converter
+    of the network that recognises it, else our own layout (whose unknown keys, missing keys and shapes are then
+    reported)."""
+    ours = network.state_dict()
+    if set(state) == set(ours) and all(
+        tuple(getattr(v, "shape", ())) == tuple(ours[k].shape) for k, v in state.items()
+    ):
         return _own_layout(state, network)
     for converter in converters_for(network):
         conversion = converter(state, network)
@@ -299,6 +306,11 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, purpose: str
     conv = convert(state, network)
     ours = network.state_dict()
     name = type(network).__name__
+    if conv.finetune_only and purpose == "inference":
+        raise InputError(
+            f"{path}: these weights ({conv.layout}) initialise training, they do not predict with this configuration",
+            hint="predict with the configuration they were trained with, or train from them with --pretrained_path",
+        )
     problems = list(conv.problems)
     problems += _grouped("key", "has no place in " + name, conv.unused)
     problems += _grouped("converted key", "has no place in " + name, [k for k in conv.tensors if k not in ours])

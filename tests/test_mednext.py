@@ -43,3 +43,68 @@ def test_deep_supervision_loss_weights_the_resolutions_one_half_quarter_normalis
     got = StackedDeepSupervisionLoss(inner)(tuple(outs), target)
     assert torch.allclose(got, by_hand)
     assert torch.allclose(StackedDeepSupervisionLoss(inner)(outs[0], target), inner(outs[0], target))
+
+
+TINY = dict(out_channels=3, init_filters=4, blocks_down=(1, 1, 1, 1), blocks_bottleneck=1, blocks_up=(1, 1, 1, 1))
+
+
+def _official_key(ours: str) -> str:
+    """The official MedNextV1 name of a MONAI MedNeXt key (MIC-DKFZ/MedNeXt, ``MedNextV1.py``): encoder stages
+    ``enc_block_i``, down blocks ``down_i``, the decoder counted down from the bottleneck (``up_3`` and
+    ``dec_block_3`` first), deep-supervision heads ``out_1`` (1/2 resolution) .. ``out_4`` (1/16)."""
+    import re
+
+    for rx, to in (
+        (r"^enc_stages\.(\d)\.", lambda m: f"enc_block_{m[1]}."),
+        (r"^down_blocks\.(\d)\.", lambda m: f"down_{m[1]}."),
+        (r"^up_blocks\.(\d)\.", lambda m: f"up_{3 - int(m[1])}."),
+        (r"^dec_stages\.(\d)\.", lambda m: f"dec_block_{3 - int(m[1])}."),
+        (r"^out_blocks\.(\d)\.", lambda m: f"out_{4 - int(m[1])}."),
+    ):
+        m = re.match(rx, ours)
+        if m:
+            return to(m) + ours[m.end() :]
+    return ours
+
+
+def test_a_checkpoint_of_the_official_code_loads_and_predicts_the_same(tmp_path):
+    """The official trainer saves ``{"state_dict": ...}`` with its own module names and a ``dummy_tensor``: it
+    loads into the bundle's network for inference and gives the outputs of the network it was taken from."""
+    from common.weights import load_weights
+
+    torch.manual_seed(0)
+    source = mednext(**TINY).eval()
+    official = {_official_key(k): v for k, v in source.state_dict().items()}
+    assert (
+        "up_3.conv1.weight" in official
+        and "dec_block_0.0.conv1.weight" in official
+        and "out_4.conv_out.weight" in official
+    )
+    official["dummy_tensor"] = torch.ones(1)
+    torch.save({"epoch": 3, "state_dict": official}, tmp_path / "model_final_checkpoint.pt")
+    target = mednext(**TINY).eval()
+    report = load_weights(target, tmp_path / "model_final_checkpoint.pt", purpose="inference")
+    assert report["layout"] == "official MedNeXt" and list(report["ignored"]) == ["dummy_tensor"]
+    x = torch.randn(1, 1, 32, 32, 32)
+    assert torch.equal(target(x), source(x))
+
+
+def test_upkern_initialises_kernel_5_from_kernel_3_for_training_only(tmp_path):
+    """UpKern: every kernel-3 depthwise kernel resized trilinearly to 5^3, the rest copied; for --pretrained_path
+    (training), while inference with those weights is refused with one message."""
+    from common.errors import InputError
+    from common.weights import load_weights, with_pretrained
+
+    torch.manual_seed(0)
+    k3 = mednext(**TINY, kernel_size=3)
+    torch.save(k3.state_dict(), tmp_path / "k3.pt")
+    k5 = with_pretrained(mednext(**TINY, kernel_size=5), tmp_path / "k3.pt")
+    w3, w5 = k3.state_dict(), k5.state_dict()
+    key = "enc_stages.1.0.conv1.weight"
+    assert w3[key].shape[2:] == (3, 3, 3) and w5[key].shape[2:] == (5, 5, 5)
+    assert torch.allclose(w5[key], torch.nn.functional.interpolate(w3[key], size=(5, 5, 5), mode="trilinear"))
+    assert torch.equal(w5["stem.weight"], w3["stem.weight"]) and torch.equal(
+        w5["out_0.conv_out.bias"], w3["out_0.conv_out.bias"]
+    )
+    with pytest.raises(InputError, match="initialise training, they do not predict"):
+        load_weights(mednext(**TINY, kernel_size=5), tmp_path / "k3.pt", purpose="inference")

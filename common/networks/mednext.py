@@ -6,17 +6,26 @@ stage, or the bottleneck after the last one) and global response normalisation, 
 For MedNeXt-L that is 4, 8, 8, 8 instead of 3, 4, 8, 8, i.e. 52,480 parameters more (61,781,194 for k3 with deep
 supervision, the official count without its 1-element dummy tensor). :func:`mednext` rebuilds those four blocks
 with MONAI's own ``MedNeXtDownBlock``; every other module is MONAI's, with MONAI's names.
+
+Weights (``CONVERTERS``, used by ``common.weights`` for ``--pretrained_path`` and the inference checkpoint): the
+official code's state dict loads as it is (its names mapped to MONAI's, its dummy tensor ignored), and, for
+training only, a kernel-3 network initialises a kernel-5 one by UpKern (the paper's initialisation: every
+depthwise kernel resized trilinearly from 3^3 to 5^3, everything else copied).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
+import torch
 from monai.networks.blocks.mednext_block import MedNeXtDownBlock
 from monai.networks.nets import MedNeXt
 from torch import nn
 
-__all__ = ["mednext"]
+from ..weights import Conversion, renamed
+
+__all__ = ["CONVERTERS", "mednext", "convert_official", "convert_upkern"]
 
 
 def mednext(
@@ -78,3 +87,69 @@ def mednext(
         for i in range(stages)
     )
     return net
+
+
+# official MedNextV1 module names -> MONAI's (the decoder counts up from the bottleneck in MONAI, down in the
+# official code; the deep-supervision heads likewise)
+_OFFICIAL = (
+    (re.compile(r"^enc_block_(\d)\."), lambda m: f"enc_stages.{m[1]}."),
+    (re.compile(r"^down_(\d)\."), lambda m: f"down_blocks.{m[1]}."),
+    (re.compile(r"^up_(\d)\."), lambda m: f"up_blocks.{3 - int(m[1])}."),
+    (re.compile(r"^dec_block_(\d)\."), lambda m: f"dec_stages.{3 - int(m[1])}."),
+    (re.compile(r"^out_([1-4])\."), lambda m: f"out_blocks.{4 - int(m[1])}."),
+)
+
+
+def _official_name(key: str) -> str | None:
+    key = key[len("module.") :] if key.startswith("module.") else key
+    if key == "dummy_tensor":
+        return None
+    for rx, to in _OFFICIAL:
+        m = rx.match(key)
+        if m:
+            return to(m) + key[m.end() :]
+    return key  # stem, bottleneck, out_0: the same names
+
+
+def convert_official(state: Mapping[str, object], network: torch.nn.Module) -> Conversion | None:
+    """A state dict of the official MedNeXt code (``enc_block_0.*``, ``down_0.*``, ``dec_block_3.*``, ...);
+    ``None`` for another layout."""
+    if not any(re.match(r"^(module\.)?(enc_block_|down_|dec_block_)\d\.", k) for k in state):
+        return None
+    conv = renamed(
+        {k: v for k, v in state.items() if not k.endswith("dummy_tensor")}, _official_name, "official MedNeXt"
+    )
+    conv.ignored = {
+        k: "the official code's placeholder for gradient checkpointing" for k in state if k.endswith("dummy_tensor")
+    }
+    return conv
+
+
+def convert_upkern(state: Mapping[str, object], network: torch.nn.Module) -> Conversion | None:
+    """UpKern (Roy et al., 2023): weights of this network with a smaller kernel (every key the same, only the
+    kernel sizes of the convolutions differ) resized trilinearly to this network's kernel; for initialising
+    training only (``Conversion.finetune_only``). ``None`` for anything else."""
+    ours = network.state_dict()
+    if set(state) != set(ours):
+        return None
+    tensors, resized = {}, []
+    for key, value in state.items():
+        t = torch.as_tensor(value)
+        want = tuple(ours[key].shape)
+        if tuple(t.shape) != want:
+            if t.ndim != 5 or t.shape[:2] != want[:2] or len(set(t.shape[2:])) != 1 or len(set(want[2:])) != 1:
+                return None  # not only a kernel size: another configuration
+            t = torch.nn.functional.interpolate(t.float(), size=want[2:], mode="trilinear").to(t.dtype)
+            resized.append(key)
+        tensors[key] = t
+    if not resized:
+        return None
+    return Conversion(
+        "MedNeXt of another kernel size, resized (UpKern)",
+        tensors,
+        finetune_only=True,
+        notes={"upkern_resized": len(resized)},
+    )
+
+
+CONVERTERS = (convert_official, convert_upkern)
