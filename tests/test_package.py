@@ -82,14 +82,15 @@ def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path,
     with zipfile.ZipFile(paths["zip"]) as z:
         assert f"{bundle}/configs/inference.json" in z.namelist()
         assert f"{bundle}/{pkg}/bundle.py" in z.namelist()
-    # only what the configs reach: no tool, no MONAI Label app, no other bundle's network (the SwinUNETR
+    # only what the configs reach: no tool, no MONAI Label app, no other bundle's network (the SwinUNETR and MedNeXt
     # checkpoint converters ride along with the weight loader)
     vendored = sorted(p.relative_to(folder / pkg).as_posix() for p in (folder / pkg).rglob("*.py"))
     assert vendored == sorted(paths["vendored"]), (vendored, paths["vendored"])
     assert not [v for v in vendored if v.startswith(("tools/", "monailabel_app/"))], vendored
     nets = {v.split("/")[1][:-3] for v in vendored if v.startswith("networks/") and v != "networks/__init__.py"}
     two_d = bundle in ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv")  # they share networks/slice_input.py
-    assert nets == {OWN_NETWORK.get(bundle), "swinunetr"} - {None} | ({"slice_input"} if two_d else set()), nets
+    riders = {"swinunetr", "mednext"}  # the MONAI networks' checkpoint converters, named by the weight loader
+    assert nets == ({OWN_NETWORK.get(bundle)} | riders) - {None} | ({"slice_input"} if two_d else set()), nets
 
     # a process where `import common` fails loudly, started in an unrelated directory
     decoy = tmp_path / "decoy"
