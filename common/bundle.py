@@ -197,6 +197,18 @@ class CheckpointSaver(_MonaiCheckpointSaver):
                 ckpt.save_handler = _AtomicDiskSaver(ckpt.save_handler.dirname, ckpt.save_handler.filename)
 
 
+def bundle_identity(root: str | os.PathLike) -> tuple[str, str]:
+    """``(name, version)`` from ``<root>/configs/metadata.json``: what a config may name itself by where
+    ``@_meta_`` is not loaded (MONAI Label parses the configs without the metadata)."""
+    import json
+
+    try:
+        meta = json.loads((Path(root) / "configs" / "metadata.json").read_text(encoding="utf-8"))
+        return str(meta.get("name", Path(root).name)), str(meta.get("version", "0"))
+    except (OSError, ValueError):
+        return Path(root).name, "0"
+
+
 def bundle_root() -> str:
     """The root folder of the bundle whose configs are being run.
 
