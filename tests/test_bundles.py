@@ -336,14 +336,20 @@ def test_model_zoo_layout_and_finished_docs(bundle):
         assert not re.search(rf"\b{token}\b", docs), f"{bundle}: docs still hold the placeholder {token}"
 
 
+DOCS_MAX_BYTES = 8000  # "a few KB": detail lives in the repository README and docs/benchmarks.md
+
+
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_docs_follow_the_model_zoo_outline_and_leave_timings_to_the_benchmark(bundle):
     """Overview, data, training, reproduce, inference, evaluation, deviations, references, in that order; speed
-    figures live in docs/benchmarks.md alone (no seconds, speed-ups or per-second rates in a bundle's docs)."""
+    figures live in docs/benchmarks.md alone (no seconds, speed-ups or per-second rates in a bundle's docs); the
+    docs stay at a few KB."""
     docs = (BUNDLES / bundle / "docs" / "README.md").read_text(encoding="utf-8")
     heads = re.findall(r"^## (\S+)", docs, re.M)
     assert heads == ["Data", "Training", "Reproduce", "Inference", "Evaluation", "Deviations", "References"], heads
     assert docs.startswith("# ") and "docs/benchmarks.md" in docs
+    size = len(docs.encode("utf-8"))
+    assert size <= DOCS_MAX_BYTES, f"{bundle}: docs/README.md is {size} bytes; a bundle's docs stay at a few KB"
     timings = re.findall(r"\b\d+(?:\.\d+)? ?(?:s|ms|min)\b|\d(?:\.\d+)?x faster|\bit/s\b|slices/s", docs)
     assert not timings, timings[:5]
 
