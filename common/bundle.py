@@ -114,6 +114,7 @@ RUNTIME_ARGS = {
     "slice_batch",
     "tta",
     "autocast",
+    "compile",
     "output",
     "resize",
     "channels_last",

@@ -26,6 +26,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         train_warmup=0,
         overrides=BUNDLE_TINY,
         smoke=True,
+        compile=False,  # compiling takes seconds per network and path: test_compile_paths_are_timed_with_their_warm_up
     )
     md = (tmp_path / "bench" / "suite_smoke.md").read_text(encoding="utf-8")
     doc = json.loads((tmp_path / "bench" / "suite_smoke.json").read_text(encoding="utf-8"))
@@ -45,11 +46,9 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
             r["share_of_peak"] == pytest.approx(r["gflops"] / res["peak"][r["precision"]]["peak_gflops"]) for r in eff
         )
         inf = [r for r in res["inference"] if r["bundle"] == b]
+        kind = "2d" if "slice_resize" in inf[1]["switches"] else "3d"
         assert [r["variant"] for r in inf] == [
-            v
-            for v, _ in variants(
-                "2d" if "slice_resize" in inf[1]["switches"] else "3d", __import__("torch").device("cpu")
-            )
+            v for v, sw in variants(kind, __import__("torch").device("cpu")) if not sw.get("compile")
         ]
         assert inf[0]["speedup_vs_baseline"] == 1.0 and inf[0]["agreement_vs_baseline"] == 1.0
         geometry = inf[0]["prediction_geometry"]  # how fragmented the baseline's labels are
@@ -166,3 +165,36 @@ def test_the_document_keeps_each_parts_latest_run(tmp_path):
     with pytest.raises(SystemExit):
         main(["--render", str(tmp_path / "s.json"), "--doc", str(tmp_path / "b.md")])
     assert not (tmp_path / "b.md").exists()
+
+
+@pytest.mark.parametrize("bundle", ["unet_btcv", "swin_unet_btcv"])
+def test_compile_paths_are_timed_with_their_warm_up(bundle, tmp_path):
+    """With compiling on, the efficiency part adds the reduced-precision forward through the bundles' ``compile``
+    switch (with its compile time, no operator profile) and the inference part the fastest path compiled; the
+    compile time is in the path's warm-up, reported beside its total."""
+    import torch
+
+    ckpt = random_checkpoint(bundle, tmp_path / "w.pt")
+    kind = "2d" if bundle == "swin_unet_btcv" else "3d"
+    paths = variants(kind, torch.device("cpu"))
+    res = suite(
+        [bundle],
+        str(tmp_path / "bench"),
+        {bundle: ckpt},
+        ("efficiency", "inference"),
+        overrides={bundle: BUNDLE_TINY[bundle]},
+        smoke=True,
+        volumes=("btcv",),
+        paths=(len(paths) - 1,),  # the baseline and the compiled path
+    )
+    eff = res["efficiency"]
+    assert [r["precision"] for r in eff] == ["fp32", "bf16", "bf16 + compile"]
+    assert eff[2]["compile_s"] > 0 and eff[2]["profile"] is None and eff[1]["profile"]
+    assert eff[2]["gflop"] == eff[1]["gflop"] and eff[2]["share_of_peak"] > 0
+    name, switches = paths[-1]
+    assert switches["compile"] is True
+    inf = res["inference"]
+    assert [r["variant"] for r in inf] == [paths[0][0], name]
+    assert all(r["warm_up_s"] > 0 for r in inf) and inf[1]["agreement_vs_baseline"] > 0.5
+    md = (tmp_path / "bench" / "suite_smoke.md").read_text(encoding="utf-8")
+    assert "bf16 + compile" in md and "warm-up s" in md and "compile s" in md

@@ -10,6 +10,7 @@ from bundle_cases import BUNDLE_TINY
 from conftest import BUNDLES
 from test_geometry import random_checkpoint
 
+from common.errors import InputError
 from common.inference import (
     SlidingWindowInferer,
     autocast_call,
@@ -255,3 +256,68 @@ def test_tta_through_the_3d_inferer_and_the_2d_network():
         assert torch.equal(plain(vol), mirrored(vol))
     with pytest.raises(ValueError, match="tta"):
         slicewise_network(_Pointwise, roi_size=(16, 16), dims=2, tta=8)
+
+
+class _Conv(torch.nn.Module):
+    """Two 3x3(x3) convolutions: a network whose output mixes neighbouring voxels, in 2D or 3D."""
+
+    def __init__(self, dims: int = 3):
+        super().__init__()
+        conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
+        self.net = torch.nn.Sequential(conv(1, 8, 3, padding=1), torch.nn.GELU(), conv(8, 5, 3, padding=1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_compile_switch_matches_eager_compiles_once_and_follows_new_weights():
+    """``compile=True`` through the 3D inferer (5 windows in batches of 2: the last one partial) and the 2D slice-wise
+    network (7 slices in batches of 3): the output equals the eager one to float rounding, and the padded last batch
+    needs no second graph. After the weights change in place (a checkpoint loaded after the first call) the output
+    follows the new weights, not the ones frozen into the first graph."""
+    from torch._dynamo.utils import counters
+
+    from common.slicewise import slicewise_network
+
+    torch.compiler.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    vol = torch.rand(1, 1, 20, 16, 7)
+    net = _Conv(3).eval()
+    eager = SlidingWindowInferer(roi_size=(8, 16, 8), sw_batch_size=2, overlap=0.0, out_channels=5)
+    fast = SlidingWindowInferer(roi_size=(8, 16, 8), sw_batch_size=2, overlap=0.0, out_channels=5, compile=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(vol, net), eager(vol, net), rtol=1e-4, atol=1e-5)
+        assert counters["stats"]["unique_graphs"] == 1
+        before = eager(vol, net)
+        net.load_state_dict({k: v * 0.5 for k, v in net.state_dict().items()})
+        after = fast(vol, net)
+        torch.testing.assert_close(after, eager(vol, net), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(after, before, atol=1e-3)
+
+        plain = slicewise_network(_Conv, roi_size=(16, 16), slice_batch=3, channels_last=False, dims=2).eval()
+        compiled = slicewise_network(
+            _Conv, roi_size=(16, 16), slice_batch=3, channels_last=False, dims=2, compile="true"
+        ).eval()
+        compiled.load_state_dict(plain.state_dict())
+        graphs = counters["stats"]["unique_graphs"]
+        torch.testing.assert_close(compiled(vol), plain(vol), rtol=1e-4, atol=1e-5)
+        assert counters["stats"]["unique_graphs"] == graphs + 1
+    with pytest.raises(InputError, match="yes/no"):
+        SlidingWindowInferer(roi_size=(8, 8, 8), compile="sometimes")
+
+
+@pytest.mark.parametrize(
+    "bundle", sorted(p.name for p in BUNDLES.iterdir() if (p / "configs/inference.json").is_file())
+)
+def test_every_bundle_has_the_compile_switch_off_by_default(bundle):
+    """``--compile true`` reaches the forwards of every bundle: the 3D inferer or the 2D slice-wise network."""
+    from common.bundle import bundle_parser
+
+    for value, expected in ((None, False), ("true", True)):
+        parser = bundle_parser(bundle, {**BUNDLE_TINY[bundle], **({} if value is None else {"compile": value})})
+        inferer = parser.get_parsed_content("inferer")
+        if isinstance(inferer, SlidingWindowInferer):
+            assert inferer.compile is expected
+        else:
+            assert parser.get_parsed_content("network_def").slice_compile is expected

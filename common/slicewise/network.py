@@ -8,7 +8,8 @@ import torch
 from monai.data import MetaTensor
 from monai.utils import ensure_tuple
 
-from ..inference import autocast_dtype, flip_tta
+from ..bundle import as_bool
+from ..inference import autocast_dtype, compiled_forward, flip_tta
 from .resize import bilinear_argmax, compact_argmax, resize_slices, zoom_axial_slices
 
 __all__ = ["SliceWiseMixin", "slicewise_class", "slicewise_network", "default_slice_batch"]
@@ -29,27 +30,30 @@ def _check_slicewise_options(autocast, output: str, resize: str = "logits") -> N
 class SliceWiseMixin:
     """Makes a 2D segmentation network a 3D-volume model (mixed in by :func:`slicewise_network`).
 
-        ``forward`` of a ``(B, C, H, W)`` input is the 2D network's own (training, export). A ``(B, C, X, Y, Z)``
-        volume is predicted slice by slice along the last (axial, after RAS orientation) axis and returned as
-        ``(B, classes, X, Y, Z)`` on the input's grid:
+    ``forward`` of a ``(B, C, H, W)`` input is the 2D network's own (training, export). A ``(B, C, X, Y, Z)`` volume
+    is predicted slice by slice along the last (axial, after RAS orientation) axis and returned as
+    ``(B, classes, X, Y, Z)`` on the input's grid:
 
-    ``slice_batch`` slices per forward, each batch resized in-plane to ``slice_roi`` (the papers' cubic zoom, as
-        matrix products) and the network's outputs brought back to the slice size as ``slice_resize`` says:
-        ``"logits"`` (default) bilinear interpolation of the logits before any argmax; ``"labels"`` the papers'
-        order, argmax at the network size then nearest-neighbour zoom of the labels, which gives exactly the labels of
-        the papers' one-slice-at-a-time ``test_single_volume`` (tested against that loop, kept as the benchmark's
-        baseline in ``common.tools.per_slice``).
+    - ``slice_batch`` slices per forward, each batch resized in-plane to ``slice_roi`` (the papers' cubic zoom, as
+      matrix products) and the network's outputs brought back to the slice size as ``slice_resize`` says:
+      ``"logits"`` (default) bilinear interpolation of the logits before any argmax; ``"labels"`` the papers'
+      order, argmax at the network size then nearest-neighbour zoom of the labels, which gives exactly the labels
+      of the papers' one-slice-at-a-time ``test_single_volume`` (tested against that loop, kept as the
+      benchmark's baseline in ``common.tools.per_slice``).
+    - ``slice_output``: ``"logits"`` returns ``(B, classes, X, Y, Z)`` scores; ``"labels"`` returns the argmax as
+      a ``(B, 1, X, Y, Z)`` float label map, computed batch by batch without resizing the logits where the result
+      is known (:func:`bilinear_argmax`), so the full-resolution logits are never held: the same labels as the
+      argmax of ``"logits"``, what the bundles' inference uses.
+    - ``slice_tta`` (1 = off, up to 4) averages the softmax over in-plane flips of every batch of slices at the
+      network size (``common.inference.flip_tta``), before the return to the slice size, so the label path is
+      unchanged.
+    - ``slice_autocast`` (``None``, ``"bf16"``, ``"fp16"``) runs the 2D forwards under ``torch.autocast`` on the
+      input's device: a documented speed/accuracy switch (on CUDA the evaluator's ``amp`` does the same).
+    - ``slice_compile`` runs the 2D forwards through ``torch.compile`` with frozen weights
+      (``common.inference.compiled_forward``; batches padded to ``slice_batch``).
 
-        ``slice_output``: ``"logits"`` returns ``(B, classes, X, Y, Z)`` scores;
-        ``"labels"`` returns the argmax as a ``(B, 1, X, Y, Z)`` float label map, computed batch by batch without
-        resizing the logits where the result is known (:func:`bilinear_argmax`), so the full-resolution logits are
-        never held: the same labels as the argmax of ``"logits"``, what the bundles' inference uses.
-        ``slice_tta`` (1 = off, up to 4) averages the softmax over in-plane flips of every batch of slices at the
-    network size (``common.inference.flip_tta``), before the return to the slice size, so the label path is
-    unchanged. ``slice_autocast`` (``None``, ``"bf16"``, ``"fp16"``) runs the 2D forwards under ``torch.autocast`` on the
-        input's device: a documented speed/accuracy switch (on CUDA the evaluator's ``amp`` does the same).
-        ``forward_seconds`` holds the time spent in the 2D forwards by the last volume call (benchmarks). These are
-        plain attributes, so the state dict is exactly the 2D network's: a model trained as 2D loads as is.
+    ``forward_seconds`` holds the time spent in the 2D forwards by the last volume call (benchmarks). These are
+    plain attributes, so the state dict is exactly the 2D network's: a model trained as 2D loads as is.
     """
 
     slice_roi: tuple[int, int] = (224, 224)
@@ -58,6 +62,7 @@ class SliceWiseMixin:
     slice_output: str = "logits"
     slice_resize: str = "logits"
     slice_tta: int = 1
+    slice_compile: bool = False
     forward_seconds: float = 0.0
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -76,7 +81,7 @@ class SliceWiseMixin:
 
         t0 = time.perf_counter()
         dtype = autocast_dtype(self.slice_autocast)
-        forward = super().forward
+        forward = compiled_forward(self, self.slice_batch) if self.slice_compile else super().forward
         if dtype is not None:
             with torch.autocast(device_type=x.device.type, dtype=dtype):
                 y = flip_tta(forward, x, self.slice_tta)
@@ -154,6 +159,7 @@ def slicewise_network(
     resize: str = "logits",
     channels_last: bool = True,
     tta: int = 1,
+    compile: bool | str = False,
     **network_kwargs,
 ) -> torch.nn.Module:
     """Build ``network(**network_kwargs)`` as a 3D-volume model (see :class:`SliceWiseMixin`).
@@ -174,4 +180,5 @@ def slicewise_network(
     if not 1 <= int(tta) <= 4:
         raise ValueError(f"tta must be 1 (off) to 4 (every in-plane flip), got {tta!r}")
     net.slice_output, net.slice_resize, net.slice_tta = output, resize, int(tta)
+    net.slice_compile = as_bool(compile)
     return net

@@ -201,8 +201,9 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
     ``scaled_dot_product_attention``), then label inversion alone, then label inversion with reduced precision.
     2D: the papers' per-slice path (attention written out too), then the batched slice-wise path, alone and with
     the papers' resizing order (argmax at the network size, nearest zoom of the labels), then both with reduced
-    precision. A switch a bundle's config does not have (``flash_attention`` outside the Swin bundles) is left out
-    by :meth:`_Bundle.applicable`.
+    precision; last, the fastest of them through ``torch.compile`` (its compile time is in the warm-up, not the
+    total). A switch a bundle's config does not have (``flash_attention`` outside the Swin bundles) is left out by
+    :meth:`_Bundle.applicable`.
     """
     fast = _fast_precision(dev)
     if kind == "3d":
@@ -213,6 +214,10 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
             ),
             ("invert labels", {"autocast": None, "invert": "labels", "stitch": "auto"}),
             (f"invert labels + {fast}", {"autocast": fast, "invert": "labels", "stitch": "auto"}),
+            (
+                f"invert labels + {fast} + compile",
+                {"autocast": fast, "invert": "labels", "stitch": "auto", "compile": True},
+            ),
         ]
     return [
         (
@@ -223,6 +228,7 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
         ("batched + label resize", {"autocast": None, "slice_resize": "labels"}),
         (f"batched + {fast}", {"autocast": fast, "slice_resize": "logits"}),
         (f"batched + {fast} + label resize", {"autocast": fast, "slice_resize": "labels"}),
+        (f"batched + {fast} + label resize + compile", {"autocast": fast, "slice_resize": "labels", "compile": True}),
     ]
 
 
@@ -306,7 +312,9 @@ class _Bundle:
         load, rest = Compose(ts[:n_load]), Compose(ts[n_load:])
         write = [t for t in post if isinstance(t, SaveImaged)]
         post = [t for t in post if not isinstance(t, SaveImaged)]
-        self.warm_up(parser, net, inferer)
+        t = time.perf_counter()
+        self.warm_up(parser, net, inferer)  # compiles, on the + compile paths
+        warm_up = time.perf_counter() - t
         times = {}
         with PeakMemory(self.dev) as mem:
             t = time.perf_counter()
@@ -344,6 +352,7 @@ class _Bundle:
             "shape": [int(s) for s in d["image"].shape[1:]],
             "stages_s": times,
             "seconds": sum(times.values()),
+            "warm_up_s": warm_up,
             "peak_rss_mb": mem.peak_rss_mb,
             "peak_cuda_mb": mem.peak_cuda_mb,
             "stitching": getattr(inferer, "last_stitch_device", None),
@@ -367,12 +376,14 @@ def _agreement(a: str, b: str) -> float:
     return float((x == y).mean())
 
 
-def _inference_part(b: _Bundle, volumes: list[str], work: Path, only: tuple[int, ...] | None = None) -> list[dict]:
+def _inference_part(
+    b: _Bundle, volumes: list[str], work: Path, only: tuple[int, ...] | None = None, compile: bool = True
+) -> list[dict]:
     rows = []
     for v, volume in enumerate(volumes):
         mine = []
         for i, (name, switches) in enumerate(variants(b.kind, b.dev)):
-            if only is not None and i != 0 and i not in only:
+            if (only is not None and i != 0 and i not in only) or (switches.get("compile") and not compile):
                 continue
             switches = b.applicable(switches)
             r = b.infer(volume, switches, work / b.name / f"volume{v}_variant{i}")
@@ -389,7 +400,7 @@ def _inference_part(b: _Bundle, volumes: list[str], work: Path, only: tuple[int,
     return rows
 
 
-def _dataset_part(b: _Bundle, files: list[str], work: Path) -> list[dict]:
+def _dataset_part(b: _Bundle, files: list[str], work: Path, compile: bool = True) -> list[dict]:
     """The bundle's own inference (``evaluator.run()``: its DataLoader with worker processes, which load and
     preprocess the next volumes while the network runs) on a folder of ``files``, for its default path and
     with reduced precision: seconds per volume and the share of the wall time outside the forward passes."""
@@ -401,7 +412,7 @@ def _dataset_part(b: _Bundle, files: list[str], work: Path) -> list[dict]:
             link.symlink_to(Path(f).resolve())
     rows = []
     for i, (name, switches) in enumerate(variants(b.kind, b.dev)):
-        if i == 0 or switches.get("slice_resize") == "labels":
+        if i == 0 or switches.get("slice_resize") == "labels" or (switches.get("compile") and not compile):
             continue  # the bundle's resizing order, in full and in reduced precision
         out_dir = work / b.name / f"dataset_out{i}"
         parser = b.parser({**b.applicable(switches), "dataset_dir": str(folder), "load_pretrain": False}, str(out_dir))
@@ -471,7 +482,14 @@ def _label_geometry(label_file: str, num_classes: int) -> dict:
 
 
 def _fitted_part(
-    name: str, overrides: dict, dev: torch.device, case: dict, out: Path, work: Path, epochs: int = FIT_EPOCHS
+    name: str,
+    overrides: dict,
+    dev: torch.device,
+    case: dict,
+    out: Path,
+    work: Path,
+    epochs: int = FIT_EPOCHS,
+    compile: bool = True,
 ) -> list[dict]:
     """Train the demo's network on one labelled CT (``case``: image and label paths) through the bundle's
     train.json + demo.json (+ ``overrides``), then every inference path on that CT with the fitted weights.
@@ -483,7 +501,7 @@ def _fitted_part(
         return []
     ckpt, train_s = fit_demo_network(name, overrides, case, out, epochs)
     b = _Bundle(name, str(ckpt), dev, overrides, configs=[demo_cfg])
-    rows = _inference_part(b, [str(image)], work / "fitted")
+    rows = _inference_part(b, [str(image)], work / "fitted", compile=compile)
     dice, per_class = _dice_vs_labels(rows[0]["label_file"], str(label), b.num_classes)
     labels_geometry = _label_geometry(str(label), b.num_classes)
     for r in rows:
@@ -742,11 +760,14 @@ def _peak_part(dev: torch.device, smoke: bool = False, repeats: int = 3) -> dict
     return peak
 
 
-def _efficiency_part(b: "_Bundle", peak: dict, repeats: int = 3) -> list[dict]:
+def _efficiency_part(b: "_Bundle", peak: dict, repeats: int = 3, compile: bool = True) -> list[dict]:
     """The bundle network's forward on one inference batch (3D: ``sw_batch_size`` windows of ``roi_size``; 2D:
     ``slice_batch`` slices of ``img_size``): its FLOPs (torch's counter), achieved GFLOP/s per precision and the
-    share of the machine's peak in that precision."""
+    share of the machine's peak in that precision; with ``compile``, also the reduced-precision forward through
+    the bundles' ``compile`` switch (:func:`common.inference.compiled_forward`), with its compile time."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from common.inference import compiled_forward
 
     parser = b.parser()
     net = b.network(parser)
@@ -760,29 +781,43 @@ def _efficiency_part(b: "_Bundle", peak: dict, repeats: int = 3) -> list[dict]:
     flops = counter.get_total_flops()
     op_flops = {str(op).split(".")[1]: int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     rows = []
-    for name, dtype in _precisions(b.dev):
+    paths = [(name, dtype, False) for name, dtype in _precisions(b.dev)]
+    if compile:
+        paths.append((paths[-1][0], paths[-1][1], True))
+    for name, dtype, compiled in paths:
+        fn = compiled_forward(net, x.shape[0]) if compiled else net
 
         def forward():
             with torch.no_grad(), torch.autocast(b.dev.type, dtype=dtype, enabled=dtype is not None):
-                net(x)
+                fn(x)
             _sync(b.dev)
 
+        compile_s = None
+        if compiled:
+            t = time.perf_counter()
+            forward()  # compiles
+            compile_s = time.perf_counter() - t
         seconds = _best_seconds(forward, repeats)
         achieved = flops / seconds / 1e9
         rows.append(
             {
                 "bundle": b.name,
-                "precision": name,
+                "precision": name + (" + compile" if compiled else ""),
                 "input_shape": list(x.shape),
                 "gflop": flops / 1e9,
                 "seconds": seconds,
                 "gflops": achieved,
                 "share_of_peak": achieved / peak[name]["peak_gflops"],
-                "profile": _operator_profile(forward, op_flops, seconds, peak[name]["peak_gflops"], b.dev),
+                "compile_s": compile_s,
+                # the compiled graph's kernels are not the eager operators the FLOPs are counted on
+                "profile": None
+                if compiled
+                else _operator_profile(forward, op_flops, seconds, peak[name]["peak_gflops"], b.dev),
             }
         )
         print(
-            f"  {b.name} | forward {name}: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s, {achieved:.0f} GFLOP/s",
+            f"  {b.name} | forward {rows[-1]['precision']}: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s, "
+            f"{achieved:.0f} GFLOP/s" + (f" (compiled in {compile_s:.0f} s)" if compiled else ""),
             flush=True,
         )
     return rows
@@ -891,7 +926,7 @@ def _targets_table(res: dict) -> list[str]:
 def _efficiency_tables(res: dict) -> list[str]:
     out = _table(
         "Forward efficiency against the machine's own peak",
-        ["bundle", "precision", "input", ">GFLOP", ">s", ">GFLOP/s", ">share of peak"],
+        ["bundle", "precision", "input", ">GFLOP", ">s", ">GFLOP/s", ">share of peak", ">compile s"],
         [
             [
                 r["bundle"],
@@ -901,6 +936,7 @@ def _efficiency_tables(res: dict) -> list[str]:
                 _fmt(r["seconds"], 3),
                 _fmt(r["gflops"], 0),
                 _share(r["share_of_peak"]),
+                _fmt(r.get("compile_s"), 0),
             ]
             for r in res.get("efficiency", [])
         ],
@@ -910,7 +946,7 @@ def _efficiency_tables(res: dict) -> list[str]:
         for p, v in res["peak"].items()
     )
     out += ["", f"Peak of this machine in the same run ({peak}); the share is against the larger of the two."]
-    fast = [r for r in res.get("efficiency", []) if r["precision"] != "fp32" and r.get("profile")]
+    fast = [r for r in res.get("efficiency", []) if r["precision"] != "fp32" and r.get("profile")]  # eager
     if fast:
         out += _table(
             f"Where the {fast[0]['precision']} forward's time goes (torch profiler, one forward)",
@@ -953,6 +989,7 @@ def suite(
     fit_epochs: int = FIT_EPOCHS,
     doc: str | os.PathLike | None = None,
     command: str = "",
+    compile: bool = True,
 ) -> dict:
     """Run the benchmark suite (see the module docstring) and write ``<out_dir>/suite.md`` and ``suite.json``;
     with ``doc``, the report also becomes that document (``docs/benchmarks.md``, the collection's speed tables)."""
@@ -1002,7 +1039,7 @@ def suite(
             elif "agreement" in parts and demo_cfg.is_file():
                 # the demo trained a reduced network: switches' agreement measured on it, in its configuration
                 trained = _Bundle(name, str(demo), dev, b.overrides, configs=[demo_cfg])
-                for r in _inference_part(trained, volumes, work / "agreement"):
+                for r in _inference_part(trained, volumes, work / "agreement", compile=compile):
                     r["configuration"] = (
                         f"{demo_cfg.relative_to(REPO)} (the demo's reduced network), weights {demo.relative_to(REPO)}"
                     )
@@ -1013,18 +1050,19 @@ def suite(
         if "efficiency" in parts:
             if "peak" not in result:
                 result["peak"] = _peak_part(dev, smoke)
-            result["efficiency"] += _efficiency_part(b, result["peak"])
+            result["efficiency"] += _efficiency_part(b, result["peak"], compile=compile)
         if "inference" in parts:
-            result["inference"] += _inference_part(b, volumes, work, paths)
+            result["inference"] += _inference_part(b, volumes, work, paths, compile)
         if "dataset" in parts:
-            result["dataset"] += _dataset_part(b, [btcv] + [it["image"] for it in train_items], work)
+            result["dataset"] += _dataset_part(b, [btcv] + [it["image"] for it in train_items], work, compile)
         if "fitted" in parts and (smoke or use_sample):
             case = (
                 train_items[0]
                 if smoke
                 else {"image": DEFAULT_SAMPLE, "label": DEFAULT_SAMPLE.with_name("label.nii.gz")}
             )
-            result["fitted"] += _fitted_part(name, b.overrides, dev, case, out, work, 1 if smoke else fit_epochs)
+            epochs = 1 if smoke else fit_epochs
+            result["fitted"] += _fitted_part(name, b.overrides, dev, case, out, work, epochs, compile)
         if "levers" in parts:
             sample = None if smoke or not DEFAULT_SAMPLE.is_file() else DEFAULT_SAMPLE
             result["levers"] += levers_part(b, dev, out, work, data, sample, smoke, fit_epochs)
@@ -1032,7 +1070,7 @@ def suite(
         if "training" in parts:
             result["training"] += _training_part(b, train_items, work, train_iters, train_warmup)
         if "scaling" in parts:
-            fast_name, fast = variants(b.kind, dev)[-1]
+            fast_name, fast = [v for v in variants(b.kind, dev) if not v[1].get("compile")][-1]
             for size_name, shape in sizes.items():
                 vol = _phantom_file(data, shape, seed=2024, spacing=spacing)["image"]
                 r = b.infer(vol, fast, work / name / f"scaling_{size_name}")
@@ -1087,6 +1125,7 @@ def suite_markdown(res: dict) -> str:
                 ">postprocess s",
                 ">write s",
                 ">total s",
+                ">warm-up s",
                 ">speed-up",
                 ">outside forward",
                 ">of which machinery",
@@ -1101,6 +1140,7 @@ def suite_markdown(res: dict) -> str:
                     r["variant"],
                     *(_fmt(r["stages_s"][k]) for k in STAGES),
                     _fmt(r["seconds"]),
+                    _fmt(r.get("warm_up_s")),
                     f"{_fmt(r['speedup_vs_baseline'])}x",
                     _share(r.get("outside_forward_share")),
                     _share(r.get("machinery_share")),
@@ -1114,13 +1154,23 @@ def suite_markdown(res: dict) -> str:
     if res.get("agreement"):
         sections["agreement"] = _table(
             "Agreement of the switches on a trained model (the demo's reduced network and configuration)",
-            ["bundle", "volume", "path", ">total s", ">speed-up", ">agreement with baseline", "configuration"],
+            [
+                "bundle",
+                "volume",
+                "path",
+                ">total s",
+                ">warm-up s",
+                ">speed-up",
+                ">agreement with baseline",
+                "configuration",
+            ],
             [
                 [
                     r["bundle"],
                     r["volume"],
                     r["variant"],
                     _fmt(r["seconds"]),
+                    _fmt(r.get("warm_up_s")),
                     f"{_fmt(r['speedup_vs_baseline'])}x",
                     f"{_fmt(100 * r['agreement_vs_baseline'], 2)}%",
                     r["configuration"],
@@ -1269,7 +1319,7 @@ def suite_markdown(res: dict) -> str:
             lines += ["", f"<!-- part: {part} -->", *sections[part], "<!-- end part -->"]
     lines += [
         "",
-        "Inference: one run per path after a warm-up forward; stages are the bundle's own transforms split at the "
+        "Inference: one run per path after a warm-up forward (where the + compile paths compile: 'warm-up s'); stages are the bundle's own transforms split at the "
         "loader (load), the rest of `preprocessing` (preprocess), the inferer (network), `postprocessing` without "
         "the writer (postprocess) and `SaveImaged` (write). Agreement: share of voxels whose label equals the "
         "baseline's. Peak RAM / GPU: the process's largest resident size / CUDA allocation during the path. "
@@ -1387,6 +1437,12 @@ def main(argv=None) -> int:
         "targets (3D 2x the model-zoo recipe, 2D 5x the per-slice loop, training 2x the plain pipeline)",
     )
     ap.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="leave out the torch.compile paths and forwards (their compiling takes minutes; the GPU check leaves "
+        "them out)",
+    )
+    ap.add_argument(
         "--volumes",
         default="sample,btcv",
         help="inference volumes: sample (the real CT of ../shared, when present), btcv (the BTCV-size phantom)",
@@ -1424,7 +1480,7 @@ def main(argv=None) -> int:
         print(f"written: {args.doc}")
         return 0
     if args.gpu_check:
-        args.parts, args.volumes = ",".join(GPU_CHECK_PARTS), "btcv"
+        args.parts, args.volumes, args.no_compile = ",".join(GPU_CHECK_PARTS), "btcv", True
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -1453,6 +1509,7 @@ def main(argv=None) -> int:
         args.fit_epochs,
         args.doc,
         "python -m common.tools.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+        compile=not args.no_compile,
     )
     return 0
 
