@@ -98,7 +98,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
 
 def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr("common.tools.benchmark.suite", lambda *a: seen.update(args=a) or {})
+    monkeypatch.setattr("common.tools.benchmark.suite", lambda *a, **k: seen.update(args=a, kwargs=k) or {})
     assert (
         main(
             [
@@ -120,10 +120,13 @@ def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
     bundles, out, ckpts, parts, _, _, _, _, overrides, smoke, volumes, paths, fit_epochs, doc, command = seen["args"]
     assert volumes == ("sample", "btcv") and paths is None and fit_epochs == FIT_EPOCHS and doc is None
     assert command.startswith("python -m common.tools.benchmark --bundle unetr_btcv --parts inference")
-    assert bundles == ["unetr_btcv"] and parts == ("inference",) and smoke
+    assert bundles == ["unetr_btcv"] and parts == ("inference",) and smoke and seen["kwargs"]["compile"] is True
     assert overrides == {"unetr_btcv": {"roi_size": [32, 32, 16]}} and ckpts == {"unetr_btcv": "/x.pt"}
     assert main(["--gpu-check", "--out", str(tmp_path)]) == 0  # the GPU check's preset
     assert seen["args"][3] == ("efficiency", "inference", "training") and seen["args"][10] == ("btcv",)
+    assert seen["kwargs"]["compile"] is False  # compiling every bundle would not fit the GPU check's minutes
+    assert main(["--parts", "efficiency", "--no-compile", "--out", str(tmp_path)]) == 0
+    assert seen["kwargs"]["compile"] is False
     assert main(["--parts", "fitted", "--fit-epochs", "80", "--out", str(tmp_path)]) == 0
     assert seen["args"][12] == 80
     assert main(["--parts", "inference", "--doc", str(tmp_path / "b.md"), "--out", str(tmp_path)]) == 0
