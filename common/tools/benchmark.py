@@ -43,9 +43,9 @@ In one run on one machine, for each bundle:
 
 Weights: ``--ckpt bundle=path``, else the bundle's demo checkpoint (``bundles/<b>/demo/models/model.pt``) when
 it fits the bundle's network, else random (timings do not depend on weights; agreement figures do, and say
-which were used). Where the demo trained a reduced network (every ``demo.json`` but Swin-Unet's), the
-``agreement`` part times the paths on that network in the demo's configuration, on the same volumes, to give
-each switch's agreement on trained weights.
+which were used). The ``agreement`` part times the paths on the demo's trained network, on the same volumes, to
+give each switch's agreement on trained weights: in the demo's configuration where the demo trained a reduced
+network (every ``demo.json`` but Swin-Unet's), else in the bundle's own.
 Results: ``<out>/suite.md`` and ``<out>/suite.json`` with the machine, thread count, library versions, date and
 command; ``--doc docs/benchmarks.md`` also makes the report the collection's speed document (the bundle docs link
 to it and hold no timings of their own).
@@ -1034,15 +1034,17 @@ def suite(
         demo_cfg = REPO / "bundles" / name / "configs" / "demo.json"
         b = _Bundle(name, None, dev, (overrides or {}).get(name, {}))
         if ckpt is None and not smoke and demo.is_file():
+            trained, configuration = None, None
             if _fits(b, str(demo)):
-                ckpt = str(demo)
-            elif "agreement" in parts and demo_cfg.is_file():
+                ckpt = str(demo)  # the demo trained the bundle's own network
+                trained, configuration = _Bundle(name, ckpt, dev, b.overrides), "the bundle's network"
+            elif demo_cfg.is_file():
                 # the demo trained a reduced network: switches' agreement measured on it, in its configuration
                 trained = _Bundle(name, str(demo), dev, b.overrides, configs=[demo_cfg])
+                configuration = f"{demo_cfg.relative_to(REPO)} (the demo's reduced network)"
+            if "agreement" in parts and trained is not None:
                 for r in _inference_part(trained, volumes, work / "agreement", compile=compile):
-                    r["configuration"] = (
-                        f"{demo_cfg.relative_to(REPO)} (the demo's reduced network), weights {demo.relative_to(REPO)}"
-                    )
+                    r["configuration"] = f"{configuration}, weights {demo.relative_to(REPO)}"
                     result["agreement"].append(r)
         b.ckpt = ckpt
         result["weights"][name] = ckpt or "random initialisation (timings do not depend on the weights; agreement does)"
@@ -1153,7 +1155,7 @@ def suite_markdown(res: dict) -> str:
         )
     if res.get("agreement"):
         sections["agreement"] = _table(
-            "Agreement of the switches on a trained model (the demo's reduced network and configuration)",
+            "Agreement of the switches on a trained model (the demo's network, in the configuration named)",
             [
                 "bundle",
                 "volume",
