@@ -170,7 +170,7 @@ def test_the_document_keeps_each_parts_latest_run(tmp_path):
     assert not (tmp_path / "b.md").exists()
 
 
-@pytest.mark.parametrize("bundle", ["unet_btcv", "swin_unet_btcv"])
+@pytest.mark.parametrize("bundle", ["swin_unet_btcv"])  # a 3D compiled path: tests/test_inference.py
 def test_compile_paths_are_timed_with_their_warm_up(bundle, tmp_path):
     """With compiling on, the efficiency part adds the reduced-precision forward through the bundles' ``compile``
     switch (with its compile time, no operator profile) and the inference part the fastest path compiled; the
