@@ -23,7 +23,8 @@ switch on a trained model.
   it gives them back exactly.
 - ``compile``: ``false`` (default) or ``true``: the forwards run through ``torch.compile`` (inductor) with the
   weights frozen into the compiled graph (:func:`compiled_forward`). The first forward of a process compiles
-  (about a minute on a CPU); every batch is padded to the configured batch size, so nothing compiles again.
+  (seconds to minutes on a CPU, by network: ``docs/benchmarks.md``); every batch is padded to the configured
+  batch size, so nothing compiles again.
   Outputs equal the eager ones to float rounding; labels can change where two classes tie.
 """
 
