@@ -48,7 +48,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         inf = [r for r in res["inference"] if r["bundle"] == b]
         kind = "2d" if "slice_resize" in inf[1]["switches"] else "3d"
         assert [r["variant"] for r in inf] == [
-            v for v, sw in variants(kind, __import__("torch").device("cpu")) if not sw.get("compile")
+            v for v, _ in variants(kind, __import__("torch").device("cpu"), compile=False)
         ]
         assert inf[0]["speedup_vs_baseline"] == 1.0 and inf[0]["agreement_vs_baseline"] == 1.0
         geometry = inf[0]["prediction_geometry"]  # how fragmented the baseline's labels are

@@ -193,7 +193,7 @@ def _fast_precision(dev: torch.device) -> str:
     return "bf16" if dev.type == "cpu" else "fp16"
 
 
-def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
+def variants(kind: str, dev: torch.device, compile: bool = True) -> list[tuple[str, dict]]:
     """The inference paths timed for a bundle: the baseline first, then the switches (config overrides).
 
     3D: the model-zoo recipe (fp32, softmax probabilities inverted with bilinear interpolation before the argmax,
@@ -201,13 +201,13 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
     ``scaled_dot_product_attention``), then label inversion alone, then label inversion with reduced precision.
     2D: the papers' per-slice path (attention written out too), then the batched slice-wise path, alone and with
     the papers' resizing order (argmax at the network size, nearest zoom of the labels), then both with reduced
-    precision; last, the fastest of them through ``torch.compile`` (its compile time is in the warm-up, not the
-    total). A switch a bundle's config does not have (``flash_attention`` outside the Swin bundles) is left out by
+    precision; last (unless ``compile`` is false), the fastest of them through ``torch.compile`` (its compile time
+    is in the warm-up, not the total). A switch a bundle's config does not have (``flash_attention`` outside the Swin bundles) is left out by
     :meth:`_Bundle.applicable`.
     """
     fast = _fast_precision(dev)
     if kind == "3d":
-        return [
+        paths = [
             (
                 "baseline: model zoo",
                 {"autocast": None, "invert": "probabilities", "stitch": "device", "flash_attention": False},
@@ -219,17 +219,22 @@ def variants(kind: str, dev: torch.device) -> list[tuple[str, dict]]:
                 {"autocast": fast, "invert": "labels", "stitch": "auto", "compile": True},
             ),
         ]
-    return [
-        (
-            "baseline: per-slice",
-            {"per_slice": True, "autocast": None, "slice_resize": "logits", "flash_attention": False},
-        ),
-        ("batched", {"autocast": None, "slice_resize": "logits"}),
-        ("batched + label resize", {"autocast": None, "slice_resize": "labels"}),
-        (f"batched + {fast}", {"autocast": fast, "slice_resize": "logits"}),
-        (f"batched + {fast} + label resize", {"autocast": fast, "slice_resize": "labels"}),
-        (f"batched + {fast} + label resize + compile", {"autocast": fast, "slice_resize": "labels", "compile": True}),
-    ]
+    else:
+        paths = [
+            (
+                "baseline: per-slice",
+                {"per_slice": True, "autocast": None, "slice_resize": "logits", "flash_attention": False},
+            ),
+            ("batched", {"autocast": None, "slice_resize": "logits"}),
+            ("batched + label resize", {"autocast": None, "slice_resize": "labels"}),
+            (f"batched + {fast}", {"autocast": fast, "slice_resize": "logits"}),
+            (f"batched + {fast} + label resize", {"autocast": fast, "slice_resize": "labels"}),
+            (
+                f"batched + {fast} + label resize + compile",
+                {"autocast": fast, "slice_resize": "labels", "compile": True},
+            ),
+        ]
+    return [p for p in paths if compile or not p[1].get("compile")]
 
 
 def _bundle_kind(config: dict) -> str:
@@ -382,8 +387,8 @@ def _inference_part(
     rows = []
     for v, volume in enumerate(volumes):
         mine = []
-        for i, (name, switches) in enumerate(variants(b.kind, b.dev)):
-            if (only is not None and i != 0 and i not in only) or (switches.get("compile") and not compile):
+        for i, (name, switches) in enumerate(variants(b.kind, b.dev, compile)):
+            if only is not None and i != 0 and i not in only:
                 continue
             switches = b.applicable(switches)
             r = b.infer(volume, switches, work / b.name / f"volume{v}_variant{i}")
@@ -411,8 +416,8 @@ def _dataset_part(b: _Bundle, files: list[str], work: Path, compile: bool = True
         if not link.exists():
             link.symlink_to(Path(f).resolve())
     rows = []
-    for i, (name, switches) in enumerate(variants(b.kind, b.dev)):
-        if i == 0 or switches.get("slice_resize") == "labels" or (switches.get("compile") and not compile):
+    for i, (name, switches) in enumerate(variants(b.kind, b.dev, compile)):
+        if i == 0 or switches.get("slice_resize") == "labels":
             continue  # the bundle's resizing order, in full and in reduced precision
         out_dir = work / b.name / f"dataset_out{i}"
         parser = b.parser({**b.applicable(switches), "dataset_dir": str(folder), "load_pretrain": False}, str(out_dir))
@@ -1072,7 +1077,7 @@ def suite(
         if "training" in parts:
             result["training"] += _training_part(b, train_items, work, train_iters, train_warmup)
         if "scaling" in parts:
-            fast_name, fast = [v for v in variants(b.kind, dev) if not v[1].get("compile")][-1]
+            fast_name, fast = variants(b.kind, dev, compile=False)[-1]
             for size_name, shape in sizes.items():
                 vol = _phantom_file(data, shape, seed=2024, spacing=spacing)["image"]
                 r = b.infer(vol, fast, work / name / f"scaling_{size_name}")
@@ -1321,8 +1326,8 @@ def suite_markdown(res: dict) -> str:
             lines += ["", f"<!-- part: {part} -->", *sections[part], "<!-- end part -->"]
     lines += [
         "",
-        "Inference: one run per path after a warm-up forward (where the + compile paths compile: 'warm-up s'); stages are the bundle's own transforms split at the "
-        "loader (load), the rest of `preprocessing` (preprocess), the inferer (network), `postprocessing` without "
+        "Inference: one run per path after a warm-up forward (where the + compile paths compile: 'warm-up s'); "
+        "stages are the bundle's own transforms split at the loader (load), the rest of `preprocessing` (preprocess), the inferer (network), `postprocessing` without "
         "the writer (postprocess) and `SaveImaged` (write). Agreement: share of voxels whose label equals the "
         "baseline's. Peak RAM / GPU: the process's largest resident size / CUDA allocation during the path. "
         "Outside forward (2D): share of the total not spent in the network's forward passes (loading and "
