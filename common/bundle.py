@@ -30,6 +30,9 @@ __all__ = [
     "require_checkpoint",
     "as_bool",
     "default_device",
+    "as_device",
+    "use_device",
+    "set_determinism",
     "default_workers",
     "bundle_configs",
     "bundle_parser",
@@ -286,6 +289,43 @@ def default_device() -> torch.device:
     """The CUDA device of this process (``LOCAL_RANK`` under torchrun, else the first) if there is one, else the
     CPU."""
     return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+
+
+def as_device(device: str | int | torch.device | None) -> torch.device:
+    """``torch.device(device)``, with a bare index (``0``, what ``--device 0`` gives) a CUDA device whether or not this
+    machine has one (torch maps it to the current accelerator and fails without one), and ``None`` the CPU."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, int) and not isinstance(device, bool):
+        return torch.device("cuda", device)
+    return torch.device(device)
+
+
+def use_device(device: str | int | torch.device) -> torch.device:
+    """Make ``device`` this process's current CUDA device (``torch.cuda.set_device``); any other device is left as it
+    is. Every config's ``initialize`` calls it with ``@device``: what allocates on "the current device" rather than a
+    given one (a TensorRT engine, cuDNN and NCCL handles, ``torch.cuda.mem_get_info()``) then works on the configured
+    GPU (``--device cuda:1``, a cohort process on ``cuda:LOCAL_RANK``), not on ``cuda:0``. Returns the device."""
+    dev = as_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def set_determinism(seed: int | None = 0, deterministic: bool | str = True) -> bool:
+    """MONAI's ``set_determinism(seed)`` (Python, NumPy and torch seeded; cuDNN limited to deterministic algorithms,
+    its autotuning off), then, unless ``deterministic``, cuDNN's autotuning back on: it times the convolution
+    algorithms for each input shape once and keeps the fastest, which makes a run faster but not repeatable bit for
+    bit. Inference calls it with ``deterministic=False`` (it has nothing random, and its windows and slice batches
+    have one shape); training keeps ``--deterministic true`` by default, so a rerun on the same machine gives the
+    same model. Returns True (for a config's expression list)."""
+    from monai.utils import set_determinism as _monai_set_determinism
+
+    _monai_set_determinism(seed=seed)
+    if not as_bool(deterministic):
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+    return True
 
 
 def default_workers(most: int = 4) -> int:

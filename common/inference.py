@@ -7,13 +7,19 @@ switch on a trained model.
 
 - ``autocast``: ``None`` (default), ``"bf16"`` or ``"fp16"``: the network runs under ``torch.autocast`` on the
   input's device (the CPU included, where MONAI's evaluator ``amp`` flag cannot help: it is CUDA-only);
-  every window's output is cast back to float32 before stitching, so only the network is reduced.
-- ``stitch``: ``"auto"`` (default) stitches on the GPU when the output buffers fit in a fraction of the free
-  GPU memory, else on the CPU with buffered writes (MONAI's ``buffer_steps``); ``"device"`` always on the
-  input's device; ``"cpu"`` always on the CPU. Same numbers either way; only memory and time change.
+  every window's output is cast back to float32 before stitching, so only the network is reduced. On a CPU
+  without instructions for that precision (oneDNN's own check: bf16 needs AVX-512 or AMX, fp16 AVX-512-FP16 or
+  AMX-FP16; an AVX2-only CPU runs bf16 about 5x slower than fp32) the switch warns once and runs fp32
+  (:func:`effective_autocast`): it is a speed switch, and there it would only cost time.
+- ``stitch``: ``"auto"`` (default) stitches on the GPU when the output buffers and the postprocessing that then
+  runs there (the inversion to the input's grid, :func:`stitching_need`) fit in half of the GPU memory free to
+  this process (:func:`cuda_free_bytes`: PyTorch's cached memory counts as free), else on the CPU with buffered
+  writes (MONAI's ``buffer_steps``); ``"device"`` always on the input's device; ``"cpu"`` always on the CPU.
+  Same numbers either way; only memory and time change.
 - ``invert``: ``"probabilities"`` (default: the softmax maps are inverted to the input grid with bilinear
   interpolation, then the argmax) or ``"labels"`` (argmax on the network grid, then nearest-neighbour
-  inversion of the label map: one channel instead of 14 to resample, far less memory on large volumes).
+  inversion of the label map: one channel instead of 14 to resample, faster). Both run slab by slab in bounded
+  memory (:class:`common.inversion.InvertToLabelsd`), with MONAI's numbers.
 - ``tta``: mirroring test-time augmentation as nnU-Net predicts: the network also sees its input flipped along
   combinations of the spatial axes, each output is flipped back, and the softmax probabilities are averaged
   (:func:`flip_tta`). ``1`` (default) is off; ``n`` uses the first ``n`` flip combinations (3D: up to 8, every
@@ -32,13 +38,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import weakref
 from typing import Any, Callable, Sequence
 
 import torch
 from monai.inferers import SlidingWindowInferer as _MonaiSlidingWindowInferer
 
-from .bundle import as_bool
+from .bundle import as_bool, as_device
 
 __all__ = [
     "flip_combinations",
@@ -46,11 +53,18 @@ __all__ = [
     "AUTOCAST_DTYPES",
     "INVERT_MODES",
     "autocast_dtype",
+    "cpu_reduced_precision",
+    "effective_autocast",
+    "autocast_label",
     "autocast_call",
     "compiled_forward",
     "invert_labels",
+    "stitching_need",
     "stitching_plan",
+    "cuda_free_bytes",
     "SlidingWindowInferer",
+    "trt_plan_base",
+    "trt_network",
 ]
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,6 +86,58 @@ def autocast_dtype(autocast: str | None) -> torch.dtype | None:
         raise ValueError(f"autocast must be null, 'fp32', 'bf16' or 'fp16', got {autocast!r}") from None
 
 
+def cpu_reduced_precision() -> dict[str, bool]:
+    """Whether this CPU computes bf16 and fp16 with instructions of their own, as oneDNN (PyTorch's CPU kernels for
+    convolutions and matrix products) decides: bf16 with AVX-512 (emulated, about fp32's speed), AVX512_BF16 or AMX
+    (faster than fp32); fp16 with AVX512_FP16 or AMX-FP16. Without them both fall back to slow reference code."""
+    found = {}
+    for name in ("bf16", "fp16"):
+        try:
+            found[name] = bool(getattr(torch.ops.mkldnn, f"_is_mkldnn_{name}_supported")())
+        except (AttributeError, RuntimeError):  # a build without oneDNN
+            found[name] = False
+    return found
+
+
+_FALLBACK_WARNED: set[str] = set()
+
+
+def effective_autocast(autocast: str | None, device: torch.device | str = "cpu") -> torch.dtype | None:
+    """The dtype ``autocast`` runs in on ``device``: :func:`autocast_dtype`, except that on a CPU without instructions
+    for that precision (:func:`cpu_reduced_precision`) it is ``None`` (fp32), with one warning per process."""
+    dtype = autocast_dtype(autocast)
+    if dtype is None or torch.device(device).type != "cpu":
+        return dtype
+    name = "bf16" if dtype == torch.bfloat16 else "fp16"
+    if cpu_reduced_precision()[name]:
+        return dtype
+    if name not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add(name)
+        having = "AVX-512 or AMX" if name == "bf16" else "AVX512-FP16 or AMX-FP16"
+        logging.getLogger(__name__).warning(
+            "--autocast %s: this CPU (%s) has no %s instructions, where %s runs several times slower than fp32: "
+            "running in fp32 (CPUs with %s have them)",
+            name,
+            torch.backends.cpu.get_cpu_capability(),
+            name,
+            name,
+            having,
+        )
+    return None
+
+
+def autocast_label(autocast: str | None, device: torch.device | str = "cpu") -> str | None:
+    """What a result file records of the ``autocast`` switch: the setting, and that it ran fp32 where the CPU made
+    :func:`effective_autocast` fall back."""
+    dtype = autocast_dtype(autocast)
+    if dtype is None:
+        return None
+    name = "bf16" if dtype == torch.bfloat16 else "fp16"
+    if effective_autocast(autocast, device) is None:
+        return f"{name} requested, ran fp32 (no {name} instructions on this CPU)"
+    return name
+
+
 def _to_float32(out: Any) -> Any:
     if isinstance(out, torch.Tensor):
         return out.float() if out.is_floating_point() else out
@@ -83,12 +149,15 @@ def _to_float32(out: Any) -> Any:
 
 
 def autocast_call(network: Callable, autocast: str | None) -> Callable:
-    """``network`` run under ``torch.autocast`` (on the input's device type), its outputs cast to float32."""
-    dtype = autocast_dtype(autocast)
-    if dtype is None:
+    """``network`` run under ``torch.autocast`` (on the input's device type, in :func:`effective_autocast`'s dtype),
+    its outputs cast to float32."""
+    if autocast_dtype(autocast) is None:
         return network
 
     def call(x, *args, **kwargs):
+        dtype = effective_autocast(autocast, x.device)
+        if dtype is None:
+            return network(x, *args, **kwargs)
         with torch.autocast(device_type=x.device.type, dtype=dtype):
             out = network(x, *args, **kwargs)
         return _to_float32(out)
@@ -183,18 +252,50 @@ def invert_labels(invert: str) -> bool:
     return invert == "labels"
 
 
-def stitching_plan(
-    spatial_shape: Sequence[int], out_channels: int, free_bytes: int | None, fraction: float = 0.5
-) -> str:
-    """``"device"`` when the stitching buffers fit in ``fraction`` of ``free_bytes``, else ``"cpu"``.
+def stitching_need(spatial_shape: Sequence[int], out_channels: int, original_voxels: int | None = None) -> int:
+    """Bytes the prediction of one volume needs where it is stitched, since the postprocessing then runs there too:
+    the float32 output and count map of the windows (``out_channels`` + 1 maps of the network's grid), the softmax
+    of the output, the inversion's working memory (:data:`common.inversion.GROUP_BYTES` and ``SLAB_BYTES``) and its
+    label map on the input's grid (``original_voxels``: the best value and its class, then the float label map and
+    its reorientation; 13 bytes a voxel). Without ``original_voxels``, the network's grid stands for it."""
+    from .inversion import GROUP_BYTES, SLAB_BYTES
 
-    The buffers are the float32 output (``out_channels`` x the padded volume) and the float32 count map;
-    ``free_bytes=None`` (a CPU input) -> ``"device"``.
-    """
+    voxels = math.prod(int(s) for s in spatial_shape)
+    original = voxels if original_voxels is None else int(original_voxels)
+    return (2 * int(out_channels) + 1) * voxels * 4 + GROUP_BYTES + SLAB_BYTES + 13 * original
+
+
+def stitching_plan(
+    spatial_shape: Sequence[int],
+    out_channels: int,
+    free_bytes: int | None,
+    fraction: float = 0.5,
+    original_voxels: int | None = None,
+) -> str:
+    """``"device"`` when :func:`stitching_need` fits in ``fraction`` of ``free_bytes``, else ``"cpu"``;
+    ``free_bytes=None`` (a CPU input) -> ``"device"``."""
     if free_bytes is None:
         return "device"
-    need = (int(out_channels) + 1) * math.prod(int(s) for s in spatial_shape) * 4
+    need = stitching_need(spatial_shape, out_channels, original_voxels)
     return "device" if need <= fraction * free_bytes else "cpu"
+
+
+def cuda_free_bytes(device: str | int | torch.device) -> int:
+    """What a CUDA device can still give this process: the memory the driver reports free plus what PyTorch's
+    caching allocator holds without using it (it hands that out again first; counting it as used sent every volume
+    after a large one to the CPU)."""
+    dev = as_device(device)
+    free, _ = torch.cuda.mem_get_info(dev)
+    return int(free) + int(torch.cuda.memory_reserved(dev)) - int(torch.cuda.memory_allocated(dev))
+
+
+def _original_voxels(inputs: torch.Tensor) -> int | None:
+    """Voxels of the input's own grid (the loader's ``spatial_shape``, which the evaluator's batch carries)."""
+    shape = getattr(inputs, "meta", {}).get("spatial_shape") if hasattr(inputs, "meta") else None
+    if shape is None:
+        return None
+    shape = torch.as_tensor(shape).reshape(-1, torch.as_tensor(shape).shape[-1])[0]
+    return int(torch.prod(shape.to(torch.int64)))
 
 
 class SlidingWindowInferer(_MonaiSlidingWindowInferer):
@@ -232,8 +333,8 @@ class SlidingWindowInferer(_MonaiSlidingWindowInferer):
             return "cpu"
         if self.stitch == "device" or inputs.device.type != "cuda":
             return "device"
-        free, _ = torch.cuda.mem_get_info(inputs.device)
-        return stitching_plan(inputs.shape[2:], self.out_channels, free)
+        free = cuda_free_bytes(inputs.device)
+        return stitching_plan(inputs.shape[2:], self.out_channels, free, original_voxels=_original_voxels(inputs))
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any):
         plan = self._plan(inputs)
@@ -253,3 +354,66 @@ class SlidingWindowInferer(_MonaiSlidingWindowInferer):
             return super().__call__(inputs, net, *args, **kwargs)
         finally:
             self.device, self.buffer_steps = saved
+
+
+def trt_plan_base(ckpt_path: str | os.PathLike, device: str | int | torch.device) -> str:
+    """Where :func:`trt_network` keeps the TensorRT engine of ``ckpt_path`` for ``device``: ``<ckpt>.<device>`` (the
+    engine is ``<ckpt>.cuda1.plan`` for ``cuda:1``). An engine is built for one GPU: each device has its own file,
+    so the processes of a cohort (one per GPU) never write or read each other's."""
+    dev = as_device(device)
+    index = dev.index
+    if dev.type == "cuda" and index is None:
+        index = torch.cuda.current_device()
+    return f"{ckpt_path}.{dev.type}{'' if index is None else index}"
+
+
+def trt_network(
+    network: torch.nn.Module, ckpt_path: str | os.PathLike, device: str | int | torch.device, args: dict | None = None
+) -> torch.nn.Module:
+    """``inference_trt.json``'s network: MONAI's ``trt_compile`` on ``device``, with its engine per device
+    (:func:`trt_plan_base`), rebuilt when the checkpoint is newer than it, written under a temporary name and renamed
+    when complete, and built by one process at a time (an exclusive lock beside it: a process that waited for
+    another's build loads that engine instead of building again). Without CUDA and TensorRT, ``trt_compile``
+    leaves the network as it is."""
+    from monai.networks import trt_compile
+
+    from .bundle import use_device
+
+    dev = use_device(device)  # the engine is built and run on the current CUDA device
+    network = network.to(dev)
+    args = dict(args or {})
+    if os.path.isfile(ckpt_path):
+        args["timestamp"] = max(int(args.get("timestamp", 0)), int(os.path.getmtime(ckpt_path)))
+    network = trt_compile(network, trt_plan_base(ckpt_path, dev), args=args)
+    compiler = getattr(network, "_trt_compiler", None)
+    if compiler is not None:
+        compiler._build_and_save = _built_once_atomically(compiler, compiler._build_and_save)
+    return network
+
+
+def _built_once_atomically(compiler, build: Callable) -> Callable:
+    """``TrtCompiler._build_and_save`` writing its engine through :func:`common.io.atomic_path` under an exclusive
+    lock of ``<plan>.lock``; skipped when another process finished the engine while this one waited."""
+    import fcntl
+
+    from .io import atomic_path
+
+    def build_and_save(model, input_example):
+        final = str(compiler.plan_path)
+        with open(final + ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if os.path.isfile(final):
+                    return  # built by another process meanwhile: the caller loads it
+                with atomic_path(final) as tmp:
+                    compiler.plan_path = str(tmp)
+                    try:
+                        build(model, input_example)
+                    finally:
+                        compiler.plan_path = final
+                    if tmp.stat().st_size == 0:  # TensorRT returned no engine: no empty file takes the name
+                        raise RuntimeError(f"TensorRT built no engine for {final}")
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    return build_and_save

@@ -59,6 +59,16 @@ def probe_volume(folder: Path, spacing=(1.5, 1.5, 2.0)):
     return *paths, img, lab, aff, probes
 
 
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """For tests of the reduced-precision switches themselves: this CPU counts as one with bf16 and fp16
+    instructions, whatever it has (without them the switches run fp32, which the tests of that fallback check by
+    patching the other way). Tiny networks only: where the instructions are missing, bf16 is emulated, slowly."""
+    import common.inference
+
+    monkeypatch.setattr(common.inference, "cpu_reduced_precision", lambda: {"bf16": True, "fp16": True})
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Keep generated demo data out of the user's cache during tests."""

@@ -37,11 +37,72 @@ def test_switch_values_are_checked():
 
 
 def test_stitching_plan_moves_large_outputs_to_the_cpu():
+    from common.inference import stitching_need
+    from common.inversion import GROUP_BYTES, SLAB_BYTES
+
     assert stitching_plan((100, 100, 100), 14, None) == "device"  # a CPU input
-    need = 15 * 100**3 * 4
-    assert stitching_plan((100, 100, 100), 14, free_bytes=4 * need) == "device"
+    need = stitching_need((100, 100, 100), 14)
+    # the windows' output and count map, the softmax, the inversion's working memory and the label map it writes
+    assert need == 29 * 100**3 * 4 + GROUP_BYTES + SLAB_BYTES + 13 * 100**3
+    assert stitching_plan((100, 100, 100), 14, free_bytes=2 * need) == "device"
     assert stitching_plan((100, 100, 100), 14, free_bytes=need) == "cpu"  # only half the free memory may be used
-    assert stitching_plan((512, 512, 300), 14, free_bytes=8 * 2**30) == "cpu"
+    # the inversion to a thin-slice CT's own grid counts: the network's grid alone would fit in 8 GB
+    thin = dict(spatial_shape=(266, 266, 300), out_channels=14, free_bytes=8 * 2**30)
+    assert stitching_plan(**thin) == "device" and stitching_plan(**thin, original_voxels=512 * 512 * 600) == "cpu"
+
+
+def test_free_gpu_memory_counts_what_pytorch_caches(monkeypatch):
+    """PyTorch keeps the memory of a finished volume cached for the next: it is free to this process. Counting it as
+    used sent every volume after a large one to the CPU."""
+    from common.inference import cuda_free_bytes
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (1 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: 9 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: 1 * gib)
+    assert cuda_free_bytes("cuda:1") == 9 * gib
+    calls = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: calls.append(d) or (1 * gib, 80 * gib))
+    cuda_free_bytes(0)
+    assert calls == [torch.device("cuda", 0)]
+
+
+@pytest.mark.parametrize("has_bf16", [True, False], ids=["bf16-cpu", "avx2-cpu"])
+def test_reduced_precision_runs_only_where_the_cpu_has_it(has_bf16, monkeypatch, caplog):
+    """``--autocast bf16`` on a CPU without bf16 instructions (where it runs several times slower than fp32) warns once
+    and runs fp32: the 3D inferer and the 2D networks give exactly the fp32 outputs, the result files say so. With
+    them, it runs bf16. A GPU is never second-guessed."""
+    import logging
+
+    import common.inference
+    from common.inference import autocast_label, effective_autocast
+    from common.slicewise import slicewise_network
+
+    monkeypatch.setattr(common.inference, "cpu_reduced_precision", lambda: {"bf16": has_bf16, "fp16": False})
+    monkeypatch.setattr(common.inference, "_FALLBACK_WARNED", set())
+    assert effective_autocast("bf16", "cuda:0") == torch.bfloat16 and effective_autocast(None, "cpu") is None
+    assert effective_autocast("fp16", "cpu") is None  # no fp16 instructions either
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 1)).eval()
+    x = torch.rand(1, 1, 20, 18, 12)
+    net2d = slicewise_network(torch.nn.Conv2d, roi_size=(16, 16), slice_batch=2, in_channels=1, out_channels=3,
+                              kernel_size=3, padding=1).eval()  # fmt: skip
+    caplog.set_level(logging.WARNING, logger="common.inference")
+    with torch.no_grad():
+        ref3d = SlidingWindowInferer((8, 8, 8), sw_batch_size=2, overlap=0.5)(x, net)
+        bf3d = SlidingWindowInferer((8, 8, 8), sw_batch_size=2, overlap=0.5, autocast="bf16")(x, net)
+        ref2d = net2d(x)
+        net2d.slice_autocast = "bf16"
+        bf2d = net2d(x)
+    fallbacks = [r for r in caplog.records if "--autocast bf16" in r.getMessage()]
+    if has_bf16:
+        assert effective_autocast("bf16", "cpu") == torch.bfloat16 and autocast_label("bf16", "cpu") == "bf16"
+        assert not torch.equal(ref3d, bf3d) and not torch.equal(ref2d, bf2d) and not fallbacks
+    else:
+        assert effective_autocast("bf16", "cpu") is None
+        assert autocast_label("bf16", "cpu") == "bf16 requested, ran fp32 (no bf16 instructions on this CPU)"
+        assert torch.equal(ref3d, bf3d) and torch.equal(ref2d, bf2d)
+        assert len(fallbacks) == 1 and "no bf16 instructions" in fallbacks[0].getMessage()  # once per process
 
 
 def _record_stitching(monkeypatch) -> list[tuple]:
@@ -74,7 +135,7 @@ def test_stitch_switch_decides_where_windows_are_stitched(monkeypatch):
     assert torch.equal(out["device"], out["cpu"]) and torch.equal(out["device"], out["auto"])
 
 
-def test_autocast_switch_reduces_the_network_only():
+def test_autocast_switch_reduces_the_network_only(bf16_cpu):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 1)).eval()
     seen: list[torch.dtype] = []
@@ -93,18 +154,19 @@ def test_autocast_switch_reduces_the_network_only():
 
 def _bundle_inference(bundle, image, out, ckpt, monkeypatch, **switches) -> tuple[np.ndarray, dict]:
     """Run the bundle's inference.json on one image; return the labels and what the switches did: the dtype of the
-    network's first convolution output, and the channel count of the prediction Invertd received."""
+    network's first convolution output, and the channel count of what was resampled back to the input's grid."""
     from monai.bundle import ConfigWorkflow
-    from monai.transforms import Invertd
+
+    import common.inversion
 
     seen: dict = {"conv_dtype": set(), "inverted_channels": set()}
-    real_invert = Invertd.__call__
+    real_resample = common.inversion.slab_resample
 
-    def invert_spy(self, data):
-        seen["inverted_channels"].add(int(data["pred"].shape[0]))
-        return real_invert(self, data)
+    def resample_spy(img, *args, **kwargs):
+        seen["inverted_channels"].add(int(img.shape[0]))
+        return real_resample(img, *args, **kwargs)
 
-    monkeypatch.setattr(Invertd, "__call__", invert_spy)
+    monkeypatch.setattr(common.inversion, "slab_resample", resample_spy)
     overrides = {
         **BUNDLE_TINY[bundle],
         "spacing": [4.5, 4.5, 7.0],
@@ -133,7 +195,7 @@ def _bundle_inference(bundle, image, out, ckpt, monkeypatch, **switches) -> tupl
 
 
 @pytest.mark.parametrize("bundle", BUNDLES_3D)
-def test_each_fast_switch_acts_alone_in_the_bundle(bundle, tiny_data, tmp_path, monkeypatch):
+def test_each_fast_switch_acts_alone_in_the_bundle(bundle, tiny_data, tmp_path, monkeypatch, bf16_cpu):
     """``--autocast bf16`` runs the network in bf16 and nothing else changes; ``--invert labels`` inverts the one-channel
     label map instead of the 14 probabilities. Each switch alone, each required to act, each close to the default."""
     ckpt = random_checkpoint(bundle, tmp_path / "w.pt")
@@ -321,3 +383,99 @@ def test_every_bundle_has_the_compile_switch_off_by_default(bundle):
             assert inferer.compile is expected
         else:
             assert parser.get_parsed_content("network_def").slice_compile is expected
+
+
+def _oblique_ct(folder, shape=(160, 144, 56), spacing=(1.1, 1.1, 2.5), degrees=20.0) -> str:
+    """A generated CT whose affine turns the grid ``degrees`` in-plane (an oblique acquisition), stored LPS."""
+    from common.phantom import make_phantom
+
+    ph = make_phantom(seed=5, shape=shape, spacing=spacing)
+    t = np.deg2rad(degrees)
+    turn = np.eye(4)
+    turn[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    path = str(folder / "oblique_ct.nii.gz")
+    nib.save(nib.Nifti1Image(ph.image, turn @ ph.affine), path)
+    return path
+
+
+def _smooth_logits(shape, channels=14, seed=0) -> torch.Tensor:
+    """Logits like a network's: smooth in space (random values on a coarse grid, interpolated), every class present."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, channels, *[max(2, s // 6) for s in shape], generator=g)
+    return torch.nn.functional.interpolate(coarse, size=tuple(shape), mode="trilinear")[0]
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_slab_resampling_is_monais_resampling_bit_for_bit(mode, dtype, monkeypatch):
+    """The resampling back to the input's spacing, slab by slab (a few planes at a time, odd counts included), gives
+    every value and the affine of MONAI's whole-volume ``spatial_resample``, for an oblique grid."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+    from monai.transforms.spatial.functional import spatial_resample
+
+    import common.inversion as inv
+
+    t = np.deg2rad(20)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]]) @ np.diag(
+        [0.8, 0.8, 2.5]
+    )
+    affine[:3, 3] = [-90.0, 40.0, -30.0]
+    net = Spacing(pixdim=(1.5, 1.5, 2.0))(MetaTensor(torch.zeros(1, 97, 83, 23), affine=torch.as_tensor(affine)))
+    op = net.applied_operations[-1]
+    src = MetaTensor(torch.softmax(_smooth_logits(net.shape[1:], 5), 0), meta=net.meta)
+    args = (op["extra_info"]["src_affine"], op["orig_size"], mode, "border", False, dtype)
+    whole = spatial_resample(src, *args, False, {"tracing": False})
+    for planes in (1, 7, 97):
+        monkeypatch.setattr(inv, "SLAB_BYTES", planes * 83 * 23 * dtype.itemsize * (7 + 5))
+        out = torch.empty(whole.shape)
+        seen = []
+        meta = inv.slab_resample(src, *args, lambda a, b, v: (seen.append(b - a), out[:, a:b].copy_(v)))
+        assert max(seen) == planes and sum(seen) == 97
+        assert torch.equal(out, whole.as_tensor()) and torch.equal(meta.meta["affine"], whole.affine)
+
+
+@pytest.mark.parametrize("invert", ["probabilities", "labels"])
+def test_label_inversion_is_monais_whole_volume_inversion_in_less_memory(invert, tmp_path, monkeypatch):
+    """A 3D bundle's default postprocessing (``InvertToLabelsd``: slabs, channel groups, running argmax) gives the label
+    map of MONAI's ``Activationsd`` + ``Invertd`` + ``AsDiscreted`` voxel for voxel, affine included, on an oblique
+    CT through the bundle's own preprocessing, in under half of MONAI's peak memory."""
+    from monai.data import MetaTensor
+    from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd
+
+    import common.inversion as inv
+    from common.bundle import bundle_parser
+    from common.tools.benchmark import PeakMemory
+
+    pre = bundle_parser("unetr_btcv", {"spacing": [1.5, 1.5, 2.0]}).get_parsed_content("preprocessing")
+    image = pre({"image": _oblique_ct(tmp_path)})["image"]
+    logits = _smooth_logits(image.shape[1:])
+    if invert == "labels":
+        monai = Compose([AsDiscreted("pred", argmax=True), Invertd("pred", pre, "image", nearest_interp=True)])
+    else:
+        monai = Compose(
+            [
+                Activationsd("pred", softmax=True),
+                Invertd("pred", pre, "image", nearest_interp=False),
+                AsDiscreted("pred", argmax=True),
+            ]
+        )
+    # several slabs and channel groups, as a large CT gets them
+    monkeypatch.setattr(inv, "SLAB_BYTES", 6 * 2**20)
+    monkeypatch.setattr(inv, "GROUP_BYTES", 40 * 2**20)
+    ours = inv.InvertToLabelsd("pred", pre, "image", invert=invert)
+    peaks, outs = {}, {}
+    for name, post in (("monai", monai), ("ours", ours)):
+        item = {"image": image, "pred": MetaTensor(logits.clone(), meta=image.meta)}
+        with PeakMemory() as mem:
+            outs[name] = post(item)["pred"]
+        peaks[name] = mem.peak_rss_mb - mem.start_rss_mb
+        del item
+    assert outs["ours"].shape == outs["monai"].shape == (1, 160, 144, 56)
+    assert torch.equal(outs["ours"].as_tensor(), outs["monai"].as_tensor())
+    assert torch.equal(outs["ours"].affine, outs["monai"].affine)
+    assert len(torch.unique(outs["ours"])) >= 8  # a prediction with many organs, not a constant map
+    if invert == "probabilities":
+        assert len(inv.channel_groups(14, image.shape[1:].numel())) > 1
+    assert peaks["ours"] < 0.5 * peaks["monai"], peaks

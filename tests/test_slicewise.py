@@ -244,7 +244,7 @@ def test_batched_inference_slices_the_axial_axis_in_batches():
     assert changed[5] > 0 and torch.count_nonzero(changed) == 1
 
 
-def test_metatensor_in_metatensor_out_and_bf16_switch():
+def test_metatensor_in_metatensor_out_and_bf16_switch(bf16_cpu):
     vol = MetaTensor(torch.rand(1, 1, 16, 16, 4), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
     out = net3d((16, 16), autocast="bf16")(vol)
     assert isinstance(out, MetaTensor) and torch.equal(out.affine, vol.affine)

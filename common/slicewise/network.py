@@ -8,8 +8,8 @@ import torch
 from monai.data import MetaTensor
 from monai.utils import ensure_tuple
 
-from ..bundle import as_bool
-from ..inference import autocast_dtype, compiled_forward, flip_tta
+from ..bundle import as_bool, as_device
+from ..inference import autocast_dtype, compiled_forward, effective_autocast, flip_tta
 from .resize import bilinear_argmax, compact_argmax, resize_slices, zoom_axial_slices
 
 __all__ = ["SliceWiseMixin", "slicewise_class", "slicewise_network", "default_slice_batch"]
@@ -52,8 +52,9 @@ class SliceWiseMixin:
     - ``slice_compile`` runs the 2D forwards through ``torch.compile`` with frozen weights
       (``common.inference.compiled_forward``; batches padded to ``slice_batch``).
 
-    ``forward_seconds`` holds the time spent in the 2D forwards by the last volume call (benchmarks). These are
-    plain attributes, so the state dict is exactly the 2D network's: a model trained as 2D loads as is.
+    With ``time_forwards`` set (the benchmark sets it), ``forward_seconds`` holds the time spent in the 2D forwards
+    by the last volume call; timing a GPU forward waits for it to finish, so it is off otherwise. These are plain
+    attributes, so the state dict is exactly the 2D network's: a model trained as 2D loads as is.
     """
 
     slice_roi: tuple[int, int] = (224, 224)
@@ -63,6 +64,7 @@ class SliceWiseMixin:
     slice_resize: str = "logits"
     slice_tta: int = 1
     slice_compile: bool = False
+    time_forwards: bool = False
     forward_seconds: float = 0.0
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -80,16 +82,17 @@ class SliceWiseMixin:
         import time
 
         t0 = time.perf_counter()
-        dtype = autocast_dtype(self.slice_autocast)
+        dtype = effective_autocast(self.slice_autocast, x.device)
         forward = compiled_forward(self, self.slice_batch) if self.slice_compile else super().forward
         if dtype is not None:
             with torch.autocast(device_type=x.device.type, dtype=dtype):
                 y = flip_tta(forward, x, self.slice_tta)
         else:
             y = flip_tta(forward, x, self.slice_tta)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-        self.forward_seconds += time.perf_counter() - t0
+        if self.time_forwards:
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            self.forward_seconds += time.perf_counter() - t0
         return y  # bf16 / fp16 under autocast: the argmax needs no conversion, interpolation converts what it reads
 
     def _volume(self, vol: torch.Tensor) -> torch.Tensor:
@@ -145,9 +148,10 @@ def default_slice_batch(device: str | torch.device | None = None) -> int:
     """Slices per forward for volume inference: 2 on the CPU, 16 on a GPU.
 
     Large batches spill the caches on a CPU, while a GPU needs them to be busy (the benchmark's per-batch
-    timings, ``docs/benchmarks.md``, chose these).
+    timings, ``docs/benchmarks.md``, chose these). ``device`` is anything ``torch.device`` takes: a bare index
+    (``0``) is a CUDA device, ``None`` the CPU.
     """
-    return 16 if torch.device(device or "cpu").type == "cuda" else 2
+    return 16 if as_device(device).type == "cuda" else 2
 
 
 def slicewise_network(
