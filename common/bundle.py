@@ -390,8 +390,10 @@ def make_resumable(trainer, ckpt_dir: str | os.PathLike, objects: dict, resume: 
 
 def _stop_on_signals(trainer, state: dict, ckpt_dir, rank0: bool) -> None:
     """SIGTERM / SIGUSR1 during training: finish the iteration under way, save ``checkpoint_iteration=I.pt``
-    (rank 0), stop. The previous handlers come back when training ends. Only the main thread can take signals:
-    elsewhere (a training run inside a server) nothing is installed."""
+    (rank 0), stop. Under DDP the ranks decide together after every iteration (:func:`common.distributed.any_rank`),
+    so a signal that reaches one rank stops them all after the same iteration, within the seconds ``torchrun`` gives
+    its workers after passing SIGTERM on. The previous handlers come back when training ends. Only the main thread
+    can take signals: elsewhere (a training run inside a server) nothing is installed."""
     import signal
     import threading
 
@@ -407,17 +409,22 @@ def _stop_on_signals(trainer, state: dict, ckpt_dir, rank0: bool) -> None:
         if sig is not None:
             previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
 
+    from .distributed import any_rank
+
     @trainer.on(Events.ITERATION_COMPLETED)
     def _stop_if_signalled(engine):
-        if not received:
+        # decided by all ranks together: a signal that reaches the ranks between two of their checks would otherwise
+        # stop one rank while another enters the next iteration's all-reduce and waits for it forever
+        if not any_rank(bool(received)):
             return
         it = engine.state.iteration
         if rank0:
             name = f"checkpoint_iteration={it}.pt"
             Checkpoint(state, _AtomicDiskSaver(Path(ckpt_dir), name), n_saved=None)(engine)
+        what = signal.Signals(received[0]).name if received else "a stop signal to another process"
         print(
-            f"{signal.Signals(received[0]).name}: training stopped after iteration {it}; the state is saved in "
-            f"{ckpt_dir}: run the same command to resume",
+            f"{what}: training stopped after iteration {it}; the state is saved in {ckpt_dir}: run the same command "
+            "to resume",
             flush=True,
         )
         # not COMPLETED: handlers that close what a finished run closes (an MLflow run) leave it open to resume

@@ -147,6 +147,7 @@ class SliceDataset(Dataset):
         self.index: list[tuple[int, int]] = []
         present: list[np.ndarray] = []
         items = list(data)
+        self.data = items  # the cases, as MONAI's datasets keep them
         it = items
         if progress:
             from tqdm import tqdm
