@@ -125,3 +125,22 @@ def constant_label_network(label: int, score: float = 1.0) -> dict:
         "score": float(score),
         "out_channels": "@num_classes",
     }
+
+
+def saved_on_cuda(src, dst) -> str:
+    """A copy of the checkpoint ``src`` as a GPU training saves it: every tensor's storage recorded on ``cuda:0``
+    (the location string in the pickle changed; the data are the same), so loading it without mapping the
+    storages to the CPU fails on a machine without CUDA, as a GPU user's file does."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        names = z.namelist()
+        files = {n: z.read(n) for n in names}
+    (pickle_name,) = [n for n in names if n.endswith("/data.pkl")]
+    cpu, cuda = b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0"  # BINUNICODE, memoised after its first use
+    assert files[pickle_name].count(cpu) == 1, "not a checkpoint of CPU tensors saved by torch.save"
+    files[pickle_name] = files[pickle_name].replace(cpu, cuda)
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as z:
+        for n in names:
+            z.writestr(n, files[n])
+    return str(dst)

@@ -131,6 +131,35 @@ def test_training_resumes_after_interruption(trained, tiny_data, capsys):
     assert not (work / "models" / "checkpoint_epoch=1.pt").exists()
 
 
+def test_the_trained_checkpoint_exports_as_the_readme_says(trained, tmp_path, capsys):
+    """``models/model.pt`` as ``train.json`` writes it (the weights under ``"model"``, beside the training record)
+    exports to TorchScript with the README's command, and so does the same file as a GPU training saves it (its
+    storages on ``cuda:0``), to TorchScript and ONNX; each export checked against the eager network."""
+    import torch
+    from bundle_cases import saved_on_cuda
+
+    from common.tools.export import main
+
+    bundle, work, tiny = trained
+    ckpt = work / "models" / "model.pt"
+    assert set(torch.load(ckpt, map_location="cpu", weights_only=True)) == {"model", "bundle"}
+    on_gpu = saved_on_cuda(ckpt, tmp_path / "model_gpu.pt")
+    with pytest.raises(RuntimeError, match="CUDA"):  # what a GPU user's file does to a loader that does not map it
+        torch.load(on_gpu, weights_only=True)
+    overlay = tmp_path / "tiny.json"
+    overlay.write_text(json.dumps(tiny), encoding="utf-8")
+    for fmt, weights, out in (
+        ("torchscript", ckpt, tmp_path / "model.ts"),
+        ("torchscript", on_gpu, tmp_path / "model_gpu.ts"),
+        ("onnx", on_gpu, tmp_path / "model_gpu.onnx"),
+    ):
+        argv = [fmt, "--bundle", bundle, "--ckpt", str(weights), "--config", str(overlay), "--out", str(out)]
+        assert main(argv) == 0, capsys.readouterr().err
+        printed = capsys.readouterr().out
+        report = json.loads(printed[printed.index("{") :])
+        assert out.is_file() and report["file"] == str(out) and report["max_abs_diff"] <= report["allowed"]
+
+
 def test_inference_writes_labels_on_the_input_grid(trained, tiny_data, tmp_path):
     bundle, work, tiny = trained
     image = tiny_data / "imagesTr" / "phantom0003.nii.gz"

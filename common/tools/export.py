@@ -93,7 +93,14 @@ def export_torchscript(
     tolerance: float = DEFAULT_TOLERANCE,
     use_trace: bool | None = None,
 ) -> dict:
-    """``ckpt_export`` the bundle's network to ``out`` and compare the TorchScript model with eager."""
+    """``ckpt_export`` the bundle's network to ``out`` and compare the TorchScript model with eager.
+
+    The checkpoint is read once, by :func:`common.weights.load_weights` (any file the bundle's inference takes: the
+    ``model.pt`` that ``train.json`` writes, with the weights under ``"model"`` beside the training record, an
+    official layout, a DDP save, a file saved on a GPU); ``ckpt_export`` then reloads those weights from a plain
+    state dict of CPU tensors, the one layout it reads."""
+    import tempfile
+
     from monai.bundle import ckpt_export
 
     net, parser = build_network(bundle, ckpt, configs, overrides)
@@ -108,13 +115,15 @@ def export_torchscript(
         "input_shape": list(x.shape),
         "tolerance": tolerance,
     }
-    with atomic_path(out) as tmp:  # only a file that passed the comparison takes the name
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as scratch:  # only a checked file takes the name
+        plain = Path(scratch) / "weights.pt"
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, plain)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ckpt_export(
                 net_id="network_def",
                 filepath=str(tmp),
-                ckpt_file=str(ckpt),
+                ckpt_file=str(plain),
                 config_file=bundle_configs(bundle, extra=configs),
                 meta_file=str(BUNDLES_DIR / bundle / "configs" / "metadata.json"),
                 use_trace=use_trace,
