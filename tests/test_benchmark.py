@@ -8,8 +8,9 @@ import pytest
 from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
 from test_geometry import random_checkpoint
 
-from common.tools.benchmark import FIT_EPOCHS, _same_fit, main, suite, variants
-from common.tools.levers import lever_variants
+from common.tools.benchmark import FIT_EPOCHS, main, suite, variants
+from common.tools.benchmark.fitted import same_fit
+from common.tools.benchmark.levers import lever_variants
 
 TWO_D = ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv")
 
@@ -98,7 +99,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
 
 def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr("common.tools.benchmark.suite", lambda *a, **k: seen.update(args=a, kwargs=k) or {})
+    monkeypatch.setattr("common.tools.benchmark.cli.suite", lambda *a, **k: seen.update(args=a, kwargs=k) or {})
     assert (
         main(
             [
@@ -138,15 +139,15 @@ def test_fitted_weights_are_reused_only_for_the_same_fit(tmp_path):
     # must fit again rather than report figures of weights fitted otherwise
     item = {"image": "/data/ct.nii.gz", "label": "/data/label.nii.gz"}
     settings = {"max_epochs": 30, "val_interval": 30, "ckpt_path": str(tmp_path / "model.pt")}
-    assert not _same_fit(tmp_path, settings, item)  # nothing written yet
+    assert not same_fit(tmp_path, settings, item)  # nothing written yet
     (tmp_path / "fit.json").write_text(json.dumps(settings), encoding="utf-8")
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [item], "validation": [item]}), encoding="utf-8")
-    assert _same_fit(tmp_path, settings, item)
-    assert not _same_fit(tmp_path, {**settings, "max_epochs": 80}, item)
-    assert not _same_fit(tmp_path, {**settings, "slice_batch": 4}, item)
-    assert not _same_fit(tmp_path, settings, {**item, "image": "/data/other.nii.gz"})
+    assert same_fit(tmp_path, settings, item)
+    assert not same_fit(tmp_path, {**settings, "max_epochs": 80}, item)
+    assert not same_fit(tmp_path, {**settings, "slice_batch": 4}, item)
+    assert not same_fit(tmp_path, settings, {**item, "image": "/data/other.nii.gz"})
     (tmp_path / "fit.json").write_text("{not json", encoding="utf-8")
-    assert not _same_fit(tmp_path, settings, item)
+    assert not same_fit(tmp_path, settings, item)
 
 
 def test_the_document_keeps_each_parts_latest_run(tmp_path):

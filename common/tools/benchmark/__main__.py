@@ -1,0 +1,5 @@
+"""``python -m common.tools.benchmark``."""
+
+from .cli import main
+
+raise SystemExit(main())

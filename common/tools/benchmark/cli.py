@@ -1,0 +1,139 @@
+"""``python -m common.tools.benchmark``: the command line of the suite (:mod:`.runner`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ...io import atomic_write_text
+from .core import FIT_EPOCHS, REPO
+from .runner import GPU_CHECK_PARTS, merge_doc, render, suite
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __doc__ as doc
+
+    ap = argparse.ArgumentParser(prog="python -m common.tools.benchmark", description=doc.split("\n\n")[0])
+    ap.add_argument("--bundle", action="append", default=None, help="bundle(s) to measure (default: all in bundles/)")
+    ap.add_argument(
+        "--ckpt",
+        action="append",
+        default=[],
+        help="bundle=path of trained weights (default: bundles/<b>/demo/models/model.pt if present)",
+    )
+    ap.add_argument(
+        "--parts",
+        default="efficiency,inference,agreement,dataset,training,scaling,mtm",
+        help="comma-separated: efficiency (each network's forward FLOP/s against the machine's peak), inference, agreement (switches on a demo-trained reduced network), dataset (the bundle's "
+        "evaluator on a folder of 3 volumes), fitted (the demo's network "
+        "trained on the real CT sample, then the paths on it; trains, so not in the default), levers (TTA, cleanup "
+        "and ensembles on demo and fitted weights: Dice, HD95, time; trains when weights are missing, not in the "
+        "default), training, scaling, "
+        "mtm (MT-UNet's module stages)",
+    )
+    ap.add_argument("--out", default="bench")
+    ap.add_argument(
+        "--render",
+        default=None,
+        metavar="SUITE_JSON",
+        help="measure nothing: write --doc from the suite.json a run saved (on this or another machine)",
+    )
+    ap.add_argument(
+        "--doc",
+        default=None,
+        help="also write the report to this document (the collection's speed tables: docs/benchmarks.md)",
+    )
+    ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
+    ap.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help=f"the GPU check: parts {','.join(GPU_CHECK_PARTS)} on the BTCV-size phantom, every bundle, with the "
+        "targets (3D 2x the model-zoo recipe, 2D 5x the per-slice loop, training 2x the plain pipeline)",
+    )
+    ap.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="leave out the torch.compile paths and forwards (their compiling takes minutes; the GPU check leaves "
+        "them out)",
+    )
+    ap.add_argument(
+        "--volumes",
+        default="sample,btcv",
+        help="inference volumes: sample (the real CT of ../shared, when present), btcv (the BTCV-size phantom)",
+    )
+    ap.add_argument(
+        "--paths",
+        default=None,
+        help="comma-separated indices of the inference paths beside the baseline (0), e.g. 2 for the fastest only (default: all)",
+    )
+    ap.add_argument(
+        "--fit-epochs",
+        type=int,
+        default=FIT_EPOCHS,
+        help=f"epochs of the fitted part's training (default {FIT_EPOCHS}); weights fitted with other settings are fitted again",
+    )
+    ap.add_argument("--train-iters", type=int, default=3)
+    ap.add_argument("--train-warmup", type=int, default=1)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="bundle:key=json config override, e.g. transunet_btcv:slice_batch=32",
+    )
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.render:
+        if not args.doc:
+            ap.error("--render needs --doc")
+        res = json.loads(Path(args.render).read_text(encoding="utf-8"))
+        if res.get("smoke"):
+            ap.error(f"{args.render} is a smoke run: its figures mean nothing")
+        old = Path(args.doc).read_text(encoding="utf-8") if Path(args.doc).is_file() else ""
+        atomic_write_text(args.doc, merge_doc(old, render(res)))
+        print(f"written: {args.doc}")
+        return 0
+    if args.gpu_check:
+        args.parts, args.volumes, args.no_compile = ",".join(GPU_CHECK_PARTS), "btcv", True
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bundles = args.bundle or sorted(
+        p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "inference.json").is_file()
+    )
+    overrides: dict[str, dict] = {}
+    for o in args.override:
+        name, kv = o.split(":", 1)
+        k, v = kv.split("=", 1)
+        overrides.setdefault(name, {})[k] = json.loads(v)
+    ckpts = dict(c.split("=", 1) for c in args.ckpt)
+    suite(
+        bundles,
+        args.out,
+        ckpts,
+        tuple(p.strip() for p in args.parts.split(",")),
+        None,
+        args.train_iters,
+        args.train_warmup,
+        args.device,
+        overrides,
+        args.smoke,
+        tuple(v.strip() for v in args.volumes.split(",")),
+        tuple(int(i) for i in args.paths.split(",")) if args.paths else None,
+        args.fit_epochs,
+        args.doc,
+        "python -m common.tools.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+        compile=not args.no_compile,
+    )
+    return 0
