@@ -15,7 +15,39 @@ from common.tools.benchmark.levers import lever_variants
 TWO_D = ("transunet_btcv", "swin_unet_btcv", "mt_unet_btcv")
 
 
-def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """``cpu_bf16(True/False)``: whether this CPU counts as one with bf16 instructions, for the runtime and the
+    benchmark alike."""
+    import common.inference
+    import common.tools.benchmark.core
+
+    def set_to(has: bool) -> None:
+        found = lambda: {"bf16": has, "fp16": False}  # noqa: E731
+        monkeypatch.setattr(common.inference, "cpu_reduced_precision", found)
+        monkeypatch.setattr(common.tools.benchmark.core, "cpu_reduced_precision", found)
+
+    return set_to
+
+
+@pytest.fixture
+def configs_default_to_cuda(monkeypatch):
+    """Every bundle config's ``device`` defaults to ``cuda:0`` (as on a GPU machine): a part that builds anything on
+    the config's device instead of the benchmark's ``--device`` fails here, where there is no CUDA."""
+    import torch
+
+    import common.bundle
+
+    monkeypatch.setattr(common.bundle, "default_device", lambda: torch.device("cuda:0"))
+
+
+def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path, cpu_bf16, configs_default_to_cuda):
+    """Every part for every bundle on tiny inputs, on ``--device cpu`` while the configs default to CUDA. The CPU
+    counts as one without bf16 instructions (the reduced-precision paths: test_reduced_precision_follows_the_cpu),
+    so the run is as fast on any CPU."""
+    from common.tools.benchmark.scaling import PATHS, SMOKE_SLICES
+
+    cpu_bf16(False)
     ckpts = {b: random_checkpoint(b, tmp_path / f"{b}.pt") for b in BUNDLE_NAMES}
     parts = ("efficiency", "inference", "agreement", "dataset", "fitted", "levers", "training", "scaling", "mtm")
     res = suite(
@@ -25,6 +57,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         parts,
         train_iters=1,
         train_warmup=0,
+        device="cpu",
         overrides=BUNDLE_TINY,
         smoke=True,
         compile=False,  # compiling takes seconds per network and path: test_compile_paths_are_timed_with_their_warm_up
@@ -38,11 +71,12 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
     # every bundle's speed-ups against the GPU targets, in the report
     assert {r["bundle"] for r in res["targets"]} == set(BUNDLE_NAMES) and "## Targets (set for a GPU" in md
     assert all(r["met"] == (r["speedup"] >= r["target"]) for r in res["targets"])
-    assert set(res["peak"]) == {"fp32", "bf16"} and all(v["peak_gflops"] > 0 for v in res["peak"].values())
+    assert set(res["peak"]) == {"fp32"} and all(v["peak_gflops"] > 0 for v in res["peak"].values())
+    assert "no bf16 instructions" in res["machine"]["left_out"] and "Left out: the bf16 paths" in md
     assert "## Forward efficiency against the machine's own peak" in md and "<!-- part: efficiency -->" in md
     for b in BUNDLE_NAMES:
         eff = [r for r in res["efficiency"] if r["bundle"] == b]
-        assert [r["precision"] for r in eff] == ["fp32", "bf16"] and all(r["gflop"] > 0 for r in eff), eff
+        assert [r["precision"] for r in eff] == ["fp32"] and all(r["gflop"] > 0 for r in eff), eff
         assert all(
             r["share_of_peak"] == pytest.approx(r["gflops"] / res["peak"][r["precision"]]["peak_gflops"]) for r in eff
         )
@@ -51,6 +85,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         assert [r["variant"] for r in inf] == [
             v for v, _ in variants(kind, __import__("torch").device("cpu"), compile=False)
         ]
+        assert not any("bf16" in r["variant"] for r in inf) and not any(r["amp"] for r in inf)
         assert inf[0]["speedup_vs_baseline"] == 1.0 and inf[0]["agreement_vs_baseline"] == 1.0
         geometry = inf[0]["prediction_geometry"]  # how fragmented the baseline's labels are
         assert isinstance(geometry["components"], int) and 0.0 <= geometry["boundary_share"] <= 1.0
@@ -79,11 +114,12 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         assert len(tr) == 2
         sc = [r for r in res["scaling"] if r["bundle"] == b]
         assert res["mtm"] and res["mtm"][0]["max_abs_diff"] < 1e-4
-        assert [r["size"] for r in sc] == ["small", "btcv", "large"]
-        assert sc[0]["shape"] != sc[2]["shape"]
+        # memory and time against the number of slices: the default path, and the label inversion of the 3D bundles
+        assert [(r["variant"], r["slices"]) for r in sc] == [(p, n) for p, _ in PATHS[kind] for n in SMOKE_SLICES]
+        assert sc[0]["shape"][-1] < sc[2]["shape"][-1] and all(r["peak_rss_mb"] > 0 for r in sc)
         assert f"| {b} |" in md
         # where each forward's time goes: the FLOP operators and the rest, shares of the whole
-        profile = eff[1]["profile"]
+        profile = eff[0]["profile"]
         assert profile[-1]["operator"].startswith("other operators") and profile[-1]["gflops"] is None
         assert {"aten::convolution", "aten::addmm", "aten::mm"} & {p["operator"] for p in profile[:-1]}, profile
         assert sum(p["share"] for p in profile) == pytest.approx(1.0, abs=0.02)
@@ -94,7 +130,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path):
         assert all(0.0 <= r["mean_dice"] <= 1.0 and r["seconds"] > 0 for r in lev)
     ensemble = [r for r in res["levers"] if r["variant"].startswith("ensemble")]
     assert len(ensemble) == 1 and ensemble[0]["bundle"] == " + ".join(BUNDLE_NAMES)
-    assert "## Accuracy levers" in md and "## Where the bf16 forward's time goes" in md
+    assert "## Accuracy levers" in md and "## Where the fp32 forward's time goes" in md
 
 
 def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
@@ -124,8 +160,11 @@ def test_cli_parses_overrides_and_parts(tmp_path, monkeypatch):
     assert bundles == ["unetr_btcv"] and parts == ("inference",) and smoke and seen["kwargs"]["compile"] is True
     assert overrides == {"unetr_btcv": {"roi_size": [32, 32, 16]}} and ckpts == {"unetr_btcv": "/x.pt"}
     assert main(["--gpu-check", "--out", str(tmp_path)]) == 0  # the GPU check's preset
-    assert seen["args"][3] == ("efficiency", "inference", "training") and seen["args"][10] == ("btcv",)
-    assert seen["kwargs"]["compile"] is False  # compiling every bundle would not fit the GPU check's minutes
+    assert seen["args"][3] == ("inference", "learn", "ddp", "accelerators") and seen["args"][10] == ("btcv",)
+    assert seen["kwargs"]["compile"] is False  # out of the inference part; the accelerators part times it once
+    assert seen["args"][13].endswith("docs/benchmarks.md") and seen["kwargs"]["learn_iters"] == 100
+    assert main(["--gpu-check", "--smoke", "--learn-iters", "5", "--out", str(tmp_path)]) == 0
+    assert seen["args"][13] is None and seen["kwargs"]["learn_iters"] == 5  # a smoke run writes no document
     assert main(["--parts", "efficiency", "--no-compile", "--out", str(tmp_path)]) == 0
     assert seen["kwargs"]["compile"] is False
     assert main(["--parts", "fitted", "--fit-epochs", "80", "--out", str(tmp_path)]) == 0
@@ -172,12 +211,14 @@ def test_the_document_keeps_each_parts_latest_run(tmp_path):
 
 
 @pytest.mark.parametrize("bundle", ["swin_unet_btcv"])  # a 3D compiled path: tests/test_inference.py
-def test_compile_paths_are_timed_with_their_warm_up(bundle, tmp_path):
-    """With compiling on, the efficiency part adds the reduced-precision forward through the bundles' ``compile``
+def test_compile_paths_are_timed_with_their_warm_up(bundle, tmp_path, cpu_bf16):
+    """With compiling on, the efficiency part adds the fastest precision's forward through the bundles' ``compile``
     switch (with its compile time, no operator profile) and the inference part the fastest path compiled; the
-    compile time is in the path's warm-up, reported beside its total."""
+    compile time is in the path's warm-up, reported beside its total. On a CPU without bf16 instructions (as here,
+    whatever this CPU has), the fastest precision is fp32."""
     import torch
 
+    cpu_bf16(False)
     ckpt = random_checkpoint(bundle, tmp_path / "w.pt")
     kind = "2d" if bundle == "swin_unet_btcv" else "3d"
     paths = variants(kind, torch.device("cpu"))
@@ -192,13 +233,82 @@ def test_compile_paths_are_timed_with_their_warm_up(bundle, tmp_path):
         paths=(len(paths) - 1,),  # the baseline and the compiled path
     )
     eff = res["efficiency"]
-    assert [r["precision"] for r in eff] == ["fp32", "bf16", "bf16 + compile"]
-    assert eff[2]["compile_s"] > 0 and eff[2]["profile"] is None and eff[1]["profile"]
-    assert eff[2]["gflop"] == eff[1]["gflop"] and eff[2]["share_of_peak"] > 0
+    assert [r["precision"] for r in eff] == ["fp32", "fp32 + compile"]
+    assert eff[1]["compile_s"] > 0 and eff[1]["profile"] is None and eff[0]["profile"]
+    assert eff[1]["gflop"] == eff[0]["gflop"] and eff[1]["share_of_peak"] > 0
     name, switches = paths[-1]
-    assert switches["compile"] is True
+    assert switches["compile"] is True and name == "batched + label resize + compile"
     inf = res["inference"]
     assert [r["variant"] for r in inf] == [paths[0][0], name]
     assert all(r["warm_up_s"] > 0 for r in inf) and inf[1]["agreement_vs_baseline"] > 0.5
     md = (tmp_path / "bench" / "suite_smoke.md").read_text(encoding="utf-8")
-    assert "bf16 + compile" in md and "warm-up s" in md and "compile s" in md
+    assert "fp32 + compile" in md and "warm-up s" in md and "compile s" in md
+
+
+def test_gpu_check_smoke_runs_on_the_cpu(tmp_path, cpu_bf16, configs_default_to_cuda, capsys):
+    """``--gpu-check --smoke`` on the CPU, the configs defaulting to CUDA, ``--device cpu``: inference paths against
+    their baseline, each recipe's training (with the gradient scaler wired), one DDP epoch over two gloo processes,
+    the accelerators (TensorRT needs CUDA here; compiling is left out of a smoke run); no document written."""
+    cpu_bf16(False)
+    bundles = ["unetr_btcv", "transunet_btcv"]
+    argv = ["--gpu-check", "--smoke", "--device", "cpu", "--out", str(tmp_path / "bench")]
+    for b in bundles:
+        argv += ["--bundle", b, "--ckpt", f"{b}={random_checkpoint(b, tmp_path / f'{b}.pt')}"]
+        argv += [arg for k, v in BUNDLE_TINY[b].items() for arg in ("--override", f"{b}:{k}={json.dumps(v)}")]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "bench" / "suite_smoke.json").read_text(encoding="utf-8"))
+    md = (tmp_path / "bench" / "suite_smoke.md").read_text(encoding="utf-8")
+    assert res["machine"]["device"] == "cpu" and {r["bundle"] for r in res["inference"]} == set(bundles)
+    assert {r["bundle"] for r in res["targets"]} == set(bundles)
+    learned = {r["bundle"]: r for r in res["learn"]}
+    assert set(learned) == set(bundles) and all(0.0 <= r["dice_training_case"] <= 1.0 for r in learned.values())
+    assert all(r["iterations"] == 4 and r["first_loss"] > 0 for r in learned.values())
+    assert [(r["bundle"], r["backend"], r["ok"]) for r in res["ddp"]] == [(b, "gloo", True) for b in bundles]
+    accelerators = {(r["bundle"], r["accelerator"]): r.get("note", "") for r in res["accelerators"]}
+    assert accelerators[("unetr_btcv", "TensorRT")] == "needs CUDA"
+    assert accelerators[("transunet_btcv", "--compile true")] == "left out in a smoke run"
+    for title in ("## Does each recipe learn?", "## Multi-GPU training", "## Accelerators", "## Targets"):
+        assert title in md
+    assert not (tmp_path / "docs").exists()
+
+
+@pytest.mark.parametrize("has_bf16", [True, False], ids=["bf16-cpu", "avx2-cpu"])
+def test_reduced_precision_follows_the_cpu(has_bf16, cpu_bf16, tmp_path):
+    """The bf16 paths run where the CPU has bf16 instructions, and are left out with the reason where it has none;
+    a GPU always times fp16."""
+    import torch
+
+    from common.tools.benchmark.core import machine_info, precisions
+
+    cpu_bf16(has_bf16)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
+    names = [n for n, _ in variants("3d", cpu)] + [n for n, _ in variants("2d", cpu)]
+    assert any("bf16" in n for n in names) == has_bf16 and len(names) == len(set(names))
+    assert [p for p, _ in precisions(cpu)] == (["fp32", "bf16"] if has_bf16 else ["fp32"])
+    assert [p for p, _ in precisions(gpu)] == ["fp32", "fp16"] and "fp16" in " ".join(n for n, _ in variants("2d", gpu))
+    info = machine_info(cpu)
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and info["cpu_bf16"] == has_bf16
+    assert ("left_out" in info) != has_bf16
+    b = "unetr_btcv"
+    res = suite([b], str(tmp_path), {b: random_checkpoint(b, tmp_path / "w.pt")}, ("efficiency",),
+                device="cpu", overrides={b: BUNDLE_TINY[b]}, smoke=True, compile=False)  # fmt: skip
+    assert [r["precision"] for r in res["efficiency"]] == (["fp32", "bf16"] if has_bf16 else ["fp32"])
+
+
+def test_training_step_wires_the_gradient_scaler(tmp_path):
+    """With AMP on (the bundles' default where CUDA is), the benchmark's training step scales the loss through a
+    gradient scaler, as MONAI's trainer does; on the CPU the scaler works on fp32 gradients, so the wiring runs."""
+    import torch
+
+    from common.phantom import write_phantom_dataset
+    from common.tools.benchmark.core import Bundle, TrainingStep, batches
+
+    data = write_phantom_dataset(tmp_path, num_cases=2, num_validation=1, seed=3, shape=(48, 48, 20),
+                                 spacing=(6.0, 6.0, 10.0))  # fmt: skip
+    items = json.loads(data.read_text())["training"]
+    b = Bundle("unetr_btcv", None, torch.device("cpu"), {**BUNDLE_TINY["unetr_btcv"], "amp": True})
+    step = TrainingStep(b, [{k: str(data.parent / v) for k, v in it.items()} for it in items])
+    assert step.amp and step.scaler.is_enabled()
+    scale = step.scaler.get_scale()
+    losses = [step(batch) for batch, _ in zip(batches(step.parser.get_parsed_content("train#dataloader")), range(2))]
+    assert all(loss > 0 for loss in losses) and step.scaler.get_scale() <= scale

@@ -10,8 +10,11 @@ from pathlib import Path
 import torch
 
 from ...io import atomic_write_text
+from . import learn
 from .core import FIT_EPOCHS, REPO
 from .runner import GPU_CHECK_PARTS, merge_doc, render, suite
+
+DOC = "docs/benchmarks.md"
 
 __all__ = ["main"]
 
@@ -34,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         "evaluator on a folder of 3 volumes), fitted (the demo's network "
         "trained on the real CT sample, then the paths on it; trains, so not in the default), levers (TTA, cleanup "
         "and ensembles on demo and fitted weights: Dice, HD95, time; trains when weights are missing, not in the "
-        "default), training, scaling, "
-        "mtm (MT-UNet's module stages)",
+        "default), training, scaling (memory and time against the number of slices of a thin-slice CT), "
+        "mtm (MT-UNet's module stages); the GPU check's: learn (does each recipe learn in --learn-iters "
+        "iterations), ddp (one epoch over every visible GPU), accelerators (TensorRT, --compile)",
     )
     ap.add_argument("--out", default="bench")
     ap.add_argument(
@@ -53,14 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--gpu-check",
         action="store_true",
-        help=f"the GPU check: parts {','.join(GPU_CHECK_PARTS)} on the BTCV-size phantom, every bundle, with the "
-        "targets (3D 2x the model-zoo recipe, 2D 5x the per-slice loop, training 2x the plain pipeline)",
+        help=f"the GPU acceptance run: parts {','.join(GPU_CHECK_PARTS)} on the BTCV-size phantom, every bundle "
+        "at full size, with the targets (3D 2x the model-zoo recipe, 2D 5x the per-slice loop); writes --doc "
+        f"({DOC} unless given; not with --smoke)",
     )
     ap.add_argument(
         "--no-compile",
         action="store_true",
         help="leave out the torch.compile paths and forwards (their compiling takes minutes; the GPU check leaves "
-        "them out)",
+        "them out of its inference part and times compiling in its accelerators part)",
+    )
+    ap.add_argument(
+        "--learn-iters",
+        type=int,
+        default=learn.ITERATIONS,
+        help=f"training iterations of the learn part (default {learn.ITERATIONS})",
     )
     ap.add_argument(
         "--volumes",
@@ -70,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--paths",
         default=None,
-        help="comma-separated indices of the inference paths beside the baseline (0), e.g. 2 for the fastest only (default: all)",
+        help="comma-separated indices of the inference paths beside the baseline (0), in the order of the "
+        "inference table (default: all)",
     )
     ap.add_argument(
         "--fit-epochs",
@@ -106,6 +118,7 @@ def main(argv=None) -> int:
         return 0
     if args.gpu_check:
         args.parts, args.volumes, args.no_compile = ",".join(GPU_CHECK_PARTS), "btcv", True
+        args.doc = args.doc or (None if args.smoke else str(REPO / DOC))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -135,5 +148,6 @@ def main(argv=None) -> int:
         args.doc,
         "python -m common.tools.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
         compile=not args.no_compile,
+        learn_iters=args.learn_iters,
     )
     return 0

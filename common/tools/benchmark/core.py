@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ...bundle import bundle_parser
+from ...inference import AUTOCAST_DTYPES, cpu_reduced_precision
 from ...weights import load_weights
 from ..per_slice import per_slice
 
@@ -43,7 +44,10 @@ __all__ = [
     "dice_vs_labels",
     "best_seconds",
     "train_bundle",
+    "TrainingStep",
+    "batches",
     "Context",
+    "chosen_bundles",
     "table",
     "fmt",
     "share",
@@ -146,6 +150,13 @@ def machine_info(device: torch.device) -> dict:
                     break
     except OSError:
         pass
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["cpu_bf16"] = cpu_reduced_precision()["bf16"]
+    if device.type == "cpu" and not info["cpu_bf16"]:
+        info["left_out"] = (
+            f"the bf16 paths: this CPU ({info['cpu_capability']}) has no bf16 instructions, where bf16 runs several "
+            "times slower than fp32"
+        )
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -166,12 +177,17 @@ SMOKE_SIZES = {"small": (48, 48, 20), "btcv": (64, 64, 28), "large": (64, 64, 40
 SMOKE_SPACING = (6.0, 6.0, 10.0)  # the tiny phantoms still cover a whole abdomen
 
 
-def fast_precision(dev: torch.device) -> str:
-    return "bf16" if dev.type == "cpu" else "fp16"
+def fast_precision(dev: torch.device) -> str | None:
+    """The reduced precision timed on ``dev``: fp16 on a GPU, bf16 on a CPU with bf16 instructions, none on a CPU
+    without them (``--autocast bf16`` runs fp32 there: :func:`common.inference.effective_autocast`)."""
+    if dev.type != "cpu":
+        return "fp16"
+    return "bf16" if cpu_reduced_precision()["bf16"] else None
 
 
 def precisions(dev: torch.device) -> list[tuple[str, torch.dtype | None]]:
-    return [("fp32", None), (fast_precision(dev), torch.bfloat16 if dev.type == "cpu" else torch.float16)]
+    fast = fast_precision(dev)
+    return [("fp32", None)] + ([(fast, AUTOCAST_DTYPES[fast])] if fast else [])
 
 
 def variants(kind: str, dev: torch.device, compile: bool = True) -> list[tuple[str, dict]]:
@@ -179,24 +195,28 @@ def variants(kind: str, dev: torch.device, compile: bool = True) -> list[tuple[s
 
     3D: the model-zoo recipe (fp32, softmax probabilities inverted with bilinear interpolation before the argmax,
     stitching on the input's device, the window attention of the Swin networks written out rather than
-    ``scaled_dot_product_attention``), then label inversion alone, then label inversion with reduced precision.
+    ``scaled_dot_product_attention``), then the bundle's own defaults (``inference.json`` as it is), then label
+    inversion alone, then label inversion with reduced precision.
     2D: the papers' per-slice path (attention written out too), then the batched slice-wise path, alone and with
     the papers' resizing order (argmax at the network size, nearest zoom of the labels), then both with reduced
     precision; last (unless ``compile`` is false), the fastest of them through ``torch.compile`` (its compile time
-    is in the warm-up, not the total). A switch a bundle's config does not have (``flash_attention`` outside the Swin bundles) is left out by
-    :meth:`Bundle.applicable`.
+    is in the warm-up, not the total). A switch a bundle's config does not have (``flash_attention`` outside the
+    Swin bundles) is left out by :meth:`Bundle.applicable`; the reduced-precision paths where the CPU has no
+    instructions for it (:func:`fast_precision`; the compiled path is then the fp32 one).
     """
     fast = fast_precision(dev)
+    plus = f" + {fast}" if fast else ""
     if kind == "3d":
         paths = [
             (
                 "baseline: model zoo",
                 {"autocast": None, "invert": "probabilities", "stitch": "device", "flash_attention": False},
             ),
+            ("bundle default", {}),
             ("invert labels", {"autocast": None, "invert": "labels", "stitch": "auto"}),
-            (f"invert labels + {fast}", {"autocast": fast, "invert": "labels", "stitch": "auto"}),
+            (f"invert labels{plus}", {"autocast": fast, "invert": "labels", "stitch": "auto"}),
             (
-                f"invert labels + {fast} + compile",
+                f"invert labels{plus} + compile",
                 {"autocast": fast, "invert": "labels", "stitch": "auto", "compile": True},
             ),
         ]
@@ -208,14 +228,18 @@ def variants(kind: str, dev: torch.device, compile: bool = True) -> list[tuple[s
             ),
             ("batched", {"autocast": None, "slice_resize": "logits"}),
             ("batched + label resize", {"autocast": None, "slice_resize": "labels"}),
-            (f"batched + {fast}", {"autocast": fast, "slice_resize": "logits"}),
-            (f"batched + {fast} + label resize", {"autocast": fast, "slice_resize": "labels"}),
+            (f"batched{plus}", {"autocast": fast, "slice_resize": "logits"}),
+            (f"batched{plus} + label resize", {"autocast": fast, "slice_resize": "labels"}),
             (
-                f"batched + {fast} + label resize + compile",
+                f"batched{plus} + label resize + compile",
                 {"autocast": fast, "slice_resize": "labels", "compile": True},
             ),
         ]
-    return [p for p in paths if compile or not p[1].get("compile")]
+    unique: list[tuple[str, dict]] = []  # without a reduced precision its paths are the fp32 ones: each once
+    for name, switches in paths:
+        if name not in {n for n, _ in unique} and (compile or not switches.get("compile")):
+            unique.append((name, switches))
+    return unique
 
 
 def bundle_kind(config: dict) -> str:
@@ -224,8 +248,8 @@ def bundle_kind(config: dict) -> str:
 
 def phantom_file(folder: Path, shape, seed: int, with_label: bool = False, spacing=None) -> dict:
     """A phantom CT (and label) of ``shape`` (at the BTCV spacing by default), generated once into ``folder``."""
-    from ..io import atomic_write_bytes, nifti_bytes
-    from ..phantom import BTCV_SPACING, make_phantom
+    from ...io import atomic_write_bytes, nifti_bytes
+    from ...phantom import BTCV_SPACING, make_phantom
 
     spacing = tuple(spacing or BTCV_SPACING)
     stem = f"phantom_{'x'.join(map(str, shape))}_{'x'.join(f'{s:g}' for s in spacing)}_s{seed}"
@@ -260,22 +284,32 @@ class Bundle:
         return {k: v for k, v in switches.items() if k in self.keys or k == "per_slice"}
 
     def parser(self, extra: dict | None = None, output_dir: str | None = None):
-        p = bundle_parser(self.name, {**self.overrides, **(extra or {})}, extra=self.configs)
+        """The bundle's inference config on the benchmark's device (what follows from it, such as the 2D slice
+        batch, follows), with the overrides and ``extra`` switches."""
+        p = bundle_parser(self.name, {"device": str(self.dev), **self.overrides, **(extra or {})}, extra=self.configs)
         if output_dir:
             p["output_dir"] = output_dir
         return p
 
     def network(self, parser):
+        """The config's ``network`` (``network_def`` on the device, or what an overlay wraps it in: TensorRT), with
+        the benchmark's weights."""
         torch.manual_seed(0)  # without a checkpoint, every path gets the same random weights
-        net = parser.get_parsed_content("network_def")
+        net = parser.get_parsed_content("network")
         if self.ckpt:
             load_weights(net, self.ckpt, purpose="inference")
         if hasattr(net, "time_forwards"):  # the 2D networks time their forward passes when asked
             net.time_forwards = True
         return net.to(self.dev).eval()
 
+    def amp(self, parser) -> bool:
+        """The bundle's ``amp`` (on by default where CUDA is): its evaluator then runs the inferer under
+        ``torch.autocast("cuda")``, and so does every path here, the baselines included (the model zoo's recipe uses
+        AMP on a GPU too): paths are compared in the same precision."""
+        return self.dev.type == "cuda" and bool(parser.get_parsed_content("amp"))
+
     def warm_up(self, parser, net, inferer) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cuda", enabled=self.amp(parser)):
             if self.kind == "3d":
                 inferer(torch.zeros(1, 1, *parser["roi_size"], device=self.dev), net)
             else:
@@ -300,6 +334,7 @@ class Bundle:
         load, rest = Compose(ts[:n_load]), Compose(ts[n_load:])
         write = [t for t in post if isinstance(t, SaveImaged)]
         post = [t for t in post if not isinstance(t, SaveImaged)]
+        amp = self.amp(parser)
         t = time.perf_counter()
         self.warm_up(parser, net, inferer)  # compiles, on the + compile paths
         warm_up = time.perf_counter() - t
@@ -314,7 +349,7 @@ class Bundle:
             sync(self.dev)
             times["preprocess"] = time.perf_counter() - t
             t = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast("cuda", enabled=amp):
                 pred = inferer(x, net)
             sync(self.dev)
             times["network"] = time.perf_counter() - t
@@ -338,6 +373,7 @@ class Bundle:
             if fwd is not None
             else None,
             "shape": [int(s) for s in d["image"].shape[1:]],
+            "amp": amp,
             "stages_s": times,
             "seconds": sum(times.values()),
             "warm_up_s": warm_up,
@@ -368,7 +404,7 @@ def dice_vs_labels(pred_file: str, label_file: str, num_classes: int) -> tuple[f
     """Dice of a written label map against a label file for every class present in either, and their mean."""
     import nibabel as nib
 
-    from ..metrics import dice
+    from ...metrics import dice
 
     p, g = np.asarray(nib.load(pred_file).dataobj), np.asarray(nib.load(label_file).dataobj)
     scores = {c: dice(p == c, g == c) for c in range(1, num_classes)}
@@ -405,11 +441,14 @@ def best_seconds(fn, repeats: int) -> float:
     return best
 
 
-def train_bundle(configs: list[str], log: Path, what: str) -> float:
+def train_bundle(configs: list[str], log: Path, what: str, overrides: dict | None = None) -> float:
     """``monai.bundle run`` of ``configs`` (a ``train.json`` and its overlays) in a subprocess from the repository,
-    its output in ``log``: the one way the benchmark trains (the fitted and levers parts). Returns the seconds it
-    took; a failed training is a RuntimeError naming ``what`` and the log."""
+    with ``overrides`` on its command line (the benchmark's ``device``), its output in ``log``: the one way the
+    benchmark trains (the fitted and levers parts). Returns the seconds it took; a failed training is a
+    RuntimeError naming ``what`` and the log."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([str(c) for c in configs])]
+    for k, v in (overrides or {}).items():
+        cmd += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
     log.parent.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
@@ -417,6 +456,42 @@ def train_bundle(configs: list[str], log: Path, what: str) -> float:
     if done.returncode != 0:
         raise RuntimeError(f"{what} failed, see {log}")
     return time.perf_counter() - t
+
+
+class TrainingStep:
+    """The bundle's own training step, from its ``train.json`` on ``items`` (on the bundle's device): network, loss,
+    optimizer and, as MONAI's ``SupervisedTrainer`` with ``amp`` (the bundles' default where CUDA is), fp16 autocast
+    with a gradient scaler. The scaler is wired on any device, so a CPU run exercises it too (there it scales fp32
+    gradients and autocast stays off). ``parser`` builds the bundle's data pipeline."""
+
+    def __init__(self, b: Bundle, items: list[dict]) -> None:
+        self.dev = b.dev
+        self.parser = bundle_parser(
+            b.name, {**b.overrides, "datalist": {"training": items, "validation": items[:1]}}, "train.json"
+        )
+        self.parser["device"] = b.dev
+        self.net = self.parser.get_parsed_content("network").train()
+        self.loss_fn = self.parser.get_parsed_content("loss")
+        self.opt = self.parser.get_parsed_content("optimizer")
+        self.amp = bool(self.parser.get_parsed_content("amp"))
+        self.scaler = torch.amp.GradScaler(b.dev.type, enabled=self.amp)
+
+    def __call__(self, batch: dict) -> float:
+        """One step on ``batch``; its loss."""
+        x, y = batch["image"].to(self.dev), batch["label"].to(self.dev)
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", enabled=self.amp and self.dev.type == "cuda"):
+            loss = self.loss_fn(self.net(x), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return float(loss.detach())
+
+
+def batches(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
 
 
 @dataclass
@@ -439,8 +514,23 @@ class Context:
     fit_epochs: int = FIT_EPOCHS
     train_iters: int = 3
     train_warmup: int = 1
+    learn_iters: int = 100
     result: dict = field(default_factory=dict)
+    bundles: dict = field(default_factory=dict)  # name -> Bundle, every bundle measured so far
     measured: list = field(default_factory=list)  # the bundles of the levers part, for their ensemble
+
+
+ONE_OF_EACH_KIND = ("unetr_btcv", "transunet_btcv")  # the multi-GPU configs and switches of a kind are shared
+
+
+def chosen_bundles(ctx: Context, bundles: list[str]) -> list[str]:
+    """A 3D and a 2D bundle among those measured, for the GPU check's costlier parts: :data:`ONE_OF_EACH_KIND` where
+    measured, else the first measured bundle of each kind."""
+    picked = [n for n in ONE_OF_EACH_KIND if n in bundles]
+    for kind in ("3d", "2d"):
+        if not any(ctx.bundles[n].kind == kind for n in picked):
+            picked += [n for n in bundles if ctx.bundles[n].kind == kind][:1]
+    return picked
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> list[str]:

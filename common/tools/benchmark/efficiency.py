@@ -194,7 +194,9 @@ def section(res: dict) -> list[str] | None:
         for p, v in res["peak"].items()
     )
     out += ["", f"Peak of this machine in the same run ({peak}); the share is against the larger of the two."]
-    fast = [r for r in res.get("efficiency", []) if r["precision"] != "fp32" and r.get("profile")]  # eager
+    profiled = [r for r in res.get("efficiency", []) if r.get("profile")]  # eager forwards
+    # the reduced-precision forwards where they ran, else (a CPU without bf16 instructions) the fp32 ones
+    fast = [r for r in profiled if r["precision"] != "fp32"] or profiled
     if fast:
         out += table(
             f"Where the {fast[0]['precision']} forward's time goes (torch profiler, one forward)",

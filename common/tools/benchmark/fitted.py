@@ -63,7 +63,7 @@ def run(
     if not demo_cfg.is_file():
         print(f"  {name} | fitted: skipped (no configs/demo.json)", flush=True)
         return []
-    ckpt, train_s = fit_demo_network(name, overrides, case, out, epochs)
+    ckpt, train_s = fit_demo_network(name, {"device": str(dev), **overrides}, case, out, epochs)
     b = Bundle(name, str(ckpt), dev, overrides, configs=[demo_cfg])
     rows = paths(b, [str(image)], work / "fitted", compile=compile)
     dice, per_class = dice_vs_labels(rows[0]["label_file"], str(label), b.num_classes)

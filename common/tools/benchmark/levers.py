@@ -48,7 +48,7 @@ def measure(ctx: Context, b) -> None:
 def measure_once(ctx: Context, bundles: list[str]) -> None:
     """After every bundle: the ensemble of their demo networks."""
     sample = None if ctx.smoke or not DEFAULT_SAMPLE.is_file() else DEFAULT_SAMPLE
-    ctx.result["levers"] += ensemble_rows(ctx.measured, ctx.out, ctx.work, ctx.data, sample, ctx.smoke)
+    ctx.result["levers"] += ensemble_rows(ctx.measured, ctx.out, ctx.work, ctx.data, sample, ctx.smoke, ctx.dev)
 
 
 def lever_variants(kind: str, weights: str) -> list[tuple[str, dict]]:
@@ -83,15 +83,17 @@ def _score(name: str, folder: Path, items: list[dict], ids: str, out: Path) -> d
     return {"mean_dice": row["mean"]["mean_over_organs"], "hd95": row["mean_hd95"]}
 
 
-def _demo_weights(name: str, smoke: bool) -> Path | None:
-    """The demo's trained network, trained here (train.json + demo.json, a few minutes on a CPU) when missing."""
+def _demo_weights(name: str, smoke: bool, dev=None) -> Path | None:
+    """The demo's trained network, trained here (train.json + demo.json, a few minutes on a CPU, on ``dev``) when
+    missing."""
     ckpt = REPO / "bundles" / name / "demo" / "models" / "model.pt"
     if ckpt.is_file() or smoke:
         return ckpt if ckpt.is_file() else None
     cfg = REPO / "bundles" / name / "configs"
     print(f"  {name} | levers: training the demo's network", flush=True)
     log = REPO / "bundles" / name / "demo" / "train.log"
-    train_bundle([cfg / "train.json", cfg / "demo.json"], log, f"{name}: training the demo")
+    device = {"device": str(dev)} if dev is not None else {}
+    train_bundle([cfg / "train.json", cfg / "demo.json"], log, f"{name}: training the demo", device)
     return ckpt
 
 
@@ -134,15 +136,15 @@ def levers_part(
         print(f"  {name} | levers: skipped (no configs/demo.json)", flush=True)
         return []
     sets = _case_sets(data, sample, smoke)
-    overrides = dict(b.overrides)
+    overrides = {"device": str(dev), **b.overrides}
     runs = []
-    demo = _demo_weights(name, smoke)
+    demo = _demo_weights(name, smoke, dev)
     if smoke:  # the smoke run's tiny network and weights: checks the part runs
         runs.append(("smoke", b.ckpt, sets))
     elif demo is not None:
         runs.append(("demo", demo, sets))
     if "real CT" in sets and not smoke:
-        fitted, _ = fit_demo_network(name, overrides, sets["real CT"][0], out, fit_epochs)
+        fitted, _ = fit_demo_network(name, overrides, sets["real CT"][0], out, fit_epochs)  # on the device too
         runs.append(("fitted", fitted, {"real CT": sets["real CT"]}))
     rows = []
     for weights, ckpt, case_sets in runs:
@@ -169,18 +171,21 @@ def levers_part(
     return rows
 
 
-def ensemble_rows(bundles: list, out: Path, work: Path, data: Path, sample: Path | None, smoke: bool) -> list[dict]:
+def ensemble_rows(
+    bundles: list, out: Path, work: Path, data: Path, sample: Path | None, smoke: bool, dev=None
+) -> list[dict]:
     """The ensemble of the bundles' demo networks (untrained tiny ones in smoke mode) on the same cases."""
     from ..ensemble import Member, ensemble_inference
 
     members = []
     for b in bundles:
-        ckpt = _demo_weights(b.name, smoke)
+        ckpt = _demo_weights(b.name, smoke, dev)
         cfg = REPO / "bundles" / b.name / "configs" / "demo.json"
+        overrides = {"device": str(b.dev), **b.overrides}
         if smoke:
-            members.append(Member(b.name, b.ckpt, [], {**b.overrides, **({} if b.ckpt else {"load_pretrain": False})}))
+            members.append(Member(b.name, b.ckpt, [], {**overrides, **({} if b.ckpt else {"load_pretrain": False})}))
         elif ckpt is not None and cfg.is_file():
-            members.append(Member(b.name, str(ckpt), [str(cfg)], dict(b.overrides)))
+            members.append(Member(b.name, str(ckpt), [str(cfg)], overrides))
     if len(members) < 2:
         return []
     label = " + ".join(m.bundle for m in members)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ...io import atomic_write_text
-from . import dataset, efficiency, fitted, inference, levers, mtm, scaling, training
+from . import accelerators, dataset, ddp, efficiency, fitted, inference, learn, levers, mtm, scaling, training
 from .core import (
     DEFAULT_SAMPLE,
     FIT_EPOCHS,
@@ -45,14 +45,15 @@ __all__ = [
 
 DEFAULT_PARTS = ("efficiency", "inference", "agreement", "dataset", "training", "scaling", "mtm")
 # the parts measured bundle by bundle, in this order, then those measured once for all the bundles
-PER_BUNDLE = (efficiency, inference, dataset, fitted, levers, training, scaling)
-ONCE = (levers, mtm)
+PER_BUNDLE = (efficiency, inference, dataset, fitted, levers, training, learn, scaling)
+ONCE = (levers, mtm, ddp, accelerators)
 RESULT_KEYS = ("inference", "agreement", "fitted", "dataset", "training", "scaling", "mtm", "efficiency", "levers")
+RESULT_KEYS += ("learn", "ddp", "accelerators")
 
 # What a GPU should reach (the issue's targets, on a GPU): end to end against the baseline path of the same run,
 # and the bundle's training pipeline against a plain one
 TARGETS = {"3d": 2.0, "2d": 5.0, "training": 2.0}
-GPU_CHECK_PARTS = ("efficiency", "inference", "training")
+GPU_CHECK_PARTS = ("inference", "learn", "ddp", "accelerators")
 
 
 def _context(out_dir, device, sizes, smoke, volumes, command, **settings) -> Context:
@@ -113,15 +114,18 @@ def suite(
     doc: str | os.PathLike | None = None,
     command: str = "",
     compile: bool = True,
+    learn_iters: int = learn.ITERATIONS,
 ) -> dict:
     """Run the benchmark suite (see the package docstring) and write ``<out_dir>/suite.md`` and ``suite.json``;
     with ``doc``, the report also becomes that document (``docs/benchmarks.md``, the collection's speed tables)."""
     if doc and smoke:
         raise ValueError("a smoke run's figures mean nothing: it does not write the benchmark document")
     ctx = _context(out_dir, device, sizes, smoke, volumes, command, compile=compile, paths=paths,
-                   fit_epochs=fit_epochs, train_iters=train_iters, train_warmup=train_warmup)  # fmt: skip
+                   fit_epochs=fit_epochs, train_iters=train_iters, train_warmup=train_warmup,
+                   learn_iters=learn_iters)  # fmt: skip
     for name in bundles:
         b = _bundle(ctx, name, (ckpts or {}).get(name), (overrides or {}).get(name, {}), parts)
+        ctx.bundles[name] = b
         for part in PER_BUNDLE:
             if part.NAME in parts:
                 part.measure(ctx, b)
@@ -184,6 +188,9 @@ SECTIONS = {
     "fitted": fitted.section,
     "levers": levers.section,
     "training": training.section,
+    "learn": learn.section,
+    "ddp": ddp.section,
+    "accelerators": accelerators.section,
     "scaling": scaling.section,
     "mtm": mtm.section,
 }
@@ -207,7 +214,8 @@ def render(res: dict) -> str:
     lines = [
         "# Benchmarks" + (" (smoke mode: tiny inputs, figures meaningless)" if res["smoke"] else ""),
         "",
-        "Written by the benchmark (`common/tools/benchmark.py`; what each part measures is in its docstring), each "
+        "Written by the benchmark (`python -m common.tools.benchmark`; what each part measures is the docstring of "
+        "its module in `common/tools/benchmark/`), each "
         "section by the run named under its title. Timings on shared machines vary by 15 % or more between runs: "
         "compare the paths of one run, as ratios.",
     ]
@@ -226,9 +234,13 @@ def _run_line(res: dict) -> str:
     return (
         f"Run of {res.get('date', '?')}"
         + (f", `{res['command']}`" if res.get("command") else "")
-        + f". Machine: {m['cpu']} ({m['cpu_count']} CPUs, torch threads {m['torch_threads']}), device {m['device']}"
+        + f". Machine: {m['cpu']} ({m['cpu_count']} CPUs, torch threads {m['torch_threads']}"
+        + (f", {m['cpu_capability']}, {'with' if m.get('cpu_bf16') else 'no'} bf16" if "cpu_capability" in m else "")
+        + f"), device {m['device']}"
         + (f", GPU {m['gpu']} (CUDA {m['cuda']})" if "gpu" in m else "")
-        + f"; torch {m['torch']}, MONAI {m['monai']}, Python {m['python']}. Weights: "
+        + f"; torch {m['torch']}, MONAI {m['monai']}, Python {m['python']}."
+        + (f" Left out: {m['left_out']}." if m.get("left_out") else "")
+        + " Weights: "
         + ("; ".join(f"{k}: {v}" for k, v in res["weights"].items()) or "-")
         + "."
     )

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...bundle import bundle_parser
-from .core import Bundle, Context, fmt, sync, table
+from .core import Bundle, Context, TrainingStep, batches, fmt, sync, table
 
 __all__ = ["NAME", "measure", "section"]
 
@@ -72,13 +71,8 @@ def run(b: Bundle, items: list[dict], work: Path, iters: int, warmup: int) -> li
     """Iterations of the bundle's own training step, fed by its pipeline and by the plain baseline."""
     from monai.data import Dataset, list_data_collate
 
-    parser = bundle_parser(
-        b.name, {**b.overrides, "datalist": {"training": items, "validation": items[:1]}}, "train.json"
-    )
-    parser["device"] = b.dev
-    net = parser.get_parsed_content("network").train()
-    loss_fn, opt = parser.get_parsed_content("loss"), parser.get_parsed_content("optimizer")
-    amp = b.dev.type == "cuda"
+    step = TrainingStep(b, items)
+    parser = step.parser
     nw = int(parser.get_parsed_content("num_workers"))
     batch_size = parser.get_parsed_content("train#dataloader#batch_size")
 
@@ -96,29 +90,21 @@ def run(b: Bundle, items: list[dict], work: Path, iters: int, warmup: int) -> li
     )
 
     def run(loader, label, setup_s):
-        it = iter(loader)
+        it = batches(loader)
         data_s, step_s, samples = [], [], []
         for i in range(warmup + iters):
             t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(loader)
-                batch = next(it)
-            x, y = batch["image"].to(b.dev), batch["label"].to(b.dev)
+            batch = next(it)
+            batch = {"image": batch["image"].to(b.dev), "label": batch["label"].to(b.dev)}
             sync(b.dev)
             t1 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", enabled=amp):
-                loss = loss_fn(net(x), y)
-            loss.backward()
-            opt.step()
+            step(batch)
             sync(b.dev)
             t2 = time.perf_counter()
             if i >= warmup:
                 data_s.append(t1 - t0)
                 step_s.append(t2 - t1)
-                samples.append(int(x.shape[0]))
+                samples.append(int(batch["image"].shape[0]))
         total = sum(data_s) + sum(step_s)
         row = {
             "bundle": b.name,
@@ -130,6 +116,8 @@ def run(b: Bundle, items: list[dict], work: Path, iters: int, warmup: int) -> li
             "data_s_per_it": float(np.mean(data_s)),
             "step_s_per_it": float(np.mean(step_s)),
             "setup_s": setup_s,
+            "amp": step.amp,
+            "grad_scaler": step.scaler.is_enabled(),
         }
         print(f"  {b.name} | training {label}: {row['it_per_s']:.3f} it/s", flush=True)
         return row
