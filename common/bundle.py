@@ -118,6 +118,7 @@ RUNTIME_ARGS = {
     "tta",
     "autocast",
     "compile",
+    "progress",
     "output",
     "resize",
     "channels_last",
@@ -139,12 +140,19 @@ def differing_args(recorded: dict, current: dict) -> list[str]:
 
 class CheckpointRecord:
     """What a bundle's ``model.pt`` records beside the weights (``train.json`` saves it under ``"bundle"``): the
-    bundle's name and version and the resolved ``network_def`` it was trained with, read from the running
-    workflow. Inference, evaluation, export and packaging compare it with their own configuration to name the
-    arguments that differ. A plain state dict from elsewhere has none and loads as before."""
+    bundle's name and version, the resolved ``network_def`` it was trained with (read from the running workflow), the
+    training's seed and the machine it ran on (:func:`common.machine.machine`: a trained model is reproducible on one
+    kind of machine, not across kinds). Inference, evaluation, export and packaging compare the network arguments
+    with their own configuration to name those that differ; the evaluation names the seed and machine beside its
+    scores. A plain state dict from elsewhere has none and loads as before."""
 
-    def __init__(self, name: str = "", version: str = "") -> None:
+    def __init__(self, name: str = "", version: str = "", seed: int | None = None, device=None) -> None:
+        from .machine import machine
+
         self.record = {"bundle": str(name), "version": str(version)}
+        if seed is not None:
+            self.record["seed"] = int(seed)
+        self.record["machine"] = machine(device if device is not None else "cpu")
 
     def state_dict(self) -> dict:
         if "network_def" not in self.record:  # read when first saved, from the workflow that is running
@@ -155,6 +163,17 @@ class CheckpointRecord:
 
     def load_state_dict(self, state: dict) -> None:
         self.record = dict(state)
+
+
+def _tensor_bytes(obj) -> int:
+    """The bytes of the tensors in a (nested) checkpoint: about what its file takes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 class _AtomicDiskSaver(DiskSaver):
@@ -173,7 +192,7 @@ class _AtomicDiskSaver(DiskSaver):
         from .io import atomic_path
 
         name = self.filename or filename
-        with atomic_path(self.dirname / name) as tmp:
+        with atomic_path(self.dirname / name, _tensor_bytes(checkpoint), "about") as tmp:
             torch.save(checkpoint, tmp)
         for old in self._replaced:
             if old != name:

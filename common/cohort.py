@@ -10,7 +10,7 @@ Every bundle's ``inference.json`` takes its cases from :func:`cohort_inputs`:
   its gzip stream ends where the header says) is skipped, so an interrupted cohort run continues where it
   stopped (outputs are written atomically: a killed run leaves whole files or none);
 * a case whose image cannot be read or is not one 3D channel is reported and left out, and so is one that fails
-  its checks once loaded (NaN voxels: :class:`CohortDataset`, :func:`skip_failed_cases`); the others go on, and the
+  its checks once loaded (NaN voxels: :class:`CohortDataset`, :func:`cohort_iteration`); the others go on, and the
   run ends with one message naming each such file (and a non-zero exit).
 
 :func:`cohort_summary` prints, per process, the cases written, skipped as already done, and left out.
@@ -36,11 +36,11 @@ __all__ = [
     "cohort_inputs",
     "cohort_summary",
     "CohortDataset",
-    "skip_failed_cases",
+    "cohort_iteration",
 ]
 
 OUTPUT_POSTFIX = "seg"
-FAILED = "failed_case"  # the item a case that failed its checks becomes (CohortDataset -> skip_failed_cases)
+FAILED = "failed_case"  # the item a case that failed its checks becomes (CohortDataset -> cohort_iteration)
 _RUNS: dict[str, dict] = {}  # output folder -> what cohort_inputs decided, for cohort_summary
 
 
@@ -139,7 +139,7 @@ def cohort_summary(output_dir: str | os.PathLike) -> None:
 
 class CohortDataset(Dataset):
     """MONAI's ``Dataset`` for a cohort: a case whose loading or checks raise an :class:`InputError` (NaN voxels)
-    becomes ``{FAILED: problems}`` for :func:`skip_failed_cases` to report, instead of ending the run; in
+    becomes ``{FAILED: problems}`` for :func:`cohort_iteration` to report, instead of ending the run; in
     DataLoader workers too (the problems travel as data). ``skip_failed=False`` (the evaluation, which must score
     every case) raises instead."""
 
@@ -157,17 +157,36 @@ class CohortDataset(Dataset):
             return {FAILED: "; ".join(err.problems)}
 
 
-def skip_failed_cases(output_dir: str | os.PathLike):
+def cohort_iteration(output_dir: str | os.PathLike, progress: bool | str = True):
     """The evaluator's ``iteration_update``: a batch of :class:`CohortDataset` failures is reported (and listed by
-    :func:`cohort_summary`) with no forward and nothing written; any other batch takes the evaluator's own
-    iteration."""
+    :func:`cohort_summary`) with no forward and nothing written; any other batch takes the evaluator's own iteration
+    (network, postprocessing, writing), and with ``progress`` one line says which case it was and how long it took."""
+    from .bundle import as_bool
+
+    progress = as_bool(progress)
+    done = [0]
 
     def iteration(engine, batch):
+        import time
+
         if isinstance(batch, dict) and FAILED in batch:
             for problem in batch[FAILED]:
                 print(f"  left out: {problem}", flush=True)
                 _run_of(output_dir)["failed"].append(problem)
             return None
-        return engine._iteration(engine, batch)
+        t = time.perf_counter()
+        out = engine._iteration(engine, batch)
+        if progress:
+            done[0] += 1
+            who, total = _run_of(output_dir)["who"], engine.state.epoch_length
+            print(f"{who}case {done[0]}/{total}: {_case_name(batch)} in {time.perf_counter() - t:.1f} s", flush=True)
+        return out
 
     return iteration
+
+
+def _case_name(batch) -> str:
+    image = batch.get("image") if isinstance(batch, dict) else None
+    names = getattr(image, "meta", {}).get("filename_or_obj") if image is not None else None
+    name = names[0] if isinstance(names, (list, tuple)) and names else names
+    return case_id(str(name)) if name else "?"

@@ -36,20 +36,19 @@ class InputError(ValueError):
         return text
 
 
-_WORKER = "DataLoader worker process"
 _QUALIFIED = f"{__name__}.InputError: "
 
 
-def _from_worker(exc: BaseException) -> InputError | None:
-    """The :class:`InputError` raised inside a DataLoader worker, rebuilt from the text PyTorch carries over.
+def _from_text(exc: BaseException) -> InputError | None:
+    """The :class:`InputError` that an exception carries as text only, rebuilt from that text.
 
-    PyTorch re-raises a worker's exception in the main process as a new exception of the top-level type (MONAI's
-    transforms wrap ours in a ``RuntimeError``) whose message is the worker's formatted traceback: the chain that
-    held the ``InputError`` is gone, only its text is left. The message is the text after ``InputError:`` up to
-    the next chained traceback.
+    Two places turn an ``InputError`` into text: PyTorch re-raises a DataLoader worker's exception in the main process
+    as a new exception whose message is the worker's formatted traceback, and MONAI's ``SaveImage`` collects the
+    tracebacks of its writers into the message of the error it raises. The chain that held the ``InputError`` is gone
+    either way; its message is the text after ``InputError:`` up to the next chained traceback.
     """
     text = str(exc)
-    if _WORKER not in text or _QUALIFIED not in text:
+    if _QUALIFIED not in text:
         return None
     body = text[text.index(_QUALIFIED) + len(_QUALIFIED) :]
     for stop in ("\n\nThe above exception", "\n\nDuring handling of the above"):
@@ -60,12 +59,12 @@ def _from_worker(exc: BaseException) -> InputError | None:
 
 def find_input_error(exc: BaseException | None) -> InputError | None:
     """Return the first :class:`InputError` in an exception's cause/context chain (or ``None``), including one
-    raised inside a DataLoader worker process (see :func:`_from_worker`)."""
+    raised inside a DataLoader worker process or by one of MONAI's image writers (see :func:`_from_text`)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        worker = _from_worker(exc)
-        if worker is not None:
-            return worker
+        carried = _from_text(exc)
+        if carried is not None:
+            return carried
         if isinstance(exc, InputError):
             return exc
         seen.add(id(exc))
@@ -92,8 +91,8 @@ def _record_without_input_traceback(*args, **kwargs) -> logging.LogRecord:
         return record
     exc = record.exc_info[1] if record.exc_info else None
     err = find_input_error(exc) if exc is not None else None
-    if err is None and _WORKER in str(record.msg):  # ignite logs a worker's exception as text: its whole traceback
-        err = _from_worker(Exception(record.getMessage()))
+    if err is None and _QUALIFIED in str(record.msg):  # ignite logs a worker's exception as text: its whole traceback
+        err = _from_text(Exception(record.getMessage()))
     if err is not None:
         record.exc_info, record.exc_text, record.msg, record.args = None, None, f"input problem: {err}", ()
     return record

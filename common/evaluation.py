@@ -61,14 +61,21 @@ logger = logging.getLogger(__name__)
 
 
 def run_info(checkpoint: str | None = None) -> dict:
-    """Library versions and the checkpoint's SHA-256, recorded with every result."""
+    """Library versions and the checkpoint's SHA-256, recorded with every result, and the seed and machine the
+    checkpoint was trained with where it records them (``trained``): a model is reproducible on one kind of machine,
+    not across kinds."""
     import monai
 
     info = {"versions": {"monai": monai.__version__, "torch": torch.__version__, "numpy": np.__version__}}
     if checkpoint and os.path.isfile(str(checkpoint)):
         from .io import file_sha256
+        from .machine import describe
+        from .weights import checkpoint_record
 
         info["checkpoint_sha256"] = file_sha256(checkpoint)
+        record = checkpoint_record(checkpoint) or {}
+        if record.get("machine"):
+            info["trained"] = f"seed {record.get('seed', '?')} on {describe(record['machine'])}"
     return info
 
 
@@ -144,6 +151,7 @@ _META_KEYS = (
     "hd95_definition",
     "checkpoint",
     "checkpoint_sha256",
+    "trained",
     "num_cases",
     "created",
 )
@@ -474,6 +482,8 @@ class SegmentationReport:
         if self.print_table:
             title = f"{self.meta.get('bundle', 'evaluation')} - protocol {self.protocol}, {len(self.cases)} case(s)"
             text = format_summary(self.result["summary"], title)
+            if self.result["meta"].get("trained"):
+                text += f"\nthe model was trained with {self.result['meta']['trained']}"
             if self.card:
                 text += "\n" + self.result["meta"]["card"]["line"]
             if self.figures:

@@ -59,6 +59,7 @@ __all__ = [
     "autocast_call",
     "compiled_forward",
     "invert_labels",
+    "show_progress",
     "stitching_need",
     "stitching_plan",
     "cuda_free_bytes",
@@ -243,6 +244,15 @@ def flip_tta(forward: Callable, x: torch.Tensor, passes: int) -> torch.Tensor:
         p = torch.flip(p, dims) if dims else p
         total = p if total is None else total.add_(p)
     return torch.log(total.div_(passes).clamp_min_(torch.finfo(torch.float32).tiny))
+
+
+def show_progress(progress: bool | str = True, stream=None) -> bool:
+    """Whether to draw progress bars: ``--progress`` on (the default) and the output a terminal (``stream``: standard
+    error, where the bars go); a log file or a CI log gets none."""
+    import sys
+
+    stream = sys.stderr if stream is None else stream
+    return as_bool(progress) and bool(getattr(stream, "isatty", lambda: False)())
 
 
 def invert_labels(invert: str) -> bool:

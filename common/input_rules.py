@@ -9,9 +9,29 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["AFFINE_TOLERANCE_MM", "image_rule", "label_grid_rule", "label_values_rule"]
+__all__ = ["AFFINE_TOLERANCE_MM", "geometry_rule", "image_rule", "label_grid_rule", "label_values_rule"]
 
 AFFINE_TOLERANCE_MM = 1e-3  # image and label affines further apart than this are two grids
+
+
+AXES = ("axis 0 (x)", "axis 1 (y)", "axis 2 (z, the slices)")
+
+
+def geometry_rule(path: str, affine: np.ndarray, stated: str = "affine") -> list[str]:
+    """A grid placed in space: each of the three voxel axes a finite, non-zero step. ``affine`` is the voxel-to-world
+    matrix (its first three columns are the axes) as the file states it (``stated`` says where: NIfTI's qform scales
+    by ``pixdim``, which nibabel replaces by 1 where it is 0, so the caller passes what the header says). Without it,
+    labels would be written on a made-up geometry."""
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    bad = []
+    for axis in range(3):
+        column = a[:, axis]
+        step = float(np.sqrt((column**2).sum())) if np.all(np.isfinite(column)) else float("nan")
+        if not step > 0:  # zero, NaN or infinite
+            bad.append(f"{AXES[axis]} has voxel spacing {step:g}")
+    if not bad:
+        return []
+    return [f"{path}: the image's geometry is undefined: in its {stated}, {'; '.join(bad)}"]
 
 
 def image_rule(path: str, channels: int, spatial_shape: Sequence[int]) -> list[str]:

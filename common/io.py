@@ -15,8 +15,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from monai.utils.type_conversion import convert_data_type, get_equivalent_dtype
 
 from .errors import InputError
+from .input_rules import geometry_rule
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -49,6 +53,9 @@ __all__ = [
     "is_image_path",
     "load_array",
     "atomic_path",
+    "disk_full",
+    "out_of_room",
+    "disk_full_error",
     "file_sha256",
     "atomic_write_text",
     "atomic_write_bytes",
@@ -112,8 +119,11 @@ def _read_sitk(path: str) -> sitk.Image:
             )
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files[series[0]])
-        return reader.Execute()
-    return sitk.ReadImage(path)
+        img = reader.Execute()
+    else:
+        img = sitk.ReadImage(path)
+    _sitk_geometry(img, path)
+    return img
 
 
 def reorder(array: np.ndarray, order: str = "C", dtype=None) -> np.ndarray:
@@ -137,12 +147,62 @@ def reorder(array: np.ndarray, order: str = "C", dtype=None) -> np.ndarray:
     return np.asarray(array, dtype=dtype, order=order)
 
 
+GEOMETRY_HINT = (
+    "fix the voxel spacing in the file's header (NIfTI: pixdim and the sform or qform; DICOM, MHA, NRRD: the "
+    "spacing), e.g. by converting the scan again from its DICOM series; nothing was run on it"
+)
+
+
+def _raw_nifti_header(path: str):
+    """The NIfTI header of ``path`` as the file holds it: nibabel repairs a header it loads (a zero ``pixdim``
+    becomes 1), and MONAI's reader rebuilds the sform from ``pixdim`` where they disagree."""
+    with nib.openers.ImageOpener(path) as f:
+        raw = f.read(540)
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        try:
+            return klass.from_fileobj(io.BytesIO(raw), check=False)
+        except Exception:  # noqa: BLE001 - not this version of the format
+            continue
+    return None
+
+
+def _nifti_geometry(path: str, affine=None) -> None:
+    """Refuse a NIfTI file whose header states no usable grid (:func:`common.input_rules.geometry_rule`): the matrix
+    the header states (the sform where it is set, else the scaling by ``pixdim`` that the qform and the fallback
+    use), then the affine nibabel made of it (``affine``)."""
+    header = _raw_nifti_header(path)
+    stated, where = None, "affine"
+    if header is not None:
+        if int(header["sform_code"]) > 0:
+            stated, where = np.asarray(header.get_sform(), dtype=np.float64), "header's sform"
+        else:
+            stated, where = np.diag([*np.asarray(header["pixdim"][1:4], dtype=np.float64), 1.0]), "header's pixdim"
+    problems = geometry_rule(path, stated, where) if stated is not None else []
+    if not problems and affine is not None:
+        problems = geometry_rule(path, np.asarray(affine, dtype=np.float64))
+    if problems:
+        raise InputError(problems, hint=GEOMETRY_HINT)
+
+
+def _sitk_geometry(img, path: str) -> None:
+    """Refuse an ITK image (DICOM series, MHA, NRRD) whose spacing or direction makes no usable grid."""
+    problems = geometry_rule(path, _sitk_affine(img), "spacing and direction")
+    if problems:
+        raise InputError(problems, hint=GEOMETRY_HINT)
+
+
 class NiftiReader(NibabelReader):
-    """MONAI's ``NibabelReader``, returning the voxels in C order through :func:`reorder`.
+    """MONAI's ``NibabelReader``, returning the voxels in C order through :func:`reorder`, and refusing a header
+    with no usable grid (:func:`_nifti_geometry`) before anything is computed on it.
 
     Same array, metadata and options; MONAI's ``LoadImage`` makes every array C-contiguous with NumPy, which
     for a NIfTI volume (stored x fastest) was half of the loading time of a BTCV-size CT.
     """
+
+    def read(self, data, **kwargs):
+        for name in ensure_tuple(data):
+            _nifti_geometry(str(name))
+        return super().read(data, **kwargs)
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         array, meta = super().get_data(img)
@@ -240,7 +300,9 @@ def image_info(path: str | os.PathLike) -> ImageInfo:
     name = _lower_name(path)
     try:
         if name.endswith(NIFTI_SUFFIXES):
+            _nifti_geometry(path)  # the header as the file holds it, before nibabel repairs it on loading
             img = nib.load(path)
+            _nifti_geometry(path, img.affine)
             shape = tuple(int(s) for s in img.shape)
             spatial = shape[:3]
             channels = int(np.prod(shape[3:])) if len(shape) > 3 else 1
@@ -249,6 +311,7 @@ def image_info(path: str | os.PathLike) -> ImageInfo:
             reader = sitk.ImageFileReader()
             reader.SetFileName(path)
             reader.ReadImageInformation()
+            _sitk_geometry(reader, path)
             size = tuple(int(s) for s in reader.GetSize())
             channels = int(reader.GetNumberOfComponents()) * (int(np.prod(size[3:])) if len(size) > 3 else 1)
             return ImageInfo(path, size[:3], channels, _sitk_affine(reader))
@@ -339,17 +402,81 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is the disk (or the user's quota) running out of space:
+    writers wrap the ``OSError`` in their own exceptions."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def out_of_room(exc: BaseException, folder: str | os.PathLike, need_bytes: int | None = None) -> bool:
+    """Whether writing into ``folder`` failed for lack of space: :func:`disk_full`, or a writer that reports no
+    ``errno`` (PyTorch's zip writer raises a bare ``RuntimeError``) while the disk has less room than the file needs
+    (less than 1 MB where that is unknown)."""
+    if isinstance(exc, InputError):
+        return False
+    if disk_full(exc):
+        return True
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return False
+    return free < max(int(need_bytes or 0), 2**20)
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.2f} GB"
+
+
+def disk_full_error(target: str | os.PathLike, need_bytes: int | None = None, bound: str = "up to") -> InputError:
+    """The one message for an output that the disk had no room for: the folder, that its disk is full, what the
+    output needs (``need_bytes``: ``bound`` says whether it is an upper bound or an estimate) and what is free."""
+    target = Path(target)
+    folder = target.parent
+    try:
+        free = f"{_megabytes(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = "free space unknown"
+    need = f"{target.name} needs {bound} {_megabytes(need_bytes)}" if need_bytes else f"{target.name} did not fit"
+    return InputError(
+        f"{folder}: the disk is full ({need}, {free})",
+        hint="free space on that disk or write elsewhere (--output_dir for predictions and reports, --ckpt_dir for "
+        "checkpoints, --out for exports and packages); nothing partial was left",
+    )
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, need_bytes: int | None = None, bound: str = "up to"):
     """The one way outputs are written: yields a temporary sibling of ``path`` (same folder, same extension, the
     usual file mode) to write to; when the block ends without an error it replaces ``path`` in one rename, else it
-    is removed. A crash at any point leaves the old file or none, never half a file."""
+    is removed. A crash at any point leaves the old file or none, never half a file. A full disk is an
+    :class:`InputError` (:func:`disk_full_error`; ``need_bytes``: what the writer knows the file needs, ``bound``
+    "up to" or "about")."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path, _full_suffix(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_sibling(path, _full_suffix(path))
+    except OSError as e:
+        if disk_full(e):
+            raise disk_full_error(path, need_bytes, bound) from e
+        raise
     try:
         yield tmp
         os.replace(tmp, path)
+    except BaseException as e:
+        if out_of_room(e, path.parent, need_bytes):
+            raise disk_full_error(path, need_bytes, bound) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -391,5 +518,14 @@ class AtomicNibabelWriter(NibabelWriter):
         )
 
     def write(self, filename, verbose: bool = False, **obj_kwargs):
-        with atomic_path(filename) as tmp:
+        data, dtype = getattr(self, "data_obj", None), getattr(self, "output_dtype", None)
+        need = None
+        if data is not None:  # uncompressed, in the output's type: gzip only shrinks it
+            item = (
+                np.dtype(dtype).itemsize
+                if dtype is not None
+                else np.dtype(get_equivalent_dtype(data.dtype, np.ndarray)).itemsize
+            )
+            need = 352 + int(np.prod(data.shape)) * item
+        with atomic_path(filename, need) as tmp:
             super().write(str(tmp), verbose=verbose, **obj_kwargs)

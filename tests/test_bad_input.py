@@ -30,11 +30,31 @@ BUNDLES_UNDER_TEST = ("unetr_btcv", "swin_unet_btcv")
 # ------------------------------------------------------------------------------------------------ bad inputs
 
 
+def edit_nifti_header(path: Path, **fields) -> Path:
+    """Write header fields of a ``.nii.gz`` as raw bytes (nibabel repairs some on saving, such as a zero pixdim):
+    ``pixdim3`` (the slice spacing), ``sform_code``, ``srow_x1`` (the sform's y-axis, x component)."""
+    import gzip
+    import struct
+
+    offsets = {"pixdim3": (88, "<f"), "sform_code": (254, "<h"), "srow_x1": (284, "<f")}
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    for name, value in fields.items():
+        offset, fmt = offsets[name]
+        struct.pack_into(fmt, raw, offset, value)
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
 def _bad_image(kind: str, tiny_data, folder: Path) -> Path:
-    """A CT file that must be refused: two volumes stacked (4D), a '.nii.gz' that is not NIfTI, NaN voxels."""
+    """A CT file that must be refused: two volumes stacked (4D), a '.nii.gz' that is not NIfTI, NaN voxels, a header
+    whose slice spacing is 0 (nibabel would read it as 1: labels on a made-up geometry), an sform with a NaN."""
     src = nib.load(str(tiny_data / "imagesTr" / "phantom0000.nii.gz"))
     data = np.asarray(src.dataobj)
     path = folder / f"{kind}.nii.gz"
+    if kind in ("zero_spacing", "nan_affine"):
+        nib.save(nib.Nifti1Image(data, src.affine), str(path))
+        fields = {"pixdim3": 0.0, "sform_code": 0} if kind == "zero_spacing" else {"srow_x1": float("nan")}
+        return edit_nifti_header(path, **fields)
     if kind == "four_d":
         nib.save(nib.Nifti1Image(np.stack([data, data], -1).astype(np.int16), src.affine), str(path))
     elif kind == "not_nifti":
@@ -50,7 +70,10 @@ IMAGE_PROBLEMS = {
     "four_d": "image has 2 channels",
     "not_nifti": "cannot read the image",
     "nan": "8 voxel(s) are NaN or infinite (first at index (10, 20, 5)",
+    "zero_spacing": "geometry is undefined: in its header's pixdim, axis 2 (z, the slices) has voxel spacing 0",
+    "nan_affine": "geometry is undefined: in its header's sform, axis 1 (y) has voxel spacing nan",
 }
+HEADER_PROBLEMS = ("four_d", "not_nifti", "zero_spacing", "nan_affine")  # seen in the header, before any work
 
 
 def _bad_checkpoint(kind: str, bundle: str, folder: Path) -> Path:
@@ -217,6 +240,39 @@ def test_bad_checkpoint_to_the_leaderboard(problem, tiny_data, tmp_path):
         )
     _assert_clear(exc.value, ckpt, CHECKPOINT_PROBLEMS[problem])
     assert not (tmp_path / "board" / "leaderboard.md").exists()
+
+
+@pytest.mark.parametrize("problem", ["zero_spacing", "nan_affine", "not_nifti"])
+def test_bad_image_to_the_leaderboard_and_the_ensemble(problem, tiny_data, tmp_path, capsys):
+    """The leaderboard's cases and an ensemble's images are checked before any network runs: one message naming the
+    file and, for an undefined geometry, the axis; nothing written."""
+    from common.tools.ensemble import main as ensemble_main
+    from common.tools.leaderboard import leaderboard
+
+    image = _bad_image(problem, tiny_data, tmp_path)
+    datalist = _datalist_with(image, tiny_data, tmp_path, "validation")
+    with pytest.raises(InputError) as exc:
+        leaderboard(
+            ["unetr_btcv"],
+            dataset_dir=str(tiny_data),
+            datalist_file=str(datalist),
+            out=str(tmp_path / "board"),
+            overrides={"unetr_btcv": {**BUNDLE_TINY["unetr_btcv"], "load_pretrain": False}},
+            progress=False,
+        )
+    _assert_clear(exc.value, image, IMAGE_PROBLEMS[problem])
+    assert _files(tmp_path / "board") == []
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    image.rename(folder / image.name)
+    overrides = [
+        a for k, v in BUNDLE_TINY["unetr_btcv"].items() for a in ("--override", f"unetr_btcv:{k}={json.dumps(v)}")
+    ]
+    argv = ["--member", "unetr_btcv", "--dataset_dir", str(folder), "--output_dir", str(tmp_path / "ens"), *overrides]
+    assert ensemble_main([*argv, "--override", "unetr_btcv:load_pretrain=false"]) == 2
+    err = capsys.readouterr().err
+    assert str(folder / image.name) in err and IMAGE_PROBLEMS[problem] in err and "Traceback" not in err, err
+    assert _files(tmp_path / "ens") == []
 
 
 @pytest.mark.parametrize("problem", ["truncated", "other_network"])

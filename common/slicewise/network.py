@@ -52,6 +52,9 @@ class SliceWiseMixin:
     - ``slice_compile`` runs the 2D forwards through ``torch.compile`` with frozen weights
       (``common.inference.compiled_forward``; batches padded to ``slice_batch``).
 
+    - ``slice_progress`` draws a progress bar over the slices of each volume (the bundles' ``--progress``, in a
+      terminal).
+
     With ``time_forwards`` set (the benchmark sets it), ``forward_seconds`` holds the time spent in the 2D forwards
     by the last volume call; timing a GPU forward waits for it to finish, so it is off otherwise. These are plain
     attributes, so the state dict is exactly the 2D network's: a model trained as 2D loads as is.
@@ -64,6 +67,7 @@ class SliceWiseMixin:
     slice_resize: str = "logits"
     slice_tta: int = 1
     slice_compile: bool = False
+    slice_progress: bool = False
     time_forwards: bool = False
     forward_seconds: float = 0.0
 
@@ -102,6 +106,11 @@ class SliceWiseMixin:
         block = max(step, RESIZE_BLOCK)  # resizing back and argmax work on blocks of slices, forwards on batches
         zoomed = zoom_axial_slices(vol, self.slice_roi)  # (Z, C, h, w): a fifth of a 512 x 512 volume at 224
         out = None
+        bar = None
+        if self.slice_progress and sz > block:
+            from tqdm import tqdm
+
+            bar = tqdm(total=sz, desc="slices", unit="slice", leave=False)
         for s in range(0, sz, block):
             chunk = zoomed[s : s + block]
             y = torch.cat([self._slice_forward(chunk[i : i + step]) for i in range(0, chunk.shape[0], step)])
@@ -116,6 +125,10 @@ class SliceWiseMixin:
             if out is None:
                 out = torch.empty((y.shape[1], sx, sy, sz), dtype=torch.float32, device=vol.device)
             out[..., s : s + y.shape[0]] = y.permute(1, 2, 3, 0)
+            if bar is not None:
+                bar.update(y.shape[0])
+        if bar is not None:
+            bar.close()
         return out
 
 
@@ -164,6 +177,7 @@ def slicewise_network(
     channels_last: bool = True,
     tta: int = 1,
     compile: bool | str = False,
+    progress: bool = False,
     **network_kwargs,
 ) -> torch.nn.Module:
     """Build ``network(**network_kwargs)`` as a 3D-volume model (see :class:`SliceWiseMixin`).
@@ -185,4 +199,5 @@ def slicewise_network(
         raise ValueError(f"tta must be 1 (off) to 4 (every in-plane flip), got {tta!r}")
     net.slice_output, net.slice_resize, net.slice_tta = output, resize, int(tta)
     net.slice_compile = as_bool(compile)
+    net.slice_progress = as_bool(progress)
     return net

@@ -120,11 +120,13 @@ def ensemble_inference(
     ``output_dir``. Returns the settings (members, cleanup) for the results record."""
     from monai.transforms import SaveImaged
 
+    from ..data import check_items
     from ..io import AtomicNibabelWriter
     from ..postprocess import OrganCleanupd
 
     if not members:
         raise InputError("an ensemble needs members", hint="give --member BUNDLE=CHECKPOINT, twice or more")
+    check_items([{"image": str(i)} for i in images], "the ensemble's images", require_label=False)  # before any work
     if str(cleanup) == "auto":
         raise InputError(
             "--cleanup auto is decided for one checkpoint (evaluate.json --decide_cleanup), not for an ensemble",

@@ -74,6 +74,11 @@ def _compare(exported: torch.Tensor, eager: torch.Tensor, tolerance: float, repo
     return report
 
 
+def _weight_bytes(net: torch.nn.Module) -> int:
+    """About what an exported file takes: its weights (both formats hold them in the file)."""
+    return sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+
+
 def _scriptable(net: torch.nn.Module) -> bool:
     try:
         with warnings.catch_warnings():
@@ -99,8 +104,6 @@ def export_torchscript(
     ``model.pt`` that ``train.json`` writes, with the weights under ``"model"`` beside the training record, an
     official layout, a DDP save, a file saved on a GPU); ``ckpt_export`` then reloads those weights from a plain
     state dict of CPU tensors, the one layout it reads."""
-    import tempfile
-
     from monai.bundle import ckpt_export
 
     net, parser = build_network(bundle, ckpt, configs, overrides)
@@ -115,22 +118,26 @@ def export_torchscript(
         "input_shape": list(x.shape),
         "tolerance": tolerance,
     }
-    with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as scratch:  # only a checked file takes the name
-        plain = Path(scratch) / "weights.pt"
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, plain)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ckpt_export(
-                net_id="network_def",
-                filepath=str(tmp),
-                ckpt_file=str(plain),
-                config_file=bundle_configs(bundle, extra=configs),
-                meta_file=str(BUNDLES_DIR / bundle / "configs" / "metadata.json"),
-                use_trace=use_trace,
-                input_shape=list(x.shape) if use_trace else None,
-                bundle_root=str(BUNDLES_DIR / bundle),
-                **kw,
-            )
+    # only a checked file takes the name; the plain state dict stands beside it, on the same disk, while it is made
+    with atomic_path(out, 2 * _weight_bytes(net), "about") as tmp:
+        plain = tmp.with_name(tmp.name + ".weights.pt")
+        try:
+            torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, plain)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ckpt_export(
+                    net_id="network_def",
+                    filepath=str(tmp),
+                    ckpt_file=str(plain),
+                    config_file=bundle_configs(bundle, extra=configs),
+                    meta_file=str(BUNDLES_DIR / bundle / "configs" / "metadata.json"),
+                    use_trace=use_trace,
+                    input_shape=list(x.shape) if use_trace else None,
+                    bundle_root=str(BUNDLES_DIR / bundle),
+                    **kw,
+                )
+        finally:
+            plain.unlink(missing_ok=True)
         ts = torch.jit.load(str(tmp), map_location="cpu").eval()
         with torch.no_grad():
             return _compare(ts(x), net(x), tolerance, report, "TorchScript")
@@ -157,7 +164,7 @@ def export_onnx(
             raise InputError(
                 "checking the ONNX file needs onnxruntime", hint="pip install onnxruntime, or pass --no-check"
             ) from e
-    with atomic_path(out) as tmp:  # only a file that passed the comparison (when checked) takes the name
+    with atomic_path(out, _weight_bytes(net), "about") as tmp:  # only a checked file takes the name
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(

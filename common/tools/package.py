@@ -41,6 +41,7 @@ from pathlib import Path
 
 from ..bundle import WORKFLOW_EXPR
 from ..errors import InputError, find_input_error
+from ..io import atomic_path, disk_full_error, out_of_room
 
 __all__ = ["package_bundle", "rewrite_config", "runtime_files", "vendored_name", "main"]
 
@@ -287,8 +288,11 @@ def package_bundle(
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        need = ckpt_path.stat().st_size if ckpt_path.is_file() else None
+        if out_of_room(e, out, need):
+            raise disk_full_error(target, need, "more than") from e
         raise
     paths = {
         "folder": str(target),
@@ -298,12 +302,11 @@ def package_bundle(
     }
     if make_zip:
         zip_path = out / f"{name}.zip"
-        tmp_zip = zip_path.with_name(f".{zip_path.name}.tmp")
-        with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
-            for p in sorted(target.rglob("*")):
-                if p.is_file():
+        files = sorted(p for p in target.rglob("*") if p.is_file())
+        with atomic_path(zip_path, sum(p.stat().st_size for p in files), "up to") as tmp_zip:
+            with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
+                for p in files:
                     z.write(p, Path(name) / p.relative_to(target))
-        tmp_zip.replace(zip_path)
         paths["zip"] = str(zip_path)
     return paths
 

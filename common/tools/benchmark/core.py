@@ -5,7 +5,6 @@ imports a part."""
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import torch
 
 from ...bundle import bundle_parser
 from ...inference import AUTOCAST_DTYPES, cpu_reduced_precision
+from ...machine import machine
 from ...weights import load_weights
 from ..per_slice import per_slice
 
@@ -130,36 +130,23 @@ class PeakMemory:
 
 
 def machine_info(device: torch.device) -> dict:
-    """What the figures were measured on."""
+    """What the figures were measured on (:func:`common.machine.machine`, with the Python and MONAI versions, the
+    threads, whether the CPU has bf16 instructions and what the run left out for it)."""
     import monai
 
-    info = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "device": str(device),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    info["cpu_bf16"] = cpu_reduced_precision()["bf16"]
+    info = machine(device)
+    info.update(
+        torch_threads=torch.get_num_threads(),
+        python=platform.python_version(),
+        monai=monai.__version__,
+        device=str(device),
+        cpu_bf16=cpu_reduced_precision()["bf16"],
+    )
     if device.type == "cpu" and not info["cpu_bf16"]:
         info["left_out"] = (
             f"the bf16 paths: this CPU ({info['cpu_capability']}) has no bf16 instructions, where bf16 runs several "
             "times slower than fp32"
         )
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
     return info
 
 
