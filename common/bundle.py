@@ -22,6 +22,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 
 from .errors import InputError
+from .workflow import network_args, running_workflow
 
 __all__ = [
     "bundle_root",
@@ -36,12 +37,8 @@ __all__ = [
     "default_workers",
     "bundle_configs",
     "bundle_parser",
-    "OVERLAY_EXCLUDED",
-    "fitting_overlays",
     "CheckpointRecord",
     "CheckpointSaver",
-    "network_args",
-    "differing_args",
 ]
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
@@ -72,72 +69,6 @@ def _config_files_from_argv(argv: list[str]) -> list[str]:
     return []
 
 
-# The one walk up the call stack to the running ConfigWorkflow (``monai.bundle run``, or Python code using
-# ConfigWorkflow), as a standard-library expression: the project evaluates it here, and a packaged bundle's
-# configs embed it (``common.tools.package``), since their vendored code cannot be imported before the bundle's
-# folder is known. ``monai`` is the only name it needs.
-WORKFLOW_EXPR = (
-    "next((w for w in (fi.frame.f_locals.get('self') for fi in __import__('inspect').stack(0)) "
-    "if isinstance(w, monai.bundle.ConfigWorkflow)), None)"
-)
-
-
-def _running_workflow():
-    """The ``ConfigWorkflow`` on the call stack, or ``None`` (:data:`WORKFLOW_EXPR`)."""
-    import monai.bundle
-
-    return eval(WORKFLOW_EXPR, {"monai": monai})  # noqa: S307 - a constant expression of this module
-
-
-def _plain(value):
-    """A config value as plain data (what ``torch.load(weights_only=True)`` reads back): tuples become lists."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-def network_args(parser) -> dict:
-    """The resolved ``network_def`` of a bundle config: its target and every argument, as plain data. Resolved in a
-    copy of the config, so a parser that already built the network (and caches it) is left as it is."""
-    import copy
-
-    from monai.bundle import ConfigParser
-
-    fresh = ConfigParser(copy.deepcopy(parser.get()))
-    return _plain(fresh.get_parsed_content("network_def", instantiate=False).get_config())
-
-
-# network_def arguments that choose how the same network runs, not which network it is
-RUNTIME_ARGS = {
-    "mode",  # the slice-wise mode of checkpoints written before the per-slice loop left the bundles
-    "slice_batch",
-    "tta",
-    "autocast",
-    "compile",
-    "progress",
-    "output",
-    "resize",
-    "channels_last",
-    "use_checkpoint",
-    "use_flash_attention",
-}
-
-
-def differing_args(recorded: dict, current: dict) -> list[str]:
-    """``name recorded (this configuration: current)`` for every network argument that differs (run-time switches
-    such as the slice batch or autocast are not the network's and are left out)."""
-    keys = sorted((set(recorded) | set(current)) - RUNTIME_ARGS)
-    return [
-        f"{k} {recorded.get(k)!r} (this configuration: {current.get(k)!r})"
-        for k in keys
-        if recorded.get(k) != current.get(k)
-    ]
-
-
 class CheckpointRecord:
     """What a bundle's ``model.pt`` records beside the weights (``train.json`` saves it under ``"bundle"``): the
     bundle's name and version, the resolved ``network_def`` it was trained with (read from the running workflow), the
@@ -156,7 +87,7 @@ class CheckpointRecord:
 
     def state_dict(self) -> dict:
         if "network_def" not in self.record:  # read when first saved, from the workflow that is running
-            wf = _running_workflow()
+            wf = running_workflow()
             if wf is not None:
                 self.record["network_def"] = network_args(wf.parser)
         return self.record
@@ -240,7 +171,7 @@ def bundle_root() -> str:
     (``monai.bundle`` sub-commands such as ``verify_net_in_out`` or ``ckpt_export``); otherwise a
     ``config_file`` argument on the call stack; otherwise the current directory (the model zoo's ``"."``).
     """
-    wf = _running_workflow()
+    wf = running_workflow()
     if wf is not None and getattr(wf, "config_root_path", None):
         return _root_from_config_path(Path(wf.config_root_path) / "x.json")
     frame = inspect.currentframe()
@@ -519,36 +450,3 @@ def bundle_parser(bundle: str, overrides: dict | None = None, config: str = "inf
     for k, v in (overrides or {}).items():
         parser[k] = v
     return parser
-
-
-# config files that are not overlays of inference.json
-OVERLAY_EXCLUDED = {"train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "metadata.json"}
-
-
-def fitting_overlays(
-    root: str | os.PathLike, ckpt: str | os.PathLike, used=(), overrides: dict | None = None
-) -> list[str]:
-    """The overlays of the bundle at ``root`` (``configs/*.json`` other than the base files and those in ``used``)
-    under whose network ``ckpt``'s weights load: what to add when a checkpoint does not fit (a demo model needs
-    ``configs/demo.json``). Empty when none fits."""
-    from monai.bundle import ConfigParser
-
-    from .weights import load_weights
-
-    cfg = Path(root) / "configs"
-    used_names = {Path(u).name for u in used}
-    fits = []
-    for overlay in sorted(cfg.glob("*.json")):
-        if overlay.name in OVERLAY_EXCLUDED or overlay.name in used_names:
-            continue
-        parser = ConfigParser()
-        parser.read_config([str(cfg / "inference.json"), *map(str, used), str(overlay)])
-        parser["bundle_root"] = str(root)
-        for k, v in (overrides or {}).items():
-            parser[k] = v
-        try:
-            load_weights(parser.get_parsed_content("network_def"), ckpt, purpose="inference")
-        except Exception:  # noqa: BLE001 - an overlay that does not fit is simply not listed
-            continue
-        fits.append(f"configs/{overlay.name}")
-    return fits

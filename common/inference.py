@@ -46,19 +46,18 @@ import torch
 from monai.inferers import SlidingWindowInferer as _MonaiSlidingWindowInferer
 
 from .bundle import as_bool, as_device
+from .inversion import GROUP_BYTES, SLAB_BYTES
 
 __all__ = [
     "flip_combinations",
     "flip_tta",
     "AUTOCAST_DTYPES",
-    "INVERT_MODES",
     "autocast_dtype",
     "cpu_reduced_precision",
     "effective_autocast",
     "autocast_label",
     "autocast_call",
     "compiled_forward",
-    "invert_labels",
     "show_progress",
     "stitching_need",
     "stitching_plan",
@@ -69,7 +68,6 @@ __all__ = [
 ]
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-INVERT_MODES = ("probabilities", "labels")
 STITCH_MODES = ("auto", "device", "cpu")
 
 
@@ -255,21 +253,12 @@ def show_progress(progress: bool | str = True, stream=None) -> bool:
     return as_bool(progress) and bool(getattr(stream, "isatty", lambda: False)())
 
 
-def invert_labels(invert: str) -> bool:
-    """True for ``"labels"``, False for ``"probabilities"``; the configs' ``_disabled_`` switches call this."""
-    if invert not in INVERT_MODES:
-        raise ValueError(f"invert must be one of {INVERT_MODES}, got {invert!r}")
-    return invert == "labels"
-
-
 def stitching_need(spatial_shape: Sequence[int], out_channels: int, original_voxels: int | None = None) -> int:
     """Bytes the prediction of one volume needs where it is stitched, since the postprocessing then runs there too:
     the float32 output and count map of the windows (``out_channels`` + 1 maps of the network's grid), the softmax
     of the output, the inversion's working memory (:data:`common.inversion.GROUP_BYTES` and ``SLAB_BYTES``) and its
     label map on the input's grid (``original_voxels``: the best value and its class, then the float label map and
     its reorientation; 13 bytes a voxel). Without ``original_voxels``, the network's grid stands for it."""
-    from .inversion import GROUP_BYTES, SLAB_BYTES
-
     voxels = math.prod(int(s) for s in spatial_shape)
     original = voxels if original_voxels is None else int(original_voxels)
     return (2 * int(out_channels) + 1) * voxels * 4 + GROUP_BYTES + SLAB_BYTES + 13 * original

@@ -28,11 +28,28 @@ from monai.transforms.inverse import TraceableTransform
 from monai.transforms.utils import convert_applied_interp_mode, resolves_modes
 from monai.utils import TraceKeys, ensure_tuple, ensure_tuple_rep, fall_back_tuple, get_torch_dtype_from_string
 
-__all__ = ["SLAB_BYTES", "GROUP_BYTES", "slab_resample", "slab_planes", "channel_groups", "InvertToLabelsd"]
+__all__ = [
+    "INVERT_MODES",
+    "invert_labels",
+    "SLAB_BYTES",
+    "GROUP_BYTES",
+    "slab_resample",
+    "slab_planes",
+    "channel_groups",
+    "InvertToLabelsd",
+]
 
 SLAB_BYTES = 256 * 2**20  # working memory of one slab: its sampling grid and the values sampled for it
 GROUP_BYTES = 512 * 2**20  # working memory of the channels resampled together: their source, padded and in float64
+INVERT_MODES = ("probabilities", "labels")
 AFFINE_TOL = 1e-3  # MONAI's tolerance for "the affine is unchanged" (monai.transforms.spatial.functional)
+
+
+def invert_labels(invert: str) -> bool:
+    """True for ``"labels"``, False for ``"probabilities"``; what the ``invert`` switch means."""
+    if invert not in INVERT_MODES:
+        raise ValueError(f"invert must be one of {INVERT_MODES}, got {invert!r}")
+    return invert == "labels"
 
 
 def _linspace_from_neg_one(n: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
@@ -193,7 +210,7 @@ class InvertToLabelsd(MapTransform):
         keys: the prediction(s) to invert.
         transform: the preprocessing that was applied (its invertible steps are undone, last first).
         orig_keys: the key of each prediction's input, whose record of applied transforms is undone.
-        invert: ``"probabilities"`` or ``"labels"`` (see ``common.inference.invert_labels``).
+        invert: ``"probabilities"`` or ``"labels"`` (see :func:`invert_labels`).
     """
 
     def __init__(
@@ -204,8 +221,6 @@ class InvertToLabelsd(MapTransform):
         invert: str = "probabilities",
         allow_missing_keys: bool = False,
     ) -> None:
-        from .inference import invert_labels
-
         super().__init__(keys, allow_missing_keys)
         self.transform = transform
         self.orig_keys = ensure_tuple_rep(orig_keys, len(self.keys))

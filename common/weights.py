@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .workflow import differing_args, network_args, running_workflow
 
 __all__ = [
     "Conversion",
@@ -45,6 +46,8 @@ __all__ = [
     "CheckpointLoader",
     "with_overlay_hint",
     "checkpoint_record",
+    "fitting_overlays",
+    "OVERLAY_EXCLUDED",
     "PURPOSES",
 ]
 
@@ -430,17 +433,10 @@ def with_overlay_hint(
     """``err`` for a checkpoint that does not fit, made specific where possible: the network arguments that differ
     from the ones the checkpoint records (``current``: this run's resolved ``network_def``, else the running
     workflow's), and the overlay of the bundle at ``root`` that builds the checkpoint's network."""
-    from .bundle import (
-        _running_workflow,
-        differing_args,
-        fitting_overlays,
-        network_args,
-    )
-
     if not Path(ckpt).is_file():
         return err
     record = checkpoint_record(ckpt) or {}
-    if current is None and (wf := _running_workflow()) is not None:
+    if current is None and (wf := running_workflow()) is not None:
         try:
             current = network_args(wf.parser)
         except Exception:  # noqa: BLE001 - without this run's arguments the message names no argument
@@ -471,3 +467,34 @@ def with_overlay_hint(
             "run with the configuration it was trained with (set the arguments above, or the overlay used in training)"
         )
     return InputError(problem, hint=hint)
+
+
+# config files that are not overlays of inference.json
+OVERLAY_EXCLUDED = {"train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "metadata.json"}
+
+
+def fitting_overlays(
+    root: str | os.PathLike, ckpt: str | os.PathLike, used=(), overrides: dict | None = None
+) -> list[str]:
+    """The overlays of the bundle at ``root`` (``configs/*.json`` other than the base files and those in ``used``)
+    under whose network ``ckpt``'s weights load: what to add when a checkpoint does not fit (a demo model needs
+    ``configs/demo.json``). Empty when none fits."""
+    from monai.bundle import ConfigParser
+
+    cfg = Path(root) / "configs"
+    used_names = {Path(u).name for u in used}
+    fits = []
+    for overlay in sorted(cfg.glob("*.json")):
+        if overlay.name in OVERLAY_EXCLUDED or overlay.name in used_names:
+            continue
+        parser = ConfigParser()
+        parser.read_config([str(cfg / "inference.json"), *map(str, used), str(overlay)])
+        parser["bundle_root"] = str(root)
+        for k, v in (overrides or {}).items():
+            parser[k] = v
+        try:
+            load_weights(parser.get_parsed_content("network_def"), ckpt, purpose="inference")
+        except Exception:  # noqa: BLE001 - an overlay that does not fit is simply not listed
+            continue
+        fits.append(f"configs/{overlay.name}")
+    return fits

@@ -60,7 +60,8 @@ def trained(request, tiny_data, tmp_path_factory):
 def test_train_saves_best_and_resumable_state(trained):
     import torch
 
-    from common.bundle import bundle_parser, network_args
+    from common.bundle import bundle_parser
+    from common.workflow import network_args
 
     bundle, work, tiny = trained
     assert (work / "models" / "model.pt").is_file(), "best checkpoint by validation Dice not written"

@@ -17,9 +17,9 @@ from common.inference import (
     autocast_dtype,
     flip_combinations,
     flip_tta,
-    invert_labels,
     stitching_plan,
 )
+from common.inversion import invert_labels
 
 BUNDLES_3D = ["unetr_btcv", "swin_unetr_btcv", "unet_btcv", "mednext_btcv"]
 

@@ -71,7 +71,7 @@ def _weights_problem(path: str) -> str:
     try:
         load_weights(parser.get_parsed_content("network_def"), ckpt, purpose="inference")
     except InputError as e:
-        from common.bundle import network_args
+        from common.workflow import network_args
 
         return str(with_overlay_hint(e, ckpt, path, current=network_args(parser)))
     return ""

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import torch
 
-from ..bundle import BUNDLES_DIR, bundle_configs, bundle_parser, network_args
+from ..bundle import BUNDLES_DIR, bundle_configs, bundle_parser
 from ..errors import InputError, find_input_error
 from ..io import atomic_path
 from ..weights import load_weights, with_overlay_hint
+from ..workflow import network_args
 
 __all__ = ["build_network", "example_input", "export_torchscript", "export_onnx", "main", "DEFAULT_TOLERANCE"]
 

@@ -39,9 +39,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..bundle import WORKFLOW_EXPR
 from ..errors import InputError, find_input_error
 from ..io import atomic_path, disk_full_error, out_of_room
+from ..workflow import WORKFLOW_EXPR
 
 __all__ = ["package_bundle", "rewrite_config", "runtime_files", "vendored_name", "main"]
 
@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # common/
 
 # The folder of the ConfigWorkflow being run (``monai.bundle run``), else ".": the project's own walk up the call
-# stack (``common.bundle.WORKFLOW_EXPR``), standard library only, since the vendored package cannot be imported
+# stack (``common.workflow.WORKFLOW_EXPR``), standard library only, since the vendored package cannot be imported
 # before its folder is known.
 BUNDLE_ROOT_EXPR = (
     "$(lambda w: str((w.config_root_path.parent if w.config_root_path.name == 'configs' else w.config_root_path)"
@@ -217,8 +217,8 @@ def _check_weights(src: Path, ckpt: Path, overlays: list[Path]) -> None:
     """Stop, before anything is written, when the weights do not fit the network the packaged configs build."""
     from monai.bundle import ConfigParser
 
-    from ..bundle import network_args
     from ..weights import load_weights, with_overlay_hint
+    from ..workflow import network_args
 
     parser = ConfigParser()
     parser.read_config([str(src / "configs" / "inference.json"), *map(str, overlays)])
