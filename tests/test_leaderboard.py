@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -222,3 +223,80 @@ def test_published_numbers_only_under_the_same_protocol_and_split():
     )
     assert anchors_for("unetr_btcv", "btcv13", None) == []  # demo phantoms or one's own datalist
     assert [a["mean_dice"] for a in anchors_for("swin_unetr_btcv", "btcv13", "cv5")] == [0.7889]
+
+
+# --- the report itself, pinned ----------------------------------------------------------------------------------------
+# A cohort of integer boxes (no floating point anywhere in its making) and two prediction folders derived from it by
+# integer edits: the leaderboard's text outputs are compared with files written by the code before its steps were
+# split. Regenerate with LEADERBOARD_GOLDEN=write only when the report is meant to change, and review the diff.
+GOLDEN = Path(__file__).parent / "data" / "leaderboard"
+_VOLATILE = ("time", "date", "seconds", "duration", "machine", "host", "version", "sha256", "created")
+
+
+def _box_cohort(root: Path, n_cases: int = 4) -> tuple[Path, Path, Path]:
+    """Labels of 13 boxes each (sizes varying by case), images derived from them, and two prediction folders: one
+    shifting every box by one voxel, one also missing a different organ in each case."""
+    shape = (36, 36, 12)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    items, shifted, missing = [], root / "shifted", root / "missing"
+    for d in (root / "images", root / "labels", shifted, missing):
+        d.mkdir(parents=True)
+    for n in range(n_cases):
+        lab = np.zeros(shape, np.uint8)
+        for k in range(13):
+            x, y = 1 + 9 * (k % 4), 1 + 9 * (k // 4)
+            lab[x : x + 4 + (n + k) % 4, y : y + 5 + (n * k) % 3, 2 : 6 + (n + 2 * k) % 5] = k + 1
+        name = f"box{n:02d}"
+        nib.save(nib.Nifti1Image((lab.astype(np.int16) * 20 - 100), affine), str(root / "images" / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, affine), str(root / "labels" / f"{name}.nii.gz"))
+        moved = np.roll(lab, 1, axis=0)
+        nib.save(nib.Nifti1Image(moved, affine), str(shifted / f"{name}_seg.nii.gz"))
+        moved[moved == 1 + (3 * n) % 13] = 0
+        nib.save(nib.Nifti1Image(moved, affine), str(missing / f"{name}_seg.nii.gz"))
+        items.append({"image": f"images/{name}.nii.gz", "label": f"labels/{name}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"training": items[:1], "validation": items}), encoding="utf-8")
+    return root, shifted, missing
+
+
+def _pinned(value, root: str):
+    """The report with what legitimately changes between runs (paths under the test's folder, times, versions,
+    the machine) replaced by fixed words, and numbers to 10 decimals (summation order may differ between CPUs)."""
+    if isinstance(value, dict):
+        return {k: "<volatile>" if any(w in k.lower() for w in _VOLATILE) else _pinned(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_pinned(v, root) for v in value]
+    if isinstance(value, float):
+        return round(value, 10)
+    return value.replace(root, "<out>") if isinstance(value, str) else value
+
+
+def test_leaderboard_report_is_unchanged_on_a_fixed_cohort(tmp_path):
+    data, shifted, missing = _box_cohort(tmp_path / "cohort")
+    out = tmp_path / "board"
+    leaderboard(
+        predictions={"shifted": str(shifted), "missing": str(missing)},
+        dataset_dir=str(data),
+        datalist_file=str(data / "dataset.json"),
+        protocol="btcv13",
+        out=str(out),
+        compare=["shifted", "missing"],
+        overlay_cases=1,
+        progress=False,
+    )
+    root = str(tmp_path)
+    written = {
+        "leaderboard.md": (out / "leaderboard.md").read_text(encoding="utf-8").replace(root, "<out>"),
+        "leaderboard.csv": (out / "leaderboard.csv").read_text(encoding="utf-8").replace(root, "<out>"),
+        "leaderboard.json": json.dumps(
+            _pinned(json.loads((out / "leaderboard.json").read_text(encoding="utf-8")), root), indent=1, sort_keys=True
+        ),
+    }
+    for name in ("shifted", "missing"):
+        res = json.loads((out / name / "results.json").read_text(encoding="utf-8"))
+        written[f"{name}.results.json"] = json.dumps(_pinned(res, root), indent=1, sort_keys=True)
+    if os.environ.get("LEADERBOARD_GOLDEN") == "write":
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        for name, text in written.items():
+            (GOLDEN / name).write_text(text, encoding="utf-8")
+    for name, text in written.items():
+        assert text == (GOLDEN / name).read_text(encoding="utf-8"), f"{name} differs from {GOLDEN / name}"

@@ -34,6 +34,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,27 @@ def _fmt(v, nd=3):
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
 
+@dataclass
+class _Cases:
+    """The cases every entry is scored on, and what they are (for the report and the published numbers)."""
+
+    items: list[dict]
+    label: str
+    named: str | None  # the named split of a BTCV download, under which published numbers are shown
+
+
+@dataclass
+class _Entry:
+    """One entry of the leaderboard: a bundle's inference (``ckpt`` may be an out-of-fold ``{fold}`` pattern), an
+    ensemble (``members``) or a folder of predictions; ``ids``: the id space of its labels."""
+
+    name: str
+    ids: str = BTCV13
+    folder: Path | None = None
+    members: str | None = None
+    ckpt: str | None = None
+
+
 def leaderboard(
     bundles: Sequence[str] = (),
     predictions: dict[str, str] | None = None,
@@ -148,175 +170,205 @@ def leaderboard(
     fold: int | None = None,
     ensembles: dict[str, str] | None = None,
 ) -> dict:
-    """Run, score and compare bundles; see the module docstring. Returns the leaderboard as a dict."""
+    """Run, score and compare bundles; see the module docstring. Returns the leaderboard as a dict.
+
+    In steps: the cases and the entries (:func:`_cases`, :func:`_entries`), each entry's predictions
+    (:func:`_predict`) and scores under the protocol (:func:`_score`), then the statistics, the comparison, the
+    figures and the report (:func:`_statistics`, :func:`_comparison`, :func:`_figures`, :func:`_write_report`)."""
     from tqdm import tqdm
 
-    from ..data import CV_FOLDS, get_datalist, named_split, split_label
-
     get_protocol(protocol)  # an unknown name stops here, before any work
-    predictions = dict(predictions or {})
-    ensembles = dict(ensembles or {})
+    entries = _entries(bundles, predictions, ensembles, ckpts, pred_ids, split, fold)
+    cases = _cases(dataset_dir, split, datalist_file, fold, max_cases)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = sum(1 for e in entries if e.folder is None) + len(entries) * len(cases.items)
+    bar = tqdm(total=total, desc="leaderboard", unit="step", disable=not progress)
+    where = {"dataset_dir": dataset_dir, "split": split, "datalist_file": datalist_file}
+    results: dict[str, dict] = {}
+    pred_files: dict[str, dict[str, Path]] = {}
+    for entry in entries:
+        folder, ids, settings = _predict(entry, cases, out_dir, where, configs or {}, overrides or {}, bar)
+        results[entry.name], pred_files[entry.name] = _score(
+            entry.name, folder, ids, settings, cases, out_dir / entry.name, protocol, label_ids, bar
+        )
+    bar.close()
+    names = [e.name for e in entries]
+    table = _statistics(results, protocol, cases.named)
+    comparison = _comparison(results, names, compare, protocol)
+    paths, overlays = _figures(results, table, pred_files, cases, out_dir, protocol, label_ids, overlay_cases)
+    doc = {
+        "protocol": protocol,
+        "rule": protocol_rule(protocol),
+        "split": cases.label,
+        "num_cases": len(cases.items),
+        "bundles": table,
+        "comparison": comparison,
+        "reports": {n: r["paths"] for n, r in results.items()},
+    }
+    return _write_report(doc, results, out_dir, names, paths, overlays)
+
+
+def _entries(bundles, predictions, ensembles, ckpts, pred_ids, split, fold) -> list[_Entry]:
+    """The entries in the order given (bundles, then prediction folders and ensembles not named as bundles)."""
+    predictions, ensembles = dict(predictions or {}), dict(ensembles or {})
     names = list(bundles) + [n for n in [*predictions, *ensembles] if n not in bundles]
     if not names:
         raise InputError("nothing to compare", hint="give --bundles and/or --predictions NAME=DIR")
+    entries = []
+    for name in names:
+        entry = _Entry(name, (pred_ids or {}).get(name, BTCV13))
+        if name in predictions:
+            entry.folder = Path(predictions[name])
+        elif name in ensembles:
+            entry.members = ensembles[name]
+        else:
+            entry.ckpt = (ckpts or {}).get(name)
+            if entry.ckpt and "{fold}" in entry.ckpt and (split != "cv5" or fold not in (None, "")):
+                raise InputError(f"--ckpt {name}={entry.ckpt}: a {{fold}} pattern needs --split cv5 without --fold")
+        entries.append(entry)
+    return entries
+
+
+def _cases(dataset_dir, split, datalist_file, fold, max_cases) -> _Cases:
+    from ..data import CV_FOLDS, get_datalist, named_split, split_label
+
     items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"], fold=fold)["validation"]
     label = split_label(dataset_dir, datalist_file, split, fold)
     named = named_split(dataset_dir, datalist_file, split, fold)  # published numbers appear only under it
     if named == "cv5":
         label = f"cv5 (out-of-fold predictions of the {CV_FOLDS} folds, every case once)"
-    if max_cases:
-        items = items[: int(max_cases)]
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    total = sum(1 for n in names if n not in predictions) + len(names) * len(items)
-    bar = tqdm(total=total, desc="leaderboard", unit="step", disable=not progress)
-    results: dict[str, dict] = {}
-    pred_files: dict[str, dict[str, Path]] = {}
-    for name in names:
-        settings: dict = {}
-        ids = (pred_ids or {}).get(name, BTCV13)
-        if name in predictions:
-            folder = Path(predictions[name])
-            settings = {"predictions": str(folder)}
-        elif name in ensembles:
-            from .ensemble import ensemble_inference, parse_member
+    return _Cases(items[: int(max_cases)] if max_cases else items, label, named)
 
-            bar.set_description(f"inference {name}")
-            members = [parse_member(spec) for spec in ensembles[name].split(",")]
-            for m in members:
-                m.configs = list((configs or {}).get(m.bundle, ()))
-                m.overrides = dict((overrides or {}).get(m.bundle, {}))
-            folder = out_dir / name / "predictions"
-            settings = ensemble_inference(members, [it["image"] for it in items], folder)
-            ids = id_space_of(settings.pop("num_classes"))
-            bar.update(1)
-        else:
-            bar.set_description(f"inference {name}")
-            ckpt = (ckpts or {}).get(name)
-            if ckpt and "{fold}" in ckpt:  # out-of-fold: each fold's model predicts its own validation cases
-                if split != "cv5" or fold not in (None, ""):
-                    raise InputError(f"--ckpt {name}={ckpt}: a {{fold}} pattern needs --split cv5 without --fold")
-                folds = []
-                for k in range(CV_FOLDS):
-                    fold_items = get_datalist(dataset_dir, split, datalist_file, keys=["validation"], fold=k)[
-                        "validation"
-                    ]
-                    folder, ids, settings = run_bundle_inference(
-                        name,
-                        fold_items,
-                        out_dir / name / "predictions",
-                        ckpt.format(fold=k),
-                        (configs or {}).get(name, ()),
-                        (overrides or {}).get(name),
-                    )
-                    folds.append(settings.pop("checkpoint"))
-                settings["checkpoint"] = ckpt
-                settings["fold_checkpoints"] = folds
-            else:
-                folder, ids, settings = run_bundle_inference(
-                    name,
-                    items,
-                    out_dir / name / "predictions",
-                    ckpt,
-                    (configs or {}).get(name, ()),
-                    (overrides or {}).get(name),
-                )
-            bar.update(1)
-        bar.set_description(f"scoring {name}")
-        meta = {"bundle": name, "split": label, "inference": settings}
-        if settings.get("checkpoint"):
-            meta["checkpoint"] = settings["checkpoint"]
-        card = settings.pop("card", None)
-        report = SegmentationReport(
-            out_dir / name,
-            protocol=protocol,
-            pred_ids=ids,
-            label_ids=label_ids,
-            meta=meta,
-            print_table=False,
-            card=card,
-        )
-        files = {}
-        for it in items:
-            pf = _pred_file(folder, it["image"])
-            if pf is None:
-                raise InputError(
-                    f"{folder}: no prediction for {it['image']} (expected {case_id(it['image'])}_seg.nii.gz)"
-                )
-            arr, aff = load_array(pf)
-            report.add_case(
-                {"pred": MetaTensor(arr[None], affine=aff), "label_file": it["label"], "image": it["image"]}
+
+def _predict(entry: _Entry, cases: _Cases, out_dir: Path, where: dict, configs, overrides, bar):
+    """The entry's predictions of the cases: ``(folder, id space, settings)``. A folder of predictions is taken as
+    it is; an ensemble predicts through :mod:`.ensemble`; a bundle through its own ``inference.json``, each fold's
+    model its own validation cases for an out-of-fold ``{fold}`` checkpoint pattern."""
+    if entry.folder is not None:
+        return entry.folder, entry.ids, {"predictions": str(entry.folder)}
+    bar.set_description(f"inference {entry.name}")
+    folder = out_dir / entry.name / "predictions"
+    if entry.members is not None:
+        from .ensemble import ensemble_inference, parse_member
+
+        members = [parse_member(spec) for spec in entry.members.split(",")]
+        for m in members:
+            m.configs, m.overrides = list(configs.get(m.bundle, ())), dict(overrides.get(m.bundle, {}))
+        settings = ensemble_inference(members, [it["image"] for it in cases.items], folder)
+        ids = id_space_of(settings.pop("num_classes"))
+    elif entry.ckpt and "{fold}" in entry.ckpt:
+        from ..data import CV_FOLDS, get_datalist
+
+        fold_checkpoints = []
+        for k in range(CV_FOLDS):
+            fold_items = get_datalist(**where, keys=["validation"], fold=k)["validation"]
+            ckpt = entry.ckpt.format(fold=k)
+            _, ids, settings = run_bundle_inference(
+                entry.name, fold_items, folder, ckpt, configs.get(entry.name, ()), overrides.get(entry.name)
             )
-            files[case_id(it["label"])] = pf
-            bar.update(1)
-        results[name] = report.finish()
-        results[name]["pred_ids"] = ids
-        pred_files[name] = files
-    bar.close()
+            fold_checkpoints.append(settings.pop("checkpoint"))
+        settings.update(checkpoint=entry.ckpt, fold_checkpoints=fold_checkpoints)
+    else:
+        _, ids, settings = run_bundle_inference(
+            entry.name, cases.items, folder, entry.ckpt, configs.get(entry.name, ()), overrides.get(entry.name)
+        )
+    bar.update(1)
+    return folder, ids, settings
 
-    # statistics per bundle and organ
-    organs = protocol_organs(protocol)
-    metrics = metric_names(protocol)
+
+def _score(name, folder: Path, ids: str, settings: dict, cases: _Cases, report_dir: Path, protocol, label_ids, bar):
+    """Score the entry's predictions of every case (its own report in ``report_dir``): ``(result, files)``."""
+    bar.set_description(f"scoring {name}")
+    meta = {"bundle": name, "split": cases.label, "inference": settings}
+    if settings.get("checkpoint"):
+        meta["checkpoint"] = settings["checkpoint"]
+    card = settings.pop("card", None)
+    report = SegmentationReport(
+        report_dir, protocol=protocol, pred_ids=ids, label_ids=label_ids, meta=meta, print_table=False, card=card
+    )
+    files = {}
+    for it in cases.items:
+        pf = _pred_file(folder, it["image"])
+        if pf is None:
+            raise InputError(f"{folder}: no prediction for {it['image']} (expected {case_id(it['image'])}_seg.nii.gz)")
+        arr, aff = load_array(pf)
+        report.add_case({"pred": MetaTensor(arr[None], affine=aff), "label_file": it["label"], "image": it["image"]})
+        files[case_id(it["label"])] = pf
+        bar.update(1)
+    result = report.finish()
+    result["pred_ids"] = ids
+    return result, files
+
+
+def _case_scores(result: dict) -> dict:
+    """The per-case scores of an entry's report (its ``results.json``)."""
+    return json.loads(Path(result["paths"]["json"]).read_text(encoding="utf-8"))["cases"]
+
+
+def _statistics(results: dict, protocol: str, named: str | None) -> dict:
+    """Per entry: the mean Dice over cases and organs, the mean HD95, and per organ and metric the mean, std and
+    bootstrap confidence interval over cases; the published numbers and the reproduction card beside them."""
+    organs, metrics = protocol_organs(protocol), metric_names(protocol)
     table: dict[str, dict] = {}
     for name, res in results.items():
-        cases = json.loads(Path(res["paths"]["json"]).read_text(encoding="utf-8"))["cases"]
-        row = {
-            "mean": describe([res["summary"]["case_mean_dice"][c] for c in res["summary"]["case_mean_dice"]]),
-            "organs": {},
-        }
+        cases = _case_scores(res)
+        row = {"mean": describe(list(res["summary"]["case_mean_dice"].values())), "organs": {}}
         row["mean"]["mean_over_organs"] = res["summary"]["mean"]["dice"]
         row["mean_hd95"] = res["summary"]["mean"]["hd95"]
         for key, _, _ in organs:
             row["organs"][key] = {
-                m: describe(
-                    [(c["scores"][key][m] if c["scores"][key][m] is not None else math.nan) for c in cases.values()]
-                )
+                m: describe([math.nan if c["scores"][key][m] is None else c["scores"][key][m] for c in cases.values()])
                 for m in metrics
             }
         row["anchors"] = anchors_for(name, protocol, named)
         row["card"] = res["meta"].get("card")
         table[name] = row
-    comparison = None
-    if len(results) >= 2:
-        a, b = (compare or names[:2])[:2]
-        if a not in results or b not in results:
-            raise InputError(f"--compare {a} {b}: both must be among {names}")
-        ca, cb = results[a]["summary"]["case_mean_dice"], results[b]["summary"]["case_mean_dice"]
-        comparison = {"a": a, "b": b, "mean_dice": paired_comparison(ca, cb), "organs": {}}
-        ja = json.loads(Path(results[a]["paths"]["json"]).read_text(encoding="utf-8"))["cases"]
-        jb = json.loads(Path(results[b]["paths"]["json"]).read_text(encoding="utf-8"))["cases"]
-        for key, _, _ in organs:
-            da = {c: v["scores"][key]["dice"] for c, v in ja.items() if v["scores"][key]["dice"] is not None}
-            db = {c: v["scores"][key]["dice"] for c, v in jb.items() if v["scores"][key]["dice"] is not None}
-            comparison["organs"][key] = paired_comparison(da, db)
+    return table
 
-    # figures
+
+def _comparison(results: dict, names: list[str], compare, protocol: str) -> dict | None:
+    """The paired comparison of two entries (``compare``, else the first two): per-case differences of the mean
+    Dice and of each organ's Dice, bootstrap CI, Wilcoxon signed-rank p-value."""
+    if len(results) < 2:
+        return None
+    a, b = (compare or names[:2])[:2]
+    if a not in results or b not in results:
+        raise InputError(f"--compare {a} {b}: both must be among {names}")
+    ca, cb = results[a]["summary"]["case_mean_dice"], results[b]["summary"]["case_mean_dice"]
+    comparison = {"a": a, "b": b, "mean_dice": paired_comparison(ca, cb), "organs": {}}
+    ja, jb = _case_scores(results[a]), _case_scores(results[b])
+    for key, _, _ in protocol_organs(protocol):
+        da = {c: v["scores"][key]["dice"] for c, v in ja.items() if v["scores"][key]["dice"] is not None}
+        db = {c: v["scores"][key]["dice"] for c, v in jb.items() if v["scores"][key]["dice"] is not None}
+        comparison["organs"][key] = paired_comparison(da, db)
+    return comparison
+
+
+def _figures(results, table, pred_files, cases: _Cases, out_dir: Path, protocol, label_ids, overlay_cases):
+    """The chart and the overlay image of each case (CT, ground truth, each entry's prediction): ``(paths, files)``."""
+    organs = protocol_organs(protocol)
     paths: dict[str, str] = {}
-    png, _ = bar_chart(results, protocol, f"Per-organ mean Dice, protocol {protocol}, {len(items)} case(s)")
+    png, _ = bar_chart(results, protocol, f"Per-organ mean Dice, protocol {protocol}, {len(cases.items)} case(s)")
     paths["chart"] = str(atomic_write_bytes(out_dir / "per_organ_dice.png", png))
     overlay_paths = []
-    for it in items[: overlay_cases if overlay_cases is not None else len(items)]:
+    for it in cases.items[: overlay_cases if overlay_cases is not None else len(cases.items)]:
         cid = case_id(it["label"])
         ct, aff = load_array(it["image"])
         gt = to_btcv_ids(np.rint(load_array(it["label"])[0]).astype(np.int64), label_ids)
         preds = {
             n: to_btcv_ids(np.rint(load_array(pred_files[n][cid])[0]).astype(np.int64), results[n]["pred_ids"])
-            for n in names
+            for n in results
         }
-        keys = [k for k, _, _ in organs]
-        png, _ = overlay_png(ct, gt, preds, aff, cid, keys)
+        png, _ = overlay_png(ct, gt, preds, aff, cid, [k for k, _, _ in organs])
         overlay_paths.append(str(atomic_write_bytes(out_dir / "overlays" / f"{cid}.png", png)))
     paths["overlays"] = str(out_dir / "overlays")
+    return paths, overlay_paths
 
-    doc = {
-        "protocol": protocol,
-        "rule": protocol_rule(protocol),
-        "split": label,
-        "num_cases": len(items),
-        "bundles": table,
-        "comparison": comparison,
-        "reports": {n: r["paths"] for n, r in results.items()},
-    }
+
+def _write_report(doc: dict, results: dict, out_dir: Path, names: list[str], paths: dict, overlays: list) -> dict:
+    """``leaderboard.json``, ``.csv`` and ``.md``, and the table printed."""
+    protocol, table = doc["protocol"], doc["bundles"]
     paths["json"] = str(atomic_write_text(out_dir / "leaderboard.json", json.dumps(json_clean(doc), indent=2) + "\n"))
     paths["csv"] = str(atomic_write_text(out_dir / "leaderboard.csv", _csv(table, protocol)))
     paths["markdown"] = str(atomic_write_text(out_dir / "leaderboard.md", _markdown(doc, results)))
@@ -325,7 +377,7 @@ def leaderboard(
         print(f"  {k}: {v}")
     print(f"  per-bundle reports: {', '.join(str(out_dir / n) for n in names)}")
     doc["paths"] = paths
-    doc["overlay_files"] = overlay_paths
+    doc["overlay_files"] = overlays
     return doc
 
 
