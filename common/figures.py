@@ -1,31 +1,19 @@
-"""Figures of the reports: the per-case overlay (CT | ground truth | predictions, a row per organ) that the
-evaluation writes, and the per-organ Dice bar chart of the leaderboard (Pillow)."""
+"""The per-case overlay of the reports (CT | ground truth | predictions, a row per organ) that the evaluation and
+the leaderboard write, drawn with Pillow (a core dependency, so every report has it). The leaderboard's charts are
+drawn with matplotlib in ``common.tools.charts``."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from .labels import BTCV_ORGANS, organ
-from .protocols import protocol_organs
 
-__all__ = ["overlay_png", "bar_chart", "PANEL", "HEADER", "CHART_WIDTH"]
+__all__ = ["overlay_png", "PANEL", "HEADER"]
 
 PANEL = 160  # pixels per overlay panel
 HEADER = 24  # pixels of the overlay title row
-CHART_WIDTH = 1000
-_PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-]
 
 
 def _font(size: int = 13):
@@ -108,42 +96,3 @@ def overlay_png(
             fig.paste(_fit(Image.fromarray(p), PANEL), (c * PANEL, HEADER + r * PANEL))
         draw.text((4, HEADER + r * PANEL + 3), f"{o.name} (z={k})", fill=(255, 255, 0), font=font)
     return _png_bytes(fig), (width, height)
-
-
-def bar_chart(results: dict[str, dict], protocol: str, title: str = "") -> tuple[bytes, tuple[int, int]]:
-    """Horizontal grouped bar chart of per-organ mean Dice per bundle. Returns (PNG, size)."""
-    from PIL import Image, ImageDraw
-
-    organs = protocol_organs(protocol)
-    names = list(results)
-    bar, gap, left, top, bottom = 12, 10, 210, 40 + 16 * len(names), 40
-    group = bar * len(names) + gap
-    width, height = CHART_WIDTH, top + group * len(organs) + bottom
-    img = Image.new("RGB", (width, height), (255, 255, 255))
-    d = ImageDraw.Draw(img)
-    font = _font(13)
-    d.text((10, 8), title or f"Per-organ Dice ({protocol})", fill=(0, 0, 0), font=font)
-    for i, n in enumerate(names):
-        y = 28 + 16 * i
-        d.rectangle([10, y, 22, y + 11], fill=_PALETTE[i % len(_PALETTE)])
-        d.text((28, y - 1), n, fill=(0, 0, 0), font=font)
-    plot_w = width - left - 60
-    for t in range(6):
-        x = left + plot_w * t / 5
-        d.line([x, top - 4, x, height - bottom], fill=(220, 220, 220))
-        d.text((x - 8, height - bottom + 6), f"{t / 5:.1f}", fill=(0, 0, 0), font=font)
-    for gi, (key, name, _) in enumerate(organs):
-        y0 = top + gi * group
-        d.text((10, y0 + (bar * len(names)) / 2 - 7), name, fill=(0, 0, 0), font=font)
-        for bi, n in enumerate(names):
-            v = results[n]["summary"]["organs"][key]["dice"]["mean"]
-            y = y0 + bi * bar
-            if v is not None and not math.isnan(v):
-                d.rectangle(
-                    [left, y, left + plot_w * max(0.0, min(1.0, v)), y + bar - 2], fill=_PALETTE[bi % len(_PALETTE)]
-                )
-                d.text(
-                    (left + plot_w * max(0.0, min(1.0, v)) + 4, y - 1), f"{v:.2f}", fill=(60, 60, 60), font=_font(10)
-                )
-    d.line([left, top - 4, left, height - bottom], fill=(0, 0, 0))
-    return _png_bytes(img), (width, height)

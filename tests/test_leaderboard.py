@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,9 +16,10 @@ from conftest import BUNDLES
 from PIL import Image
 from test_geometry import random_checkpoint
 
-from common.figures import CHART_WIDTH, HEADER, PANEL
+from common.figures import HEADER, PANEL
 from common.io import load_array
 from common.labels import BTCV_ORGANS
+from common.tools.charts import MISSING
 from common.tools.leaderboard import leaderboard
 from common.tools.stats import bootstrap_ci, describe, paired_comparison
 
@@ -47,7 +49,7 @@ def test_leaderboard_end_to_end(tiny_data, oracle, tmp_path, capsys):
         compare=["oracle", "unetr_btcv"],
         progress=False,
     )
-    for f in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "per_organ_dice.png"):
+    for f in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "per_organ_dice.png", "per_case_dice.png"):
         assert (out / f).is_file(), f
     table = doc["bundles"]
     assert table["oracle"]["mean"]["mean_over_organs"] == pytest.approx(1.0)
@@ -59,12 +61,9 @@ def test_leaderboard_end_to_end(tiny_data, oracle, tmp_path, capsys):
     # each bundle's own report, with its checkpoint hash
     res = json.loads((out / "unetr_btcv" / "results.json").read_text(encoding="utf-8"))
     assert res["meta"]["checkpoint_sha256"] and res["meta"]["protocol"] == "btcv13"
-    # the chart: a valid PNG of the documented size
-    with Image.open(out / "per_organ_dice.png") as im:
-        im.verify()
-    with Image.open(out / "per_organ_dice.png") as im:
-        n = 3
-        assert im.size == (CHART_WIDTH, 40 + 16 * n + (12 * n + 10) * 13 + 40) and im.mode == "RGB"
+    # the charts: valid PNGs showing the three entries
+    for chart in ("per_organ_dice.png", "per_case_dice.png"):
+        assert _shown(out / chart)["entries"] == ["unetr_btcv", "transunet_btcv", "oracle"]
     # overlays: one per case, a row per organ present, CT | GT | 3 predictions
     case = json.loads((tiny_data / "dataset.json").read_text(encoding="utf-8"))["validation"][0]
     gt, _ = load_array(tiny_data / case["label"])
@@ -262,7 +261,9 @@ def _pinned(value, root: str):
     """The report with what legitimately changes between runs (paths under the test's folder, times, versions,
     the machine) replaced by fixed words, and numbers to 10 decimals (summation order may differ between CPUs)."""
     if isinstance(value, dict):
-        return {k: "<volatile>" if any(w in k.lower() for w in _VOLATILE) else _pinned(v, root) for k, v in value.items()}
+        return {
+            k: "<volatile>" if any(w in k.lower() for w in _VOLATILE) else _pinned(v, root) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_pinned(v, root) for v in value]
     if isinstance(value, float):
@@ -300,3 +301,83 @@ def test_leaderboard_report_is_unchanged_on_a_fixed_cohort(tmp_path):
             (GOLDEN / name).write_text(text, encoding="utf-8")
     for name, text in written.items():
         assert text == (GOLDEN / name).read_text(encoding="utf-8"), f"{name} differs from {GOLDEN / name}"
+
+
+def _shown(png: Path) -> dict:
+    """What a chart says it shows (its PNG ``Description``), after checking it is a valid, non-blank image."""
+    with Image.open(png) as im:
+        im.verify()
+    with Image.open(png) as im:
+        assert np.asarray(im.convert("L")).std() > 5, f"{png} is blank"
+        return json.loads(im.text["Description"])
+
+
+def test_charts_show_each_entry_with_its_interval_and_its_cases(tmp_path):
+    """The per-organ chart draws each entry's mean Dice with the bootstrap interval of the table as its error bar;
+    the per-case chart draws each entry's per-case Dice of each organ, one point per scored case."""
+    from matplotlib.collections import LineCollection
+
+    from common.tools.charts import per_case_figure, per_organ_figure
+
+    data, shifted, missing = _box_cohort(tmp_path / "cohort")
+    out = tmp_path / "board"
+    doc = leaderboard(
+        predictions={"shifted": str(shifted), "missing": str(missing)},
+        dataset_dir=str(data),
+        datalist_file=str(data / "dataset.json"),
+        out=str(out),
+        overlay_cases=0,
+        progress=False,
+    )
+    organs = [o.key for o in BTCV_ORGANS]
+    for key, chart in (("per_organ", "per_organ_dice.png"), ("per_case", "per_case_dice.png")):
+        assert doc["figures"][key] == str(out / chart)
+        shown = _shown(out / chart)
+        assert shown["entries"] == ["shifted", "missing"] and shown["organs"] == organs and shown["chart"] == key
+    assert "Charts: `per_organ_dice.png`, `per_case_dice.png`." in (out / "leaderboard.md").read_text(encoding="utf-8")
+
+    table = doc["bundles"]
+    ax = per_organ_figure(table, "btcv13", "t").axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["shifted", "missing"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [o.name for o in BTCV_ORGANS] + ["case mean"]
+    bars = [c for c in ax.containers if hasattr(c, "errorbar")]
+    for name, container in zip(("shifted", "missing"), bars):
+        stats = [table[name]["organs"][k]["dice"] for k in organs] + [table[name]["mean"]]
+        assert [r.get_height() for r in container] == pytest.approx([s["mean"] for s in stats])
+        segments = next(c for c in container.errorbar.lines[2] if isinstance(c, LineCollection)).get_segments()
+        drawn = [v for seg in segments for v in (seg[0][1], seg[1][1])]
+        assert drawn == pytest.approx([v for s in stats for v in (s["ci_low"], s["ci_high"])])
+    assert len({s["ci_low"] for s in (table["missing"]["organs"][k]["dice"] for k in organs)}) > 1  # not all alike
+
+    per_case = {n: {k: [] for k in organs} for n in ("shifted", "missing")}
+    for n in per_case:
+        for case in json.loads((out / n / "results.json").read_text(encoding="utf-8"))["cases"].values():
+            for k in organs:
+                per_case[n][k].append(case["scores"][k]["dice"])
+    fig = per_case_figure(per_case, "btcv13", "t")
+    panels = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title() for a in panels] == [o.name for o in BTCV_ORGANS]
+    for panel, k in zip(panels, organs):
+        points = [line.get_ydata() for line in panel.lines if line.get_marker() == "o"]
+        assert [sorted(p) for p in points] == [sorted(per_case[n][k]) for n in per_case], k
+
+
+def test_leaderboard_without_matplotlib_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """No matplotlib: one line on stderr names it and how to install it; the tables and overlays are written."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    data, shifted, missing = _box_cohort(tmp_path / "cohort")
+    out = tmp_path / "board"
+    doc = leaderboard(
+        predictions={"shifted": str(shifted), "missing": str(missing)},
+        dataset_dir=str(data),
+        datalist_file=str(data / "dataset.json"),
+        out=str(out),
+        overlay_cases=1,
+        progress=False,
+    )
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "matplotlib" in line]
+    assert said == [MISSING] and "Traceback" not in err
+    assert doc["figures"] == {} and not list(out.glob("*.png"))
+    assert (out / "overlays" / "box00.png").is_file() and (out / "leaderboard.csv").is_file()
+    assert "Charts: none drawn (matplotlib is not installed)." in (out / "leaderboard.md").read_text(encoding="utf-8")

@@ -20,7 +20,9 @@ It writes to ``--out``:
   (``--compare A B``: per-case differences of the mean Dice, bootstrap CI, Wilcoxon signed-rank p-value,
   per organ too);
 * ``leaderboard.csv`` and ``leaderboard.json``: the same numbers;
-* ``per_organ_dice.png``: a per-organ bar chart;
+* ``per_organ_dice.png``: per organ, each entry's mean Dice with its 95 % bootstrap interval as error bars, and
+  ``per_case_dice.png``: per organ, each entry's per-case Dice as a box with the cases as points (with matplotlib,
+  the ``figures`` extra; without it one line says so and the rest is written as usual; ``common.tools.charts``);
 * ``overlays/<case>.png``: for every organ present in the case, the axial slice where it is largest: CT,
   ground truth and each bundle's prediction;
 * ``<bundle>/``: each bundle's full report (per-case CSV, summary, ``results.json``) and predictions.
@@ -42,7 +44,7 @@ from monai.data import MetaTensor
 
 from ..errors import InputError, find_input_error
 from ..evaluation import SegmentationReport, json_clean
-from ..figures import bar_chart, overlay_png
+from ..figures import overlay_png
 from ..io import atomic_write_bytes, atomic_write_text, case_id, load_array
 from ..labels import BTCV13, ID_SPACES, id_space_of
 from ..metrics import to_btcv_ids
@@ -54,6 +56,7 @@ from ..protocols import (
     protocol_rule,
 )
 from .anchors import anchors_for
+from .charts import CHARTS, draw_charts
 from .stats import describe, paired_comparison
 
 __all__ = ["leaderboard", "main"]
@@ -205,6 +208,7 @@ def leaderboard(
         "bundles": table,
         "comparison": comparison,
         "reports": {n: r["paths"] for n, r in results.items()},
+        "figures": {k: paths[k] for k in CHARTS if k in paths},
     }
     return _write_report(doc, results, out_dir, names, paths, overlays)
 
@@ -301,6 +305,10 @@ def _score(name, folder: Path, ids: str, settings: dict, cases: _Cases, report_d
     return result, files
 
 
+def _nan(v) -> float:
+    return math.nan if v is None else v
+
+
 def _case_scores(result: dict) -> dict:
     """The per-case scores of an entry's report (its ``results.json``)."""
     return json.loads(Path(result["paths"]["json"]).read_text(encoding="utf-8"))["cases"]
@@ -317,10 +325,7 @@ def _statistics(results: dict, protocol: str, named: str | None) -> dict:
         row["mean"]["mean_over_organs"] = res["summary"]["mean"]["dice"]
         row["mean_hd95"] = res["summary"]["mean"]["hd95"]
         for key, _, _ in organs:
-            row["organs"][key] = {
-                m: describe([math.nan if c["scores"][key][m] is None else c["scores"][key][m] for c in cases.values()])
-                for m in metrics
-            }
+            row["organs"][key] = {m: describe([_nan(c["scores"][key][m]) for c in cases.values()]) for m in metrics}
         row["anchors"] = anchors_for(name, protocol, named)
         row["card"] = res["meta"].get("card")
         table[name] = row
@@ -346,11 +351,14 @@ def _comparison(results: dict, names: list[str], compare, protocol: str) -> dict
 
 
 def _figures(results, table, pred_files, cases: _Cases, out_dir: Path, protocol, label_ids, overlay_cases):
-    """The chart and the overlay image of each case (CT, ground truth, each entry's prediction): ``(paths, files)``."""
+    """The charts (:func:`common.tools.charts.draw_charts`) and the overlay image of each case (CT, ground truth,
+    each entry's prediction): ``(paths, files)``."""
     organs = protocol_organs(protocol)
-    paths: dict[str, str] = {}
-    png, _ = bar_chart(results, protocol, f"Per-organ mean Dice, protocol {protocol}, {len(cases.items)} case(s)")
-    paths["chart"] = str(atomic_write_bytes(out_dir / "per_organ_dice.png", png))
+    per_case = {
+        n: {k: [_nan(c["scores"][k]["dice"]) for c in _case_scores(r).values()] for k, _, _ in organs}
+        for n, r in results.items()
+    }
+    paths: dict[str, str] = draw_charts(table, per_case, protocol, len(cases.items), out_dir)
     overlay_paths = []
     for it in cases.items[: overlay_cases if overlay_cases is not None else len(cases.items)]:
         cid = case_id(it["label"])
@@ -483,9 +491,10 @@ def _markdown(doc: dict, results: dict) -> str:
                 f"| {n} | {_fmt(o['mean_difference'])} | [{_fmt(o['ci_low'])}, {_fmt(o['ci_high'])}] | {_fmt(o['wilcoxon_p'], 4)} | {o['n']} |"
             )
         out += ["", "Per-case differences: " + ", ".join(f"{k} {v:+.3f}" for k, v in c["differences"].items())]
+    charts = [f"`{CHARTS[k]}`" for k in CHARTS if k in doc["figures"]] or ["none drawn (matplotlib is not installed)"]
     out += [
         "",
-        "Figures: `per_organ_dice.png`, `overlays/<case>.png`. Per-bundle reports: "
+        f"Charts: {', '.join(charts)}. Overlays: `overlays/<case>.png`. Per-bundle reports: "
         + ", ".join(f"`{n}/summary.md`" for n in results),
         "",
     ]
