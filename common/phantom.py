@@ -213,166 +213,202 @@ def _jit(rng, scale):
     return rng.uniform(-scale, scale)
 
 
+TOP = 420.0  # mm: the top of the spine and the great vessels, above any field of view
+
+
+@dataclass
+class _Body:
+    """What the steps of :func:`make_phantom` share: the grid, the painter, the random stream (drawn in a fixed
+    order: the steps run in sequence) and the body's measures drawn so far."""
+
+    g: _Grid
+    p: _Painter
+    rng: np.random.Generator
+    a0: float = 0.0  # torso half-width (mm)
+    b0: float = 0.0  # torso half-depth (mm)
+    fat_t: float = 0.0  # subcutaneous fat thickness (mm)
+    wall_t: float = 0.0  # abdominal wall muscle thickness (mm)
+    cavity: np.ndarray | None = None  # the abdominal cavity (inside the wall)
+    spine_y: float = 0.0  # anteroposterior position of the vertebral bodies (mm)
+    enh: float = 0.0  # contrast phase variation of vessels and enhancing organs (HU)
+    stomach_centre: np.ndarray | None = None  # where the esophagus joins the stomach from
+
+    def jit(self, scale):
+        return _jit(self.rng, scale)
+
+    def jitter_c(self, c, s=5.0):
+        return np.asarray(c, float) + self.rng.uniform(-s, s, 3)
+
+    def jitter_a(self, ax, s=0.1):
+        return np.asarray(ax, float) * self.rng.uniform(1 - s, 1 + s, 3)
+
+    def organ(self, box, mask, hu, key, only_cavity=True):
+        self.p.paint(box, mask, hu, organ(key).id, only=self.cavity if only_cavity else None)
+
+
 def make_phantom(seed: int = 0, shape=DEMO_SHAPE, spacing=DEMO_SPACING, noise_hu: float = 14.0) -> Phantom:
-    """Generate one phantom. Deterministic in (seed, shape, spacing, noise_hu)."""
+    """Generate one phantom. Deterministic in (seed, shape, spacing, noise_hu): the body, the organs in painting
+    order (later ones overwrite earlier ones), then the scanner (partial volume, noise, quantisation)."""
     rng = np.random.default_rng(np.random.SeedSequence([GENERATOR_VERSION, int(seed)]))
     g = _Grid(shape, spacing, rng)
-    p = _Painter(g, rng)
+    body = _Body(g, _Painter(g, rng), rng)
+    _torso(body)
+    _table(body)
+    _spine_and_ribs(body)
+    _bowel(body)
+    body.enh = rng.uniform(-25, 25)
+    _upper_organs(body)
+    _kidneys_and_gallbladder(body)
+    _pancreas_and_vessels(body)
+    hu = ndimage.gaussian_filter(body.p.hu, sigma=0.6, mode="nearest")
+    hu += rng.normal(0.0, noise_hu, size=hu.shape).astype(np.float32)
+    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    return Phantom(image=image, label=body.p.lab, affine=g.affine)
 
-    # ---- torso: superellipse cross-section, slightly narrower at the top --------------------------
-    a0, b0 = rng.uniform(150, 172), rng.uniform(108, 125)
-    fat_t = rng.uniform(12, 28)  # subcutaneous fat thickness (mm)
-    wall_t = rng.uniform(8, 13)  # abdominal wall muscle thickness (mm)
-    full = (slice(0, g.shape[0]), slice(0, g.shape[1]), slice(0, g.shape[2]))
-    x, y, z = g.coords(full)
+
+def _torso(b: _Body) -> None:
+    """Superellipse cross-section, slightly narrower at the top: subcutaneous fat, muscle wall, visceral fat."""
+    g, rng = b.g, b.rng
+    b.a0, b.b0 = rng.uniform(150, 172), rng.uniform(108, 125)
+    b.fat_t = rng.uniform(12, 28)
+    b.wall_t = rng.uniform(8, 13)
+    x, y, z = g.coords((slice(0, g.shape[0]), slice(0, g.shape[1]), slice(0, g.shape[2])))
     taper = 1.0 - 0.0006 * np.clip(z - 120, 0, None)
-    a, b = a0 * taper, b0 * taper
+    a, bb = b.a0 * taper, b.b0 * taper
 
     def superellipse(da, db):
-        return np.abs(x / (a - da)) ** 2.6 + np.abs(y / (b - db)) ** 2.6 < 1.0
+        return np.abs(x / (a - da)) ** 2.6 + np.abs(y / (bb - db)) ** 2.6 < 1.0
 
-    body = superellipse(0, 0)
-    wall_outer = superellipse(fat_t, fat_t * 0.8)
-    cavity = superellipse(fat_t + wall_t, fat_t * 0.8 + wall_t)
-    p.hu[body] = -95 + _jit(rng, 10)  # subcutaneous fat
-    p.hu[wall_outer] = 52 + _jit(rng, 6)  # muscle wall
-    p.hu[cavity] = -88 + _jit(rng, 10)  # visceral fat
-    del body, wall_outer
+    fat, wall = b.fat_t, b.wall_t
+    b.p.hu[superellipse(0, 0)] = -95 + b.jit(10)  # subcutaneous fat
+    b.p.hu[superellipse(fat, fat * 0.8)] = 52 + b.jit(6)  # muscle wall
+    b.cavity = superellipse(fat + wall, fat * 0.8 + wall)
+    b.p.hu[b.cavity] = -88 + b.jit(10)  # visceral fat
 
-    # CT table under the patient (in world coordinates: the patient may lie slightly rotated on it)
-    table_y = -b0 - 12 + g.shift[1]
-    wy = g.wy[None, :, None]
-    wx = g.wx[:, None, None]
+
+def _table(b: _Body) -> None:
+    """The CT table under the patient, in world coordinates (the patient may lie slightly rotated on it)."""
+    g = b.g
+    table_y = -b.b0 - 12 + g.shift[1]
+    wy, wx = g.wy[None, :, None], g.wx[:, None, None]
     table = (np.abs(wx) < 210) & (wy < table_y) & (wy > table_y - 8)
-    p.hu[np.broadcast_to(table, g.shape)] = 180
+    b.p.hu[np.broadcast_to(table, g.shape)] = 180
 
-    # ---- spine, spinal canal, paraspinal and psoas muscles, ribs -----------------------------------
-    spine_y = -b0 + 48 + _jit(rng, 4)
-    top = 420.0
+
+def _spine_and_ribs(b: _Body) -> None:
+    """Spine, spinal canal, paraspinal and psoas muscles, and rib cross-sections along the upper abdominal wall."""
+    p, rng = b.p, b.rng
+    b.spine_y = spine_y = -b.b0 + 48 + b.jit(4)
     for side in (-1, 1):  # paraspinal (erector spinae) muscles
-        bx, m = p.tube([(side * 34, spine_y - 26, -60), (side * 34, spine_y - 26, top)], 24, flatten=0.8)
+        bx, m = p.tube([(side * 34, spine_y - 26, -60), (side * 34, spine_y - 26, TOP)], 24, flatten=0.8)
         p.paint(bx, m, 55)
         # psoas: grows towards the pelvis, lateral to the vertebral bodies
         bx, m = p.tube(
             [(side * 30, spine_y + 8, 150), (side * 42, spine_y + 14, 60), (side * 55, spine_y + 18, -40)], [4, 14, 22]
         )
         p.paint(bx, m, 50)
-    bx, m = p.tube([(0, spine_y, -60), (0, spine_y + 4, 150), (0, spine_y - 4, top)], 19, flatten=0.85)
-    p.paint(bx, m, 260 + _jit(rng, 40))  # vertebral bodies
-    bx, m = p.tube([(0, spine_y - 22, -60), (0, spine_y - 22, top)], 10, flatten=1.2)
+    bx, m = p.tube([(0, spine_y, -60), (0, spine_y + 4, 150), (0, spine_y - 4, TOP)], 19, flatten=0.85)
+    p.paint(bx, m, 260 + b.jit(40))  # vertebral bodies
+    bx, m = p.tube([(0, spine_y - 22, -60), (0, spine_y - 22, TOP)], 10, flatten=1.2)
     p.paint(bx, m, 450)  # posterior elements (arches, processes)
-    bx, m = p.tube([(0, spine_y - 20, -60), (0, spine_y - 20, top)], 7)
+    bx, m = p.tube([(0, spine_y - 20, -60), (0, spine_y - 20, TOP)], 7)
     p.paint(bx, m, 15)  # spinal canal
     rib_z0 = rng.uniform(120, 140)
-    for zr in np.arange(rib_z0, 300, 24.0):  # rib cross-sections along the inner wall of the upper abdomen
+    ra, rb = b.a0 - b.fat_t - b.wall_t * 0.5, b.b0 - b.fat_t - b.wall_t * 0.5
+    for zr in np.arange(rib_z0, 300, 24.0):
         for ang in np.linspace(-150, 150, 11):
             if abs(ang) < 25:
                 continue
             t = math.radians(ang)
-            rx, ry = (a0 - fat_t - wall_t * 0.5) * math.sin(t) * 0.98, (b0 - fat_t - wall_t * 0.5) * math.cos(t) * 0.98
-            bx, m = p.ellipsoid((rx, ry, zr + 6 * math.cos(t)), (5, 5, 7))
+            bx, m = p.ellipsoid((ra * math.sin(t) * 0.98, rb * math.cos(t) * 0.98, zr + 6 * math.cos(t)), (5, 5, 7))
             p.paint(bx, m, 520)
 
-    # ---- bowel loops (not labelled), with gas --------------------------------------------------------
+
+def _bowel(b: _Body) -> None:
+    """Bowel loops (not labelled), half of them with gas."""
+    p, rng = b.p, b.rng
     for _ in range(int(rng.integers(14, 22))):
-        c = (rng.uniform(-100, 100), rng.uniform(-10, b0 - 35), rng.uniform(0, 115))
+        c = (rng.uniform(-100, 100), rng.uniform(-10, b.b0 - 35), rng.uniform(0, 115))
         ax = (rng.uniform(10, 22), rng.uniform(10, 22), rng.uniform(10, 30))
         bx, m = p.ellipsoid(c, ax, _rot(rng.uniform(0, 180), "z"), wobble=0.2)
-        p.paint(bx, m, 32 + _jit(rng, 10), only=cavity)
+        p.paint(bx, m, 32 + b.jit(10), only=b.cavity)
         if rng.random() < 0.5:
             bx, m = p.ellipsoid((c[0], c[1] + ax[1] * 0.3, c[2]), np.array(ax) * 0.45)
-            p.paint(bx, m, -850, only=cavity)
+            p.paint(bx, m, -850, only=b.cavity)
 
-    def jitter_c(c, s=5.0):
-        return np.asarray(c, float) + rng.uniform(-s, s, 3)
 
-    def jitter_a(ax, s=0.1):
-        return np.asarray(ax, float) * rng.uniform(1 - s, 1 + s, 3)
-
-    enh = rng.uniform(-25, 25)  # contrast phase variation of vessels and enhancing organs
-
-    # ---- organs, in painting order (later ones overwrite earlier ones) ------------------------------
-    # liver: right lobe + left lobe across the midline
-    liver_hu = 108 + _jit(rng, 12) + 0.3 * enh
-    bx, m = p.ellipsoid(jitter_c((68, 2, 172)), jitter_a((72, 82, 62)), _rot(_jit(rng, 8), "z"), wobble=0.08)
-    p.paint(bx, m, liver_hu, organ("liver").id, only=cavity)
-    bx, m = p.ellipsoid(jitter_c((-12, 42, 184)), jitter_a((58, 32, 36)), _rot(-15 + _jit(rng, 8), "z"), wobble=0.1)
-    p.paint(bx, m, liver_hu, organ("liver").id, only=cavity)
-
-    # spleen
-    bx, m = p.ellipsoid(jitter_c((-98, -32, 172)), jitter_a((24, 55, 48)), _rot(35 + _jit(rng, 8), "z"), wobble=0.1)
-    p.paint(bx, m, 118 + _jit(rng, 12) + 0.3 * enh, organ("spleen").id, only=cavity)
-
-    # stomach: wall, fluid, gas cap
-    sc, sa = jitter_c((-45, 36, 168)), jitter_a((44, 38, 52))
-    srot = _rot(25 + _jit(rng, 10), "z") @ _rot(_jit(rng, 10), "y")
+def _upper_organs(b: _Body) -> None:
+    """Liver (right lobe + left lobe across the midline), spleen, stomach (wall, fluid, gas cap)."""
+    p, rng = b.p, b.rng
+    liver_hu = 108 + b.jit(12) + 0.3 * b.enh
+    bx, m = p.ellipsoid(b.jitter_c((68, 2, 172)), b.jitter_a((72, 82, 62)), _rot(b.jit(8), "z"), wobble=0.08)
+    b.organ(bx, m, liver_hu, "liver")
+    bx, m = p.ellipsoid(b.jitter_c((-12, 42, 184)), b.jitter_a((58, 32, 36)), _rot(-15 + b.jit(8), "z"), wobble=0.1)
+    b.organ(bx, m, liver_hu, "liver")
+    bx, m = p.ellipsoid(b.jitter_c((-98, -32, 172)), b.jitter_a((24, 55, 48)), _rot(35 + b.jit(8), "z"), wobble=0.1)
+    b.organ(bx, m, 118 + b.jit(12) + 0.3 * b.enh, "spleen")
+    sc, sa = b.jitter_c((-45, 36, 168)), b.jitter_a((44, 38, 52))
+    b.stomach_centre = sc
+    srot = _rot(25 + b.jit(10), "z") @ _rot(b.jit(10), "y")
     bx, m = p.ellipsoid(sc, sa, srot, wobble=0.12)
-    p.paint(bx, m, 55 + _jit(rng, 8), organ("stomach").id, only=cavity)
+    b.organ(bx, m, 55 + b.jit(8), "stomach")
     bx, lumen = p.ellipsoid(sc, sa * 0.72, srot)
     if bx is not None:
-        _, ly, _ = g.coords(bx)
+        _, ly, _ = b.g.coords(bx)
         gas_level = sc[1] + sa[1] * rng.uniform(0.1, 0.45)
-        in_stomach = p.lab[bx] == organ("stomach").id
-        fluid = lumen & in_stomach
-        p.hu[bx][fluid] = 18 + _jit(rng, 8)
+        fluid = lumen & (p.lab[bx] == organ("stomach").id)
+        p.hu[bx][fluid] = 18 + b.jit(8)
         p.hu[bx][fluid & np.broadcast_to(ly > gas_level, fluid.shape)] = -850
 
-    # kidneys (left sits higher), each with a darker renal sinus
+
+def _kidneys_and_gallbladder(b: _Body) -> None:
+    """Kidneys (the left sits higher), each with a darker renal sinus; the gallbladder under the right lobe."""
+    p = b.p
     for key, cx, cz, side in (("kidney_right", 66, 96, 1), ("kidney_left", -64, 106, -1)):
-        kc, ka = jitter_c((cx, -52, cz)), jitter_a((26, 23, 54))
-        krot = _rot(side * (25 + _jit(rng, 8)), "z") @ _rot(side * (-12 + _jit(rng, 5)), "y")
+        kc, ka = b.jitter_c((cx, -52, cz)), b.jitter_a((26, 23, 54))
+        krot = _rot(side * (25 + b.jit(8)), "z") @ _rot(side * (-12 + b.jit(5)), "y")
         bx, m = p.ellipsoid(kc, ka, krot, wobble=0.06)
-        p.paint(bx, m, 175 + _jit(rng, 15) + 0.5 * enh, organ(key).id, only=cavity)
+        b.organ(bx, m, 175 + b.jit(15) + 0.5 * b.enh, key)
         bx, m = p.ellipsoid(kc + np.array([-side * 9, 6, 0]), ka * np.array([0.45, 0.4, 0.6]), krot)
         if bx is not None:
-            p.paint(bx, m & (p.lab[bx] == organ(key).id), -20 + _jit(rng, 15))
-
-    # gallbladder, under the right lobe
+            p.paint(bx, m & (p.lab[bx] == organ(key).id), -20 + b.jit(15))
     bx, m = p.ellipsoid(
-        jitter_c((52, 50, 118), 6), jitter_a((16, 17, 30), 0.2), _rot(20, "x") @ _rot(_jit(rng, 15), "z"), wobble=0.08
+        b.jitter_c((52, 50, 118), 6), b.jitter_a((16, 17, 30), 0.2), _rot(20, "x") @ _rot(b.jit(15), "z"), wobble=0.08
     )
-    p.paint(bx, m, 12 + _jit(rng, 6), organ("gallbladder").id, only=cavity)
+    b.organ(bx, m, 12 + b.jit(6), "gallbladder")
 
+
+def _pancreas_and_vessels(b: _Body) -> None:
+    """Pancreas, portal and splenic vein, aorta, inferior vena cava, esophagus (joining the stomach), adrenals."""
+    p, rng, enh, spine_y = b.p, b.rng, b.enh, b.spine_y
     # pancreas: head (right, low) -> neck -> body -> tail (left, at the splenic hilum)
-    pj = rng.uniform(-5, 5, (5, 3))
-    pan_pts = np.array([(34, 2, 110), (30, 8, 124), (4, 14, 134), (-32, 8, 142), (-70, -6, 152)]) + pj
+    pan_pts = np.array([(34, 2, 110), (30, 8, 124), (4, 14, 134), (-32, 8, 142), (-70, -6, 152)])
+    pan_pts = pan_pts + rng.uniform(-5, 5, (5, 3))
     bx, m = p.tube(pan_pts, np.array([15, 14, 11, 10, 8]) * rng.uniform(0.9, 1.1), flatten=0.7)
-    p.paint(bx, m, 92 + _jit(rng, 10), organ("pancreas").id, only=cavity)
-
+    b.organ(bx, m, 92 + b.jit(10), "pancreas")
     # portal and splenic vein: splenic hilum -> confluence behind the pancreas neck -> liver hilum
-    vj = rng.uniform(-4, 4, (5, 3))
-    vein_pts = np.array([(-78, -16, 152), (-40, -4, 141), (2, 2, 134), (28, 10, 146), (48, 16, 162)]) + vj
-    bx, m = p.tube(vein_pts, [5, 5.5, 7, 7.5, 6])
-    p.paint(bx, m, 168 + enh, organ("portal_splenic_vein").id, only=cavity)
-
+    vein_pts = np.array([(-78, -16, 152), (-40, -4, 141), (2, 2, 134), (28, 10, 146), (48, 16, 162)])
+    bx, m = p.tube(vein_pts + rng.uniform(-4, 4, (5, 3)), [5, 5.5, 7, 7.5, 6])
+    b.organ(bx, m, 168 + enh, "portal_splenic_vein")
     # aorta: left-anterior of the vertebral bodies, tapering downwards
-    ax_, ay_ = -16 + _jit(rng, 4), spine_y + 32 + _jit(rng, 4)
-    bx, m = p.tube([(ax_ + 4, ay_ - 2, -40), (ax_, ay_, 120), (ax_ - 2, ay_ - 6, top)], [9, 11, 12.5])
-    p.paint(bx, m, 195 + enh, organ("aorta").id)
-
+    ax_, ay_ = -16 + b.jit(4), spine_y + 32 + b.jit(4)
+    bx, m = p.tube([(ax_ + 4, ay_ - 2, -40), (ax_, ay_, 120), (ax_ - 2, ay_ - 6, TOP)], [9, 11, 12.5])
+    b.organ(bx, m, 195 + enh, "aorta", only_cavity=False)
     # inferior vena cava: right of the aorta, intrahepatic at the top
-    ix, iy = 22 + _jit(rng, 4), spine_y + 36 + _jit(rng, 4)
+    ix, iy = 22 + b.jit(4), spine_y + 36 + b.jit(4)
     bx, m = p.tube([(ix - 6, iy - 4, -40), (ix, iy, 120), (ix + 6, iy + 6, 220)], [10, 12, 13], flatten=0.75)
-    p.paint(bx, m, 140 + 0.8 * enh, organ("ivc").id)
-
+    b.organ(bx, m, 140 + 0.8 * enh, "ivc", only_cavity=False)
     # esophagus: descends left-anterior of the spine and joins the stomach (cardia)
-    ej = rng.uniform(-4, 4, 3)
-    card = sc + np.array([18, -12, 22]) + ej
-    bx, m = p.tube([(-8, spine_y + 40, top), (-14, spine_y + 44, 230), tuple(card)], 8)
-    p.paint(bx, m, 45 + _jit(rng, 6), organ("esophagus").id)
-    bx, m = p.tube([(-8, spine_y + 40, top), (-14, spine_y + 44, 230), tuple(card)], 2.2)
+    card = b.stomach_centre + np.array([18, -12, 22]) + rng.uniform(-4, 4, 3)
+    path = [(-8, spine_y + 40, TOP), (-14, spine_y + 44, 230), tuple(card)]
+    bx, m = p.tube(path, 8)
+    b.organ(bx, m, 45 + b.jit(6), "esophagus", only_cavity=False)
+    bx, m = p.tube(path, 2.2)
     p.paint(bx, m, -800)  # air in the lumen; the label keeps the whole tube
-
     # adrenal glands: thin plates above and medial to the kidneys
     for key, c, ang in (("adrenal_right", (42, -40, 150), 30), ("adrenal_left", (-40, -36, 156), -30)):
-        bx, m = p.ellipsoid(jitter_c(c, 4), jitter_a((4.5, 13, 17), 0.15), _rot(ang + _jit(rng, 10), "z"), wobble=0.15)
-        p.paint(bx, m, 32 + _jit(rng, 8), organ(key).id, only=cavity)
-
-    # ---- partial volume (slight blur), noise, quantisation ---------------------------------------
-    hu = ndimage.gaussian_filter(p.hu, sigma=0.6, mode="nearest")
-    hu += rng.normal(0.0, noise_hu, size=hu.shape).astype(np.float32)
-    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    return Phantom(image=image, label=p.lab, affine=g.affine)
+        bx, m = p.ellipsoid(b.jitter_c(c, 4), b.jitter_a((4.5, 13, 17), 0.15), _rot(ang + b.jit(10), "z"), wobble=0.15)
+        b.organ(bx, m, 32 + b.jit(8), key)
 
 
 def write_phantom_dataset(

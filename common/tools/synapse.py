@@ -237,100 +237,22 @@ def import_synapse(
     check_ids: bool = True,
     progress: bool = True,
 ) -> Path:
-    """Convert the authors' Synapse data under ``src`` into NIfTI + ``dataset.json`` under ``output``."""
+    """Convert the authors' Synapse data under ``src`` into NIfTI + ``dataset.json`` under ``output``: the
+    arguments checked, every case read and checked, the id map checked against the anatomy, then (only when all
+    of it holds) the files written."""
     src, out = Path(src).expanduser(), Path(output).expanduser()
-    id_map = DATA_ID_MAPS[data_ids] if isinstance(data_ids, str) else dict(data_ids)
-    if isinstance(data_ids, str) and data_ids not in DATA_ID_MAPS:
-        raise InputError(f"unknown data id map {data_ids!r}", hint=f"choose one of {sorted(DATA_ID_MAPS)}")
-    if sorted(id_map.values()) != list(range(1, 9)) or set(id_map) != set(SYNAPSE_ORGAN_ORDER):
-        raise InputError(f"data id map must give the 8 Synapse organs the ids 1..8, got {id_map}")
+    id_map = _id_map(data_ids)
     if labels not in ID_SPACES:
         raise InputError(f"unknown label space {labels!r}", hint="use btcv13 or synapse8")
     if out.resolve() == src.resolve():
         raise InputError(f"{out}: write the import to a different folder than the source data")
-    slices, tests = _collect(src)
-    problems: list[str] = []
-    volumes: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
-    cases = [("training", c) for c in sorted(slices)] + [("validation", c) for c in sorted(tests)]
-    it = cases
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(cases, desc="reading Synapse cases", unit="case")
-    for split, case in it:
-        if split == "training":
-            vol = _stack_case(case, slices[case], problems, 8)
-        else:
-            try:
-                im, lb = _load_h5(tests[case])
-            except InputError as e:
-                problems.extend(e.problems)
-                continue
-            if im.ndim != 3:
-                problems.append(f"{tests[case]}: expected a (Z, H, W) volume, got shape {im.shape}")
-                continue
-            vol = (
-                (np.transpose(im, (1, 2, 0)), np.transpose(lb, (1, 2, 0)))
-                if _validate(str(tests[case]), im, lb, 8, problems)
-                else None
-            )
-        if vol is not None:
-            volumes[case] = (vol[0], vol[1], split)
-    overlap = sorted(set(slices) & set(tests))
-    if overlap:
-        problems.append(f"cases in both train_npz and test_vol_h5: {overlap}")
-    if problems:
-        raise InputError(problems, hint="nothing was written; fix or remove these files")
-    if not volumes:
-        raise InputError(f"{src}: no cases found")
-
-    acc: dict[int, dict] = {}
-    for _, lb, _ in volumes.values():
-        _case_stats(lb, acc)
-    stats = _finish_stats(acc)
+    volumes = _read_volumes(src, progress)
     if check_ids:
-        bad = check_anatomy(stats, id_map)
-        if bad:
-            lines = [
-                f"id {i}: {s['voxels']} voxels, x-centroid {s['centroid_x']:+.1f}, elongation {s['elongation']:.2f}"
-                for i, s in sorted(stats.items())
-            ]
-            others = [n for n, m in DATA_ID_MAPS.items() if m != id_map and not check_anatomy(stats, m)]
-            raise InputError(
-                [f"the label id map does not fit the data: {b}" for b in bad] + lines,
-                hint=(
-                    "nothing was written. "
-                    + (
-                        f"The map '{others[0]}' fits: use --data-ids {others[0]}"
-                        if others
-                        else "Give the right map with --data-ids"
-                    )
-                ),
-            )
-
-    if labels == BTCV13:
-        lut = np.zeros(9, np.uint8)
-        for key, i in id_map.items():
-            lut[i] = organ(key).id
-    else:
-        lut = np.zeros(9, np.uint8)
-        for key, i in id_map.items():
-            lut[i] = SYNAPSE_ORGAN_ORDER.index(key) + 1
-    affines = {}
-    if btcv_raw:
-        from ..data import find_btcv_raw
-
-        found = find_btcv_raw(btcv_raw)
-        if found is None:
-            raise InputError(f"{btcv_raw}: no BTCV download found (RawData/Training/img)")
-        for case, (im, _, _) in volumes.items():
-            raw = found[0] / f"img{case}.nii.gz"
-            info = image_info(raw)
-            if tuple(info.spatial_shape) != im.shape:
-                problems.append(f"case{case}: shape {im.shape} differs from {raw} {info.spatial_shape}")
-            affines[case] = info.affine
-        if problems:
-            raise InputError(problems, hint="nothing was written: the BTCV download does not match these cases")
+        _check_id_map(volumes, id_map)
+    affines = _btcv_affines(btcv_raw, volumes) if btcv_raw else {}
+    lut = np.zeros(9, np.uint8)
+    for key, i in id_map.items():
+        lut[i] = organ(key).id if labels == BTCV13 else SYNAPSE_ORGAN_ORDER.index(key) + 1
     items: dict[str, list] = {"training": [], "validation": []}
     for case, (im, lb, split) in sorted(volumes.items()):
         affine = affines.get(case, np.diag([*map(float, spacing), 1.0]))
@@ -339,7 +261,6 @@ def import_synapse(
         atomic_write_bytes(out / "images" / f"case{case}.nii.gz", nifti_bytes(hu, affine))
         atomic_write_bytes(out / "labels" / f"case{case}.nii.gz", nifti_bytes(lab, affine))
         items[split].append({"image": f"images/case{case}.nii.gz", "label": f"labels/case{case}.nii.gz"})
-
     datalist = {
         "description": f"TransUNet authors' preprocessed Synapse data imported from {src}",
         "labels": channel_def(labels),
@@ -355,6 +276,97 @@ def import_synapse(
     path = out / "dataset.json"
     atomic_write_text(path, json.dumps(datalist, indent=2) + "\n")
     return path
+
+
+def _id_map(data_ids: str | dict) -> dict[str, int]:
+    """The organ -> id map of the authors' files: a named one of :data:`DATA_ID_MAPS` or one given, checked."""
+    if isinstance(data_ids, str) and data_ids not in DATA_ID_MAPS:
+        raise InputError(f"unknown data id map {data_ids!r}", hint=f"choose one of {sorted(DATA_ID_MAPS)}")
+    id_map = DATA_ID_MAPS[data_ids] if isinstance(data_ids, str) else dict(data_ids)
+    if sorted(id_map.values()) != list(range(1, 9)) or set(id_map) != set(SYNAPSE_ORGAN_ORDER):
+        raise InputError(f"data id map must give the 8 Synapse organs the ids 1..8, got {id_map}")
+    return id_map
+
+
+def _read_volumes(src: Path, progress: bool) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """Every case as ``(image, label, split)`` in (H, W, Z): the training slices stacked, the test volumes
+    transposed. Every problem of every file is collected first and raised as one :class:`InputError`."""
+    slices, tests = _collect(src)
+    problems: list[str] = []
+    volumes: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+    cases = [("training", c) for c in sorted(slices)] + [("validation", c) for c in sorted(tests)]
+    if progress:
+        from tqdm import tqdm
+
+        cases = tqdm(cases, desc="reading Synapse cases", unit="case")
+    for split, case in cases:
+        vol = (
+            _stack_case(case, slices[case], problems, 8) if split == "training" else _test_volume(tests[case], problems)
+        )
+        if vol is not None:
+            volumes[case] = (vol[0], vol[1], split)
+    overlap = sorted(set(slices) & set(tests))
+    if overlap:
+        problems.append(f"cases in both train_npz and test_vol_h5: {overlap}")
+    if problems:
+        raise InputError(problems, hint="nothing was written; fix or remove these files")
+    if not volumes:
+        raise InputError(f"{src}: no cases found")
+    return volumes
+
+
+def _test_volume(path: Path, problems: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """One ``test_vol_h5`` case in (H, W, Z), or None with its problems added."""
+    try:
+        im, lb = _load_h5(path)
+    except InputError as e:
+        problems.extend(e.problems)
+        return None
+    if im.ndim != 3:
+        problems.append(f"{path}: expected a (Z, H, W) volume, got shape {im.shape}")
+        return None
+    if not _validate(str(path), im, lb, 8, problems):
+        return None
+    return np.transpose(im, (1, 2, 0)), np.transpose(lb, (1, 2, 0))
+
+
+def _check_id_map(volumes: dict, id_map: dict[str, int]) -> None:
+    """Refuse an id map that does not fit the anatomy of the labels (and name the map that does)."""
+    acc: dict[int, dict] = {}
+    for _, lb, _ in volumes.values():
+        _case_stats(lb, acc)
+    stats = _finish_stats(acc)
+    bad = check_anatomy(stats, id_map)
+    if not bad:
+        return
+    lines = [
+        f"id {i}: {s['voxels']} voxels, x-centroid {s['centroid_x']:+.1f}, elongation {s['elongation']:.2f}"
+        for i, s in sorted(stats.items())
+    ]
+    others = [n for n, m in DATA_ID_MAPS.items() if m != id_map and not check_anatomy(stats, m)]
+    fix = f"The map '{others[0]}' fits: use --data-ids {others[0]}" if others else "Give the right map with --data-ids"
+    raise InputError(
+        [f"the label id map does not fit the data: {b}" for b in bad] + lines, hint=f"nothing was written. {fix}"
+    )
+
+
+def _btcv_affines(btcv_raw, volumes: dict) -> dict[str, np.ndarray]:
+    """The original BTCV affine of each case, from the BTCV download (shapes must match)."""
+    from ..data import find_btcv_raw
+
+    found = find_btcv_raw(btcv_raw)
+    if found is None:
+        raise InputError(f"{btcv_raw}: no BTCV download found (RawData/Training/img)")
+    affines, problems = {}, []
+    for case, (im, _, _) in volumes.items():
+        raw = found[0] / f"img{case}.nii.gz"
+        info = image_info(raw)
+        if tuple(info.spatial_shape) != im.shape:
+            problems.append(f"case{case}: shape {im.shape} differs from {raw} {info.spatial_shape}")
+        affines[case] = info.affine
+    if problems:
+        raise InputError(problems, hint="nothing was written: the BTCV download does not match these cases")
+    return affines
 
 
 def main(argv=None) -> int:
