@@ -31,7 +31,7 @@ def machine(device: str | torch.device = "cpu") -> dict:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses
     }
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)

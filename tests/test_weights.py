@@ -105,3 +105,23 @@ def test_class_count_change(tmp_path, capsys):
     wide = torch.nn.Sequential(torch.nn.Conv3d(1, 5, 3), torch.nn.BatchNorm3d(5), torch.nn.Conv3d(5, 14, 1))
     with pytest.raises(InputError, match="shape of '0.weight'"):
         load_weights(wide, tmp_path / "nine.pt")
+
+
+def test_a_checkpoint_record_loads_safely(tmp_path):
+    """What train.json saves beside the weights (bundle, version, seed, the machine) loads with weights_only=True:
+    a value torch refuses there (``torch.__version__`` is a ``str`` subclass) would make every trained model.pt
+    unreadable."""
+    from common.bundle import CheckpointRecord
+    from common.weights import checkpoint_record, read_torch_file
+
+    net = torch.nn.Linear(2, 3)
+    path = tmp_path / "model.pt"
+    torch.save(
+        {"model": net.state_dict(), "bundle": CheckpointRecord("unetr_btcv", "0.6.0", seed=3).state_dict()}, path
+    )
+    record = checkpoint_record(path)
+    assert record is not None and record["seed"] == 3 and record["machine"]["torch"] == str(torch.__version__)
+    assert set(read_torch_file(path)) == {"model", "bundle"}
+    fresh = torch.nn.Linear(2, 3)
+    load_weights(fresh, path)
+    assert torch.equal(fresh.weight, net.weight)
