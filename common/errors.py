@@ -10,12 +10,13 @@ several layers of ``RuntimeError``, and a DataLoader worker's exception reaches 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 from collections.abc import Iterable
 
-__all__ = ["InputError", "find_input_error", "install_excepthook"]
+__all__ = ["InputError", "command", "find_input_error", "install_excepthook"]
 
 
 class InputError(ValueError):
@@ -96,6 +97,26 @@ def _record_without_input_traceback(*args, **kwargs) -> logging.LogRecord:
     if err is not None:
         record.exc_info, record.exc_text, record.msg, record.args = None, None, f"input problem: {err}", ()
     return record
+
+
+def command(main):
+    """The one way a tool's ``main(argv)`` reports bad input: an exception that carries an :class:`InputError`
+    (through its cause chain, a worker process or MONAI's writers: :func:`find_input_error`) prints ``ERROR:`` and
+    its message on stderr and returns exit status 1; anything else raises with its traceback, as does everything
+    under ``BTCV_TRACEBACK=1``."""
+
+    @functools.wraps(main)
+    def run(argv=None) -> int:
+        try:
+            return main(argv)
+        except Exception as e:  # noqa: BLE001 - only an input problem is reported as one line
+            err = find_input_error(e)
+            if err is None or os.environ.get("BTCV_TRACEBACK"):
+                raise
+            print(f"ERROR: {err}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def install_excepthook() -> bool:

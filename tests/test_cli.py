@@ -164,3 +164,43 @@ def test_leaderboard_command_compares_two_prediction_folders(tiny_data, tmp_path
         cmd[:3] + ["--protocol", "btcv99"], cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=300
     )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "btcv99" in bad.stderr
+
+
+def test_every_tool_reports_bad_input_the_same_way(monkeypatch, capsys):
+    """The tools' ``main`` share one rule: an input problem, however wrapped, is ``ERROR:`` and its message with
+    status 1; any other exception keeps its traceback, and so does an input problem under BTCV_TRACEBACK=1."""
+    import pytest
+
+    import common.tools.ensemble
+    import common.tools.export
+    import common.tools.leaderboard
+    import common.tools.package
+    import common.tools.prepare
+    import common.tools.synapse
+    from common.errors import InputError, command
+
+    for tool in (common.tools.ensemble, common.tools.export, common.tools.leaderboard, common.tools.package,
+                 common.tools.prepare, common.tools.synapse):  # fmt: skip
+        assert getattr(tool.main, "__wrapped__", None) is not None, f"{tool.__name__}.main is not a @command"
+
+    @command
+    def wrapped(argv=None):
+        try:
+            raise InputError("/data/ct.nii.gz: no voxels", hint="give a CT")
+        except InputError as e:
+            raise RuntimeError("applying transform ...") from e  # as MONAI wraps it
+
+    monkeypatch.delenv("BTCV_TRACEBACK", raising=False)
+    assert wrapped([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: /data/ct.nii.gz: no voxels") and "give a CT" in err and "Traceback" not in err
+
+    @command
+    def broken(argv=None):
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        broken([])
+    monkeypatch.setenv("BTCV_TRACEBACK", "1")
+    with pytest.raises(RuntimeError):
+        wrapped([])

@@ -53,7 +53,7 @@ def test_missing_bundle_and_checkpoint_are_clear_errors(tmp_path, capsys):
         package_bundle(tmp_path, tmp_path / "out")
     with pytest.raises(InputError, match="nope.pt: checkpoint not found"):
         package_bundle("unetr_btcv", tmp_path / "out", ckpt=tmp_path / "nope.pt")
-    assert main(["--bundle", "no_such_bundle", "--out", str(tmp_path / "o")]) == 2
+    assert main(["--bundle", "no_such_bundle", "--out", str(tmp_path / "o")]) == 1
     assert "not a bundle folder" in capsys.readouterr().err
 
 
@@ -222,7 +222,7 @@ def test_demo_checkpoint_is_checked_before_writing_and_packaged_with_its_overlay
     net = bundle_parser("unet_btcv", None, extra=[demo]).get_parsed_content("network_def")
     torch.save(net.state_dict(), tmp_path / "demo_model.pt")
     out = tmp_path / "dist"
-    assert main(["--bundle", "unet_btcv", "--out", str(out), "--ckpt", str(tmp_path / "demo_model.pt")]) == 2
+    assert main(["--bundle", "unet_btcv", "--out", str(out), "--ckpt", str(tmp_path / "demo_model.pt")]) == 1
     err = capsys.readouterr().err
     assert "these weights are of the network that configs/demo.json builds" in err and not out.exists()
     assert (

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError, find_input_error
+from ..errors import InputError, command
 
 __all__ = ["Member", "parse_member", "ensemble_inference", "main"]
 
@@ -194,6 +194,7 @@ def members_from_args(specs: Sequence[str], configs: Sequence[str] = (), overrid
     return members
 
 
+@command
 def main(argv=None) -> int:
     from ..data import inference_inputs
 
@@ -206,16 +207,9 @@ def main(argv=None) -> int:
     ap.add_argument("--output_dir", default="ensemble_predictions")
     ap.add_argument("--cleanup", default="off", help="off, largest or a volume in ml")
     args = ap.parse_args(argv)
-    try:
-        members = members_from_args(args.member, args.config, args.override)
-        images = [it["image"] for it in inference_inputs(args.dataset_dir, args.image_pattern)]
-        settings = ensemble_inference(members, images, args.output_dir, args.cleanup)
-    except Exception as e:
-        err = find_input_error(e)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    members = members_from_args(args.member, args.config, args.override)
+    images = [it["image"] for it in inference_inputs(args.dataset_dir, args.image_pattern)]
+    settings = ensemble_inference(members, images, args.output_dir, args.cleanup)
     print(f"{len(images)} case(s), {len(settings['ensemble'])} members: predictions written to {args.output_dir}")
     return 0
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ..bundle import BUNDLES_DIR, bundle_configs, bundle_parser
-from ..errors import InputError, find_input_error
+from ..errors import InputError, command
 from ..io import atomic_path
 from ..weights import load_weights, with_overlay_hint
 from ..workflow import network_args
@@ -189,6 +188,7 @@ def export_onnx(
     return report
 
 
+@command
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.tools.export", description=__doc__.split("\n\n")[0])
     ap.add_argument("format", choices=["torchscript", "onnx"])
@@ -202,21 +202,13 @@ def main(argv=None) -> int:
     root = BUNDLES_DIR / args.bundle
     ckpt = args.ckpt or str(root / "models" / "model.pt")
     if not Path(ckpt).is_file():
-        print(f"ERROR: {ckpt}: no trained model found (train the bundle or pass --ckpt)", file=sys.stderr)
-        return 1
+        raise InputError(f"{ckpt}: no trained model found", hint="train the bundle or pass --ckpt")
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.override)}
     out = args.out or str(root / "models" / ("model.ts" if args.format == "torchscript" else "model.onnx"))
-    try:
-        if args.format == "torchscript":
-            report = export_torchscript(args.bundle, out, ckpt, args.config, overrides, args.tolerance)
-        else:
-            report = export_onnx(args.bundle, out, ckpt, args.config, overrides, args.tolerance)
-    except Exception as e:  # noqa: BLE001 - an input problem (MONAI may wrap it) is one line, anything else raises
-        err = find_input_error(e)
-        if err is None or os.environ.get("BTCV_TRACEBACK"):
-            raise
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 1
+    if args.format == "torchscript":
+        report = export_torchscript(args.bundle, out, ckpt, args.config, overrides, args.tolerance)
+    else:
+        report = export_onnx(args.bundle, out, ckpt, args.config, overrides, args.tolerance)
     print(json.dumps(report, indent=2))
     return 0
 

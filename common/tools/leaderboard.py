@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from monai.data import MetaTensor
 
-from ..errors import InputError, find_input_error
+from ..errors import InputError, command, find_input_error
 from ..evaluation import SegmentationReport, json_clean
 from ..figures import overlay_png
 from ..io import atomic_write_bytes, atomic_write_text, case_id, load_array
@@ -501,6 +500,7 @@ def _markdown(doc: dict, results: dict) -> str:
     return "\n".join(out)
 
 
+@command
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.tools.leaderboard", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundles", nargs="*", default=[], help="bundles to run (names under bundles/)")
@@ -543,32 +543,25 @@ def main(argv=None) -> int:
         name, kv = o.split(":", 1) if ":" in o else ("", o)
         k, v = kv.split("=", 1)
         overrides.setdefault(name, {})[k] = json.loads(v)
-    try:
-        leaderboard(
-            args.bundles,
-            _split_pairs(args.predictions),
-            args.dataset_dir,
-            args.split,
-            args.datalist_file,
-            args.protocol,
-            args.out,
-            _split_pairs(args.ckpt),
-            configs,
-            overrides,
-            _split_pairs(args.pred_ids),
-            args.label_ids,
-            args.compare,
-            args.max_cases,
-            args.overlay_cases,
-            fold=args.fold,
-            ensembles=_split_pairs(args.ensemble),
-        )
-    except Exception as e:  # noqa: BLE001 - only an input problem is reported as one line
-        err = find_input_error(e)
-        if err is None or os.environ.get("BTCV_TRACEBACK"):
-            raise
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 1
+    leaderboard(
+        args.bundles,
+        _split_pairs(args.predictions),
+        args.dataset_dir,
+        args.split,
+        args.datalist_file,
+        args.protocol,
+        args.out,
+        _split_pairs(args.ckpt),
+        configs,
+        overrides,
+        _split_pairs(args.pred_ids),
+        args.label_ids,
+        args.compare,
+        args.max_cases,
+        args.overlay_cases,
+        fold=args.fold,
+        ensembles=_split_pairs(args.ensemble),
+    )
     return 0
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
@@ -39,7 +38,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..errors import InputError, find_input_error
+from ..errors import InputError, command
 from ..io import atomic_path, disk_full_error, out_of_room
 from ..workflow import WORKFLOW_EXPR
 
@@ -240,11 +239,7 @@ def package_bundle(
     that network before anything is written. The folder is assembled in a temporary sibling and renamed into
     place, so an interrupted run never leaves a half-written bundle.
     """
-    src = Path(bundle)
-    if not (src / "configs").is_dir():
-        src = REPO / "bundles" / str(bundle)
-    if not (src / "configs" / "metadata.json").is_file():
-        raise InputError(f"{src}: not a bundle folder (configs/metadata.json not found)")
+    src = _bundle_folder(bundle)
     name = src.resolve().name
     pkg = vendored_name(name)
     overlays = [Path(c).expanduser() for c in configs]
@@ -259,32 +254,9 @@ def package_bundle(
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     target = out / name
-
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
-        (tmp / "configs").mkdir()
-        packaged = []
-        for f in sorted((src / "configs").iterdir()):
-            if f.suffix == ".json":
-                try:
-                    cfg = json.loads(f.read_text(encoding="utf-8"))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{f}: not valid JSON ({e})") from e
-                if overlays and f.name in ("train.json", "inference.json"):
-                    cfg = _merged(f, overlays)
-                packaged.append(cfg)
-                text = json.dumps(rewrite_config(cfg, pkg), indent=4) + "\n"
-                (tmp / "configs" / f.name).write_text(text, encoding="utf-8")
-            elif f.is_file():
-                shutil.copy2(f, tmp / "configs" / f.name)
-        if (src / "docs").is_dir():
-            shutil.copytree(src / "docs", tmp / "docs")
-        if (REPO / "LICENSE").is_file():
-            shutil.copy2(REPO / "LICENSE", tmp / "LICENSE")
-        vendored = _vendor(tmp / pkg, packaged)
-        if ckpt_path.is_file():
-            (tmp / "models").mkdir()
-            shutil.copy2(ckpt_path, tmp / "models" / "model.pt")
+        vendored = _assemble(tmp, src, pkg, overlays, ckpt_path if ckpt_path.is_file() else None)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
@@ -301,16 +273,61 @@ def package_bundle(
         "checkpoint": str(target / "models" / "model.pt") if ckpt_path.is_file() else None,
     }
     if make_zip:
-        zip_path = out / f"{name}.zip"
-        files = sorted(p for p in target.rglob("*") if p.is_file())
-        with atomic_path(zip_path, sum(p.stat().st_size for p in files), "up to") as tmp_zip:
-            with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
-                for p in files:
-                    z.write(p, Path(name) / p.relative_to(target))
-        paths["zip"] = str(zip_path)
+        paths["zip"] = str(_zip(target, out / f"{name}.zip"))
     return paths
 
 
+def _bundle_folder(bundle: str | Path) -> Path:
+    """A bundle folder given, or the folder of a bundle named under ``bundles/``."""
+    src = Path(bundle)
+    if not (src / "configs").is_dir():
+        src = REPO / "bundles" / str(bundle)
+    if not (src / "configs" / "metadata.json").is_file():
+        raise InputError(f"{src}: not a bundle folder (configs/metadata.json not found)")
+    return src
+
+
+def _assemble(tmp: Path, src: Path, pkg: str, overlays: list[Path], ckpt_path: Path | None) -> list[str]:
+    """The packaged bundle in ``tmp``: its configs (overlays merged into ``train.json`` and ``inference.json``,
+    ``_target_`` rewritten to the vendored package), docs, licence, the vendored code and the checkpoint. Returns
+    the vendored modules."""
+    (tmp / "configs").mkdir()
+    packaged = []
+    for f in sorted((src / "configs").iterdir()):
+        if f.suffix == ".json":
+            try:
+                cfg = json.loads(f.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise InputError(f"{f}: not valid JSON ({e})") from e
+            if overlays and f.name in ("train.json", "inference.json"):
+                cfg = _merged(f, overlays)
+            packaged.append(cfg)
+            text = json.dumps(rewrite_config(cfg, pkg), indent=4) + "\n"
+            (tmp / "configs" / f.name).write_text(text, encoding="utf-8")
+        elif f.is_file():
+            shutil.copy2(f, tmp / "configs" / f.name)
+    if (src / "docs").is_dir():
+        shutil.copytree(src / "docs", tmp / "docs")
+    if (REPO / "LICENSE").is_file():
+        shutil.copy2(REPO / "LICENSE", tmp / "LICENSE")
+    vendored = _vendor(tmp / pkg, packaged)
+    if ckpt_path is not None:
+        (tmp / "models").mkdir()
+        shutil.copy2(ckpt_path, tmp / "models" / "model.pt")
+    return vendored
+
+
+def _zip(folder: Path, zip_path: Path) -> Path:
+    """``folder`` as a zip holding ``<folder name>/...``, written atomically."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    with atomic_path(zip_path, sum(p.stat().st_size for p in files), "up to") as tmp_zip:
+        with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
+            for p in files:
+                z.write(p, Path(folder.name) / p.relative_to(folder))
+    return zip_path
+
+
+@command
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.tools.package", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True, help="bundle name under bundles/ (e.g. unetr_btcv) or a bundle folder")
@@ -326,14 +343,7 @@ def main(argv=None) -> int:
         help="overlay merged into the packaged configs, as with monai.bundle run (e.g. configs/demo.json)",
     )
     args = ap.parse_args(argv)
-    try:
-        paths = package_bundle(args.bundle, args.out, args.ckpt, args.zip, args.config)
-    except Exception as e:  # noqa: BLE001 - an input problem (MONAI may wrap it) is one line, anything else raises
-        err = find_input_error(e)
-        if err is None or os.environ.get("BTCV_TRACEBACK"):
-            raise
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 2
+    paths = package_bundle(args.bundle, args.out, args.ckpt, args.zip, args.config)
     print(f"packaged {paths['folder']} (code vendored as {paths['package']})")
     if paths.get("checkpoint"):
         print(f"  checkpoint: {paths['checkpoint']}")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..data import SPLITS, btcv_datalist, check_items
-from ..errors import InputError
+from ..errors import InputError, command
 from ..io import atomic_write_text
 
 
@@ -46,6 +46,7 @@ def _organ_names() -> list[str]:
     return organ_names()
 
 
+@command
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.tools.prepare", description=__doc__.split("\n\n")[0])
     ap.add_argument("raw_root", help="BTCV download folder (holding RawData/Training/img and label)")
@@ -53,11 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=None, help="datalist JSON to write (default ./datalist_<split>.json)")
     ap.add_argument("--no-check", action="store_true", help="skip reading the files (not recommended)")
     args = ap.parse_args(argv)
-    try:
-        path = prepare(args.raw_root, args.split, args.output, check=not args.no_check)
-    except InputError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+    path = prepare(args.raw_root, args.split, args.output, check=not args.no_check)
     n = {k: len(v) for k, v in SPLITS[args.split].items()}
     print(f"wrote {path} ({n['training']} training, {n['validation']} validation cases, split {args.split})")
     return 0

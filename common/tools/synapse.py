@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, command
 from ..io import atomic_write_bytes, atomic_write_text, image_info, nifti_bytes
 from ..labels import BTCV13, ID_SPACES, SYNAPSE_AUTHOR_DATA_IDS, SYNAPSE_ORGAN_ORDER, channel_def, organ
 
@@ -369,6 +369,7 @@ def _btcv_affines(btcv_raw, volumes: dict) -> dict[str, np.ndarray]:
     return affines
 
 
+@command
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m common.tools.synapse", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="folder holding train_npz/ and test_vol_h5/")
@@ -381,13 +382,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--no-id-check", action="store_true", help="skip the anatomical check of the id map")
     args = ap.parse_args(argv)
-    try:
-        path = import_synapse(
-            args.src, args.output, args.labels, args.data_ids, args.btcv_raw, args.spacing, not args.no_id_check
-        )
-    except InputError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+    path = import_synapse(
+        args.src, args.output, args.labels, args.data_ids, args.btcv_raw, args.spacing, not args.no_id_check
+    )
     d = json.loads(path.read_text(encoding="utf-8"))
     print(
         f"wrote {path}: {len(d['training'])} training and {len(d['validation'])} validation (test) cases, labels {args.labels}"
