@@ -18,7 +18,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from .errors import InputError
-from .io import _read_sitk, _series_ids, atomic_path, case_id
+from .io import atomic_path, case_id, dicom_series_ids, read_sitk
 from .labels import BTCV13, id_space, organ_names
 
 __all__ = ["OUTPUT_FORMATS", "SNOMED", "DicomSegd", "wants_dicom_seg", "write_dicom_seg"]
@@ -70,9 +70,9 @@ def _highdicom():
 def _source_files(folder: str) -> list[str]:
     """The files of the one DICOM series in ``folder`` in the order ITK stacks them (slice ``k`` of the image the
     bundle read is file ``k``)."""
-    series = _series_ids(folder) if os.path.isdir(folder) else ()
+    series = dicom_series_ids(folder) if os.path.isdir(folder) else ()
     if len(series) != 1:
-        _read_sitk(folder)  # names the problem: not a folder of one DICOM series
+        read_sitk(folder)  # names the problem: not a folder of one DICOM series
         raise InputError(
             f"{folder}: --output_format dicom_seg needs a DICOM series as input",
             "give the folder of the series, or leave --output_format at nifti",

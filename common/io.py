@@ -70,7 +70,7 @@ def _lower_name(path: str | os.PathLike) -> str:
     return os.path.basename(str(path)).lower()
 
 
-def _series_ids(folder: str | os.PathLike) -> tuple[str, ...]:
+def dicom_series_ids(folder: str | os.PathLike) -> tuple[str, ...]:
     """The DICOM series in ``folder``, asked of ITK quietly: a folder without any is an answer, not a warning (ITK
     otherwise prints 'No Series were found' for every folder it is asked about)."""
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
@@ -82,7 +82,7 @@ def _series_ids(folder: str | os.PathLike) -> tuple[str, ...]:
 
 
 def _is_dicom_dir(path: str | os.PathLike) -> bool:
-    return os.path.isdir(path) and len(_series_ids(path)) > 0
+    return os.path.isdir(path) and len(dicom_series_ids(path)) > 0
 
 
 def case_id(path: str | os.PathLike) -> str:
@@ -102,9 +102,10 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return _is_dicom_dir(path)
 
 
-def _read_sitk(path: str) -> sitk.Image:
+def read_sitk(path: str) -> sitk.Image:
+    """A file, or a folder of one DICOM series, read with SimpleITK; a folder with none or several is refused."""
     if os.path.isdir(path):
-        series = _series_ids(path)
+        series = dicom_series_ids(path)
         if not series:
             raise InputError(
                 f"{path}: folder holds no DICOM series",
@@ -251,7 +252,7 @@ class SimpleITKReader(ImageReader):
         return all(_lower_name(f).endswith(ITK_SUFFIXES) or os.path.isdir(f) for f in names)
 
     def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs):
-        imgs = [_read_sitk(str(Path(f).expanduser())) for f in ensure_tuple(data)]
+        imgs = [read_sitk(str(Path(f).expanduser())) for f in ensure_tuple(data)]
         return imgs if len(imgs) > 1 else imgs[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
@@ -316,7 +317,7 @@ def image_info(path: str | os.PathLike) -> ImageInfo:
             channels = int(reader.GetNumberOfComponents()) * (int(np.prod(size[3:])) if len(size) > 3 else 1)
             return ImageInfo(path, size[:3], channels, _sitk_affine(reader))
         if os.path.isdir(path):
-            img = _read_sitk(path)
+            img = read_sitk(path)
             return ImageInfo(path, tuple(img.GetSize()), img.GetNumberOfComponentsPerPixel(), _sitk_affine(img))
     except InputError:
         raise

@@ -30,7 +30,7 @@ def per_slice_labels(net: SliceWiseMixin, vol: torch.Tensor) -> tuple[torch.Tens
     roi = net.slice_roi
     for i in range(z):
         zoomed = np.stack([ndimage.zoom(ch, (roi[0] / sx, roi[1] / sy), order=3) for ch in arr[i]])
-        logits = net._slice_forward(torch.from_numpy(zoomed).float().unsqueeze(0).to(vol.device)).float()
+        logits = net.slice_forward(torch.from_numpy(zoomed).float().unsqueeze(0).to(vol.device)).float()
         n_classes = logits.shape[1]
         pred = torch.argmax(torch.softmax(logits, dim=1), dim=1)[0].cpu().numpy()
         if pred.shape != (sx, sy):

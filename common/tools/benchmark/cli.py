@@ -23,14 +23,18 @@ def _parser() -> argparse.ArgumentParser:
     from . import __doc__ as doc
 
     ap = argparse.ArgumentParser(prog="python -m common.tools.benchmark", description=doc.split("\n\n")[0])
-    ap.add_argument("--bundle", action="append", default=None, help="bundle(s) to measure (default: all in bundles/)")
-    ap.add_argument(
-        "--ckpt",
-        action="append",
-        default=[],
-        help="bundle=path of trained weights (default: bundles/<b>/demo/models/model.pt if present)",
+    _what_arguments(ap.add_argument_group("what to measure"))
+    _run_arguments(ap.add_argument_group("weights, device and settings"))
+    _output_arguments(ap.add_argument_group("where the results go"))
+    return ap
+
+
+def _what_arguments(group) -> None:
+    """The bundles, parts, volumes and paths measured."""
+    group.add_argument(
+        "--bundle", action="append", default=None, help="bundle(s) to measure (default: all in bundles/)"
     )
-    ap.add_argument(
+    group.add_argument(
         "--parts",
         default="efficiency,inference,agreement,dataset,training,scaling,mtm",
         help="comma-separated: efficiency (each network's forward FLOP/s against the machine's peak), inference, agreement (switches on a demo-trained reduced network), dataset (the bundle's "
@@ -41,66 +45,79 @@ def _parser() -> argparse.ArgumentParser:
         "mtm (MT-UNet's module stages); the GPU check's: learn (does each recipe learn in --learn-iters "
         "iterations), ddp (one epoch over every visible GPU), accelerators (TensorRT, --compile)",
     )
-    ap.add_argument("--out", default="bench")
-    ap.add_argument(
-        "--render",
-        default=None,
-        metavar="SUITE_JSON",
-        help="measure nothing: write --doc from the suite.json a run saved (on this or another machine)",
-    )
-    ap.add_argument(
-        "--doc",
-        default=None,
-        help="also write the report to this document (the collection's speed tables: docs/benchmarks.md)",
-    )
-    ap.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
-    ap.add_argument(
+    group.add_argument(
         "--gpu-check",
         action="store_true",
         help=f"the GPU acceptance run: parts {','.join(GPU_CHECK_PARTS)} on the BTCV-size phantom, every bundle "
         "at full size, with the targets (3D 2x the model-zoo recipe, 2D 5x the per-slice loop); writes --doc "
         f"({DOC} unless given; not with --smoke)",
     )
-    ap.add_argument(
-        "--no-compile",
-        action="store_true",
-        help="leave out the torch.compile paths and forwards (their compiling takes minutes; the GPU check leaves "
-        "them out of its inference part and times compiling in its accelerators part)",
-    )
-    ap.add_argument(
-        "--learn-iters",
-        type=int,
-        default=learn.ITERATIONS,
-        help=f"training iterations of the learn part (default {learn.ITERATIONS})",
-    )
-    ap.add_argument(
+    group.add_argument("--smoke", action="store_true", help="tiny inputs: checks the suite runs, figures mean nothing")
+    group.add_argument(
         "--volumes",
         default="sample,btcv",
         help="inference volumes: sample (the real CT of ../shared, when present), btcv (the BTCV-size phantom)",
     )
-    ap.add_argument(
+    group.add_argument(
         "--paths",
         default=None,
         help="comma-separated indices of the inference paths beside the baseline (0), in the order of the "
         "inference table (default: all)",
     )
-    ap.add_argument(
-        "--fit-epochs",
-        type=int,
-        default=FIT_EPOCHS,
-        help=f"epochs of the fitted part's training (default {FIT_EPOCHS}); weights fitted with other settings are fitted again",
+    group.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="leave out the torch.compile paths and forwards (their compiling takes minutes; the GPU check leaves "
+        "them out of its inference part and times compiling in its accelerators part)",
     )
-    ap.add_argument("--train-iters", type=int, default=3)
-    ap.add_argument("--train-warmup", type=int, default=1)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    ap.add_argument(
+
+
+def _run_arguments(group) -> None:
+    """The weights, the device and the settings of the measuring."""
+    group.add_argument(
+        "--ckpt",
+        action="append",
+        default=[],
+        help="bundle=path of trained weights (default: bundles/<b>/demo/models/model.pt if present)",
+    )
+    group.add_argument("--device", default=None, help="torch device (default: cuda:0 where there is one, else cpu)")
+    group.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    group.add_argument(
         "--override",
         action="append",
         default=[],
         help="bundle:key=json config override, e.g. transunet_btcv:slice_batch=32",
     )
-    return ap
+    group.add_argument(
+        "--fit-epochs",
+        type=int,
+        default=FIT_EPOCHS,
+        help=f"epochs of the fitted part's training (default {FIT_EPOCHS}); weights fitted with other settings are fitted again",
+    )
+    group.add_argument("--train-iters", type=int, default=3, help="timed iterations per training pipeline")
+    group.add_argument("--train-warmup", type=int, default=1, help="untimed warm-up iterations before them")
+    group.add_argument(
+        "--learn-iters",
+        type=int,
+        default=learn.ITERATIONS,
+        help=f"training iterations of the learn part (default {learn.ITERATIONS})",
+    )
+
+
+def _output_arguments(group) -> None:
+    """Where the results are written, or a saved run rendered."""
+    group.add_argument("--out", default="bench", help="folder of suite.json, suite.md and the generated volumes")
+    group.add_argument(
+        "--doc",
+        default=None,
+        help="also write the report to this document (the collection's speed tables: docs/benchmarks.md)",
+    )
+    group.add_argument(
+        "--render",
+        default=None,
+        metavar="SUITE_JSON",
+        help="measure nothing: write --doc from the suite.json a run saved (on this or another machine)",
+    )
 
 
 def main(argv=None) -> int:
