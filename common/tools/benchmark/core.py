@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -492,10 +493,8 @@ class Context:
     sizes: dict
     smoke: bool
     spacing: tuple | None
-    btcv: str
     use_sample: bool
-    volumes: list[str]
-    train_items: list[dict]
+    volume_kinds: tuple[str, ...]  # "sample" and/or "btcv": the inference part's volumes
     compile: bool = True
     paths: tuple[int, ...] | None = None
     fit_epochs: int = FIT_EPOCHS
@@ -505,6 +504,24 @@ class Context:
     result: dict = field(default_factory=dict)
     bundles: dict = field(default_factory=dict)  # name -> Bundle, every bundle measured so far
     measured: list = field(default_factory=list)  # the bundles of the levers part, for their ensemble
+
+    # the generated volumes, made (or found on disk) when a part first asks for them
+    @cached_property
+    def btcv(self) -> str:
+        """The BTCV-size phantom CT."""
+        return phantom_file(self.data, self.sizes["btcv"], seed=2024, spacing=self.spacing)["image"]
+
+    @cached_property
+    def volumes(self) -> list[str]:
+        """The inference part's volumes: the real CT sample where asked and present, the BTCV-size phantom."""
+        return ([str(DEFAULT_SAMPLE)] if self.use_sample else []) + ([self.btcv] if "btcv" in self.volume_kinds else [])
+
+    @cached_property
+    def train_items(self) -> list[dict]:
+        """Two labelled BTCV-size phantoms for the training parts."""
+        return [
+            phantom_file(self.data, self.sizes["btcv"], seed=s, with_label=True, spacing=self.spacing) for s in (11, 12)
+        ]
 
 
 ONE_OF_EACH_KIND = ("unetr_btcv", "transunet_btcv")  # the multi-GPU configs and switches of a kind are shared
