@@ -121,6 +121,10 @@ def test_app_server_serves_inference_over_http(studies, tmp_path):
     vol = np.asarray(src.dataobj).astype(np.float32)
     vol[5:7, 5:7, 3] = np.nan  # a CT with 4 NaN voxels, refused with a clear message
     nib.save(nib.Nifti1Image(vol, src.affine), str(studies / "with_nan.nii.gz"))
+    from test_bad_input import edit_nifti_header  # noqa: E402
+
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj)[..., :4], src.affine), str(studies / "zero_spacing.nii.gz"))
+    edit_nifti_header(studies / "zero_spacing.nii.gz", pixdim3=0.0, sform_code=0)  # no slice spacing, no sform
     port = _free_port()
     app = tmp_path / "app"  # MONAI Label writes its logs into the app folder: a copy keeps the source tree clean
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "__pycache__"))
@@ -194,6 +198,17 @@ def test_app_server_serves_inference_over_http(studies, tmp_path):
         assert refused.value.code == 422
         detail = json.loads(refused.value.read())["detail"]
         assert "with_nan.nii.gz: 4 voxel(s) are NaN or infinite" in detail and "Traceback" not in detail, detail
+        bad = urllib.request.Request(
+            f"{base}/infer/unetr_btcv?image=zero_spacing&output=image",
+            data=body,
+            method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=300)
+        assert refused.value.code == 422
+        detail = json.loads(refused.value.read())["detail"]
+        assert "zero_spacing.nii.gz" in detail and "axis 2 (z, the slices) has voxel spacing 0" in detail, detail
         with urllib.request.urlopen(req, timeout=300) as r:
             assert r.status == 200
     finally:
@@ -229,7 +244,7 @@ def test_app_training_on_a_bad_study_is_one_clear_error(studies, tmp_path):
     finally:
         sys.path.remove(str(APP))
     bad_studies = tmp_path / "studies"
-    shutil.copytree(studies, bad_studies, ignore=shutil.ignore_patterns("with_nan.nii.gz"))
+    shutil.copytree(studies, bad_studies, ignore=shutil.ignore_patterns("with_nan.nii.gz", "zero_spacing.nii.gz"))
     first = sorted(bad_studies.glob("*.nii.gz"))[0]
     src = nib.load(str(first))
     vol = np.asarray(src.dataobj).astype(np.float32)
