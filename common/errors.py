@@ -113,7 +113,7 @@ def command(main):
             err = find_input_error(e)
             if err is None or os.environ.get("BTCV_TRACEBACK"):
                 raise
-            print(f"ERROR: {err}", file=sys.stderr)
+            print(f"ERROR: {err}", file=sys.stderr)  # a tool draws no progress bar to step past
             return 1
 
     return run

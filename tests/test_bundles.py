@@ -134,8 +134,8 @@ def test_training_resumes_after_interruption(trained, tiny_data, capsys):
 
 def test_the_trained_checkpoint_exports_as_the_readme_says(trained, tmp_path, capsys):
     """``models/model.pt`` as ``train.json`` writes it (the weights under ``"model"``, beside the training record)
-    exports to TorchScript with the README's command, and so does the same file as a GPU training saves it (its
-    storages on ``cuda:0``), to TorchScript and ONNX; each export checked against the eager network."""
+    exports to TorchScript with the README's command, and the same file as a GPU training saves it (its storages on
+    ``cuda:0``) exports to ONNX; each export checked against the eager network."""
     import torch
     from bundle_cases import saved_on_cuda
 
@@ -149,11 +149,7 @@ def test_the_trained_checkpoint_exports_as_the_readme_says(trained, tmp_path, ca
         torch.load(on_gpu, weights_only=True)
     overlay = tmp_path / "tiny.json"
     overlay.write_text(json.dumps(tiny), encoding="utf-8")
-    for fmt, weights, out in (
-        ("torchscript", ckpt, tmp_path / "model.ts"),
-        ("torchscript", on_gpu, tmp_path / "model_gpu.ts"),
-        ("onnx", on_gpu, tmp_path / "model_gpu.onnx"),
-    ):
+    for fmt, weights, out in (("torchscript", ckpt, tmp_path / "model.ts"), ("onnx", on_gpu, tmp_path / "model.onnx")):
         argv = [fmt, "--bundle", bundle, "--ckpt", str(weights), "--config", str(overlay), "--out", str(out)]
         assert main(argv) == 0, capsys.readouterr().err
         printed = capsys.readouterr().out
@@ -264,7 +260,8 @@ def test_metadata_channel_def_comes_from_labels(bundle):
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_verify_net_in_out(bundle):
-    """MONAI's own check: the network takes ``inputs#image`` and returns ``outputs#pred`` as declared."""
+    """MONAI's own check: the network takes ``inputs#image`` and returns ``outputs#pred`` as declared (on the
+    declared input shape; the network's widths and depths reduced, which change neither)."""
     from monai.bundle import verify_net_in_out
 
     verify_net_in_out(
@@ -273,6 +270,7 @@ def test_verify_net_in_out(bundle):
         config_file=str(BUNDLES / bundle / "configs" / "inference.json"),
         device="cpu",
         any=8,  # "*" dimensions (the 2D bundles take whole volumes of any size) get 8 voxels
+        **{k: v for k, v in BUNDLE_TINY[bundle].items() if k.startswith("network_def#")},
     )
 
 
@@ -299,7 +297,14 @@ def test_multi_gpu_config_parses(bundle):
 
     p = ConfigParser()
     p.read_config(configs(bundle, "train.json", "multi_gpu_train.json"))
-    assert p["train"]["dataloader"]["sampler"] == "@train#sampler"
+    for part in ("train", "validate"):  # each rank reads its own share of the cases, validation without padding
+        assert p[part]["dataset"]["_target_"] == "common.distributed.sharded", (bundle, part)
+    assert "sampler" not in p["validate"]["dataloader"], bundle  # a sampler would repeat or drop cases
+    if "sampler" in p["train"]["dataloader"]:  # the 2D bundles draw slices_per_epoch slices: each rank its share
+        assert p["train"]["dataloader"]["sampler"] == "@train#sampler"
+        assert "common.distributed.samples_per_rank" in p["train"]["sampler"], bundle
+    assert p["validate"]["dataset"]["pad"] is False
+    assert p["validate"]["key_metric"]["val_mean_dice"]["_target_"] == "common.distributed.MeanDice"
     assert "common.distributed.init()" in " ".join(p["initialize"])
     assert p["train"]["trainer"]["train_handlers"].startswith("$common.distributed.rank0_handlers")
 
@@ -419,6 +424,7 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_file(what, tmp_pat
     from ignite.engine import Engine, Events
 
     from common.bundle import CheckpointSaver, make_resumable
+    from common.errors import InputError
 
     for bundle in BUNDLE_NAMES:
         handlers = json.loads((BUNDLES / bundle / "configs" / "train.json").read_text(encoding="utf-8"))
@@ -457,7 +463,7 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_file(what, tmp_pat
     monkeypatch.setattr(torch, "save", half_save)
     with torch.no_grad():
         model.weight.add_(1.0)
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(InputError, match="the disk is full"):  # the one disk-full message, naming the folder
         engine.run([0], max_epochs=2)
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
