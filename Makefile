@@ -33,9 +33,13 @@ demo: install
 	  "  $(BIN)/python -m common.tools.export onnx --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out bundles/unetr_btcv/demo/unetr_demo.onnx" \
 	  "  $(BIN)/python -m common.tools.package --bundle unetr_btcv --ckpt bundles/unetr_btcv/demo/models/model.pt --config $(UNETR)/demo.json --out bundles/unetr_btcv/demo/dist"
 
-# The test run prints how long it took (about 10 minutes on 2 CPU cores).
+# The test run prints how long it took and its slowest tests. Its tests run in TEST_WORKERS processes (pytest-xdist),
+# a test file to a process: most of a test's time is a subprocess starting and importing, which the second core
+# overlaps (1.4x on 2 cores); each worker holds a few GB at most. Python's UTF-8 mode: a library in the session may
+# set the C locale, after which torch's inductor fails to read its own (UTF-8) kernel templates.
+TEST_WORKERS ?= 2
 test: install
-	@start=$$(date +%s); $(BIN)/python -m pytest -q; rc=$$?; \
+	@start=$$(date +%s); PYTHONUTF8=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15; rc=$$?; \
 	  echo "make test: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # ruff, configured in pyproject.toml (line length 120, as MONAI): lint, and check the formatting

@@ -79,6 +79,9 @@ BUNDLE_TINY: dict[str, dict] = {
     },
 }
 BUNDLE_NAMES = sorted(BUNDLE_TINY)
+# a bundle per kind of network code, for the slowest checks: one of the 3D bundles (all four build MONAI's networks
+# through the same configs) and each 2D bundle (each brings its own hand-written network)
+FAMILIES = ["unetr_btcv", "transunet_btcv", "swin_unet_btcv", "mt_unet_btcv"]
 
 
 class ConstantLabelNet(torch.nn.Module):

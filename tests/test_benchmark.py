@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
+from bundle_cases import BUNDLE_TINY
 from test_geometry import random_checkpoint
 
 from common.tools.benchmark import FIT_EPOCHS, main, suite, variants
@@ -41,17 +41,22 @@ def configs_default_to_cuda(monkeypatch):
     monkeypatch.setattr(common.bundle, "default_device", lambda: torch.device("cuda:0"))
 
 
-def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path, cpu_bf16, configs_default_to_cuda):
-    """Every part for every bundle on tiny inputs, on ``--device cpu`` while the configs default to CUDA. The CPU
-    counts as one without bf16 instructions (the reduced-precision paths: test_reduced_precision_follows_the_cpu),
-    so the run is as fast on any CPU."""
+# a 2D and a 3D bundle: the parts differ by kind only, and these two also cover the Swin attention switch (SwinUNETR)
+# and the MT-UNet module part
+SMOKE_BUNDLES = ["mt_unet_btcv", "swin_unetr_btcv"]
+
+
+def test_suite_smoke_runs_every_part_for_a_2d_and_a_3d_bundle(tmp_path, cpu_bf16, configs_default_to_cuda):
+    """Every part for a 2D and a 3D bundle on tiny inputs, on ``--device cpu`` while the configs default to CUDA.
+    The CPU counts as one without bf16 instructions (the reduced-precision paths:
+    test_reduced_precision_follows_the_cpu), so the run is as fast on any CPU."""
     from common.tools.benchmark.scaling import PATHS, SMOKE_SLICES
 
     cpu_bf16(False)
-    ckpts = {b: random_checkpoint(b, tmp_path / f"{b}.pt") for b in BUNDLE_NAMES}
+    ckpts = {b: random_checkpoint(b, tmp_path / f"{b}.pt") for b in SMOKE_BUNDLES}
     parts = ("efficiency", "inference", "agreement", "dataset", "fitted", "levers", "training", "scaling", "mtm")
     res = suite(
-        BUNDLE_NAMES,
+        SMOKE_BUNDLES,
         str(tmp_path / "bench"),
         ckpts,
         parts,
@@ -66,15 +71,15 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path, cpu_bf16, config
     doc = json.loads((tmp_path / "bench" / "suite_smoke.json").read_text(encoding="utf-8"))
     assert doc["smoke"] and "figures meaningless" in md and "Written by the benchmark" in md
     with pytest.raises(ValueError, match="smoke"):  # meaningless figures never become the benchmark document
-        suite(BUNDLE_NAMES[:1], str(tmp_path / "bench2"), smoke=True, doc=str(tmp_path / "benchmarks.md"))
+        suite(SMOKE_BUNDLES[:1], str(tmp_path / "bench2"), smoke=True, doc=str(tmp_path / "benchmarks.md"))
     assert not (tmp_path / "benchmarks.md").exists()
     # every bundle's speed-ups against the GPU targets, in the report
-    assert {r["bundle"] for r in res["targets"]} == set(BUNDLE_NAMES) and "## Targets (set for a GPU" in md
+    assert {r["bundle"] for r in res["targets"]} == set(SMOKE_BUNDLES) and "## Targets (set for a GPU" in md
     assert all(r["met"] == (r["speedup"] >= r["target"]) for r in res["targets"])
     assert set(res["peak"]) == {"fp32"} and all(v["peak_gflops"] > 0 for v in res["peak"].values())
     assert "no bf16 instructions" in res["machine"]["left_out"] and "Left out: the bf16 paths" in md
     assert "## Forward efficiency against the machine's own peak" in md and "<!-- part: efficiency -->" in md
-    for b in BUNDLE_NAMES:
+    for b in SMOKE_BUNDLES:
         eff = [r for r in res["efficiency"] if r["bundle"] == b]
         assert [r["precision"] for r in eff] == ["fp32"] and all(r["gflop"] > 0 for r in eff), eff
         assert all(
@@ -129,7 +134,7 @@ def test_suite_smoke_runs_every_part_for_every_bundle(tmp_path, cpu_bf16, config
         assert [r["variant"] for r in lev] == [v for v, _ in lever_variants(kind, "smoke")]
         assert all(0.0 <= r["mean_dice"] <= 1.0 and r["seconds"] > 0 for r in lev)
     ensemble = [r for r in res["levers"] if r["variant"].startswith("ensemble")]
-    assert len(ensemble) == 1 and ensemble[0]["bundle"] == " + ".join(BUNDLE_NAMES)
+    assert len(ensemble) == 1 and ensemble[0]["bundle"] == " + ".join(SMOKE_BUNDLES)
     assert "## Accuracy levers" in md and "## Where the fp32 forward's time goes" in md
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
+from bundle_cases import BUNDLE_TINY, FAMILIES
 from conftest import BUNDLES, TINY_SHAPE, TINY_SPACING
 from monai.bundle import ConfigParser
 
@@ -79,7 +79,7 @@ def ddp_data(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+@pytest.mark.parametrize("bundle", FAMILIES)
 def test_two_process_ddp_epoch(bundle, ddp_data, tmp_path):
     ranks = ddp_run(bundle, ddp_data, tmp_path)
     assert [d["rank"] for d in ranks] == [0, 1] and all(d["world"] == 2 and d["backend"] == "gloo" for d in ranks)

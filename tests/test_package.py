@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY
+from bundle_cases import BUNDLE_NAMES, BUNDLE_TINY, FAMILIES
 from conftest import BUNDLES
 from monai.bundle import ConfigWorkflow
 from test_geometry import random_checkpoint
@@ -66,7 +66,7 @@ OWN_NETWORK = {
 }
 
 
-@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+@pytest.mark.parametrize("bundle", FAMILIES)
 def test_packaged_bundle_infers_without_the_project(bundle, tiny_data, tmp_path, monkeypatch):
     ckpt = random_checkpoint(bundle, tmp_path / "weights.pt")
     tiny = tmp_path / "tiny.json"  # the tiny network as an overlay, merged into the package (weights are checked)
