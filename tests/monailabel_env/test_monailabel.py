@@ -187,27 +187,22 @@ def test_app_server_serves_inference_over_http(studies, tmp_path):
         check_label_volume(out, studies / f"{image_id}.nii.gz")
 
         # a bad input is a clear HTTP error (the file, the problem, the fix), and the server goes on serving
-        bad = urllib.request.Request(
-            f"{base}/infer/unetr_btcv?image=with_nan&output=image",
-            data=body,
-            method="POST",
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(bad, timeout=300)
-        assert refused.value.code == 422
-        detail = json.loads(refused.value.read())["detail"]
+        def refused_detail(image: str) -> str:
+            """The detail of the 422 answer to an infer request on ``image``."""
+            bad = urllib.request.Request(
+                f"{base}/infer/unetr_btcv?image={image}&output=image",
+                data=body,
+                method="POST",
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(bad, timeout=300)
+            assert refused.value.code == 422
+            return json.loads(refused.value.read())["detail"]
+
+        detail = refused_detail("with_nan")
         assert "with_nan.nii.gz: 4 voxel(s) are NaN or infinite" in detail and "Traceback" not in detail, detail
-        bad = urllib.request.Request(
-            f"{base}/infer/unetr_btcv?image=zero_spacing&output=image",
-            data=body,
-            method="POST",
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(bad, timeout=300)
-        assert refused.value.code == 422
-        detail = json.loads(refused.value.read())["detail"]
+        detail = refused_detail("zero_spacing")
         assert "zero_spacing.nii.gz" in detail and "axis 2 (z, the slices) has voxel spacing 0" in detail, detail
         with urllib.request.urlopen(req, timeout=300) as r:
             assert r.status == 200
